@@ -1,0 +1,5 @@
+"""`python -m gpuwatch` runs the command line."""
+
+from gpuwatch.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Pure decisions over readings: no I/O, no clock, no NVML."""

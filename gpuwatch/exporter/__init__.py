@@ -1,0 +1,1 @@
+"""Prometheus exposition of the latest snapshot: one collector per concern, and the HTTP server."""

@@ -1,0 +1,51 @@
+"""Clocks against their maxima, the P-state, why clocks are held down, and for how long."""
+
+from __future__ import annotations
+
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+from gpuwatch.nvml.fields import CLOCK_EVENT_REASONS
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    for status in snapshot.gpus:
+        g, r = status.identity, status.reading
+        if r is None:
+            continue
+        for clock, hertz in r.clocks_hertz.items():
+            f.gpu_gauge("gpuwatch_gpu_clock_hertz", "Current clock (nvmlDeviceGetClockInfo).", g, hertz, clock=clock)
+        for clock, hertz in g.max_clocks_hertz.items():
+            f.gpu_gauge(
+                "gpuwatch_gpu_clock_max_hertz",
+                "Maximum clock (nvmlDeviceGetMaxClockInfo).",
+                g,
+                hertz,
+                clock=clock,
+            )
+        f.gpu_gauge(
+            "gpuwatch_gpu_performance_state",
+            "Performance state, 0 (P0, fastest) to 15 (nvmlDeviceGetPerformanceState).",
+            g,
+            r.performance_state,
+        )
+        if r.clock_event_reasons is not None:
+            for reason in CLOCK_EVENT_REASONS:
+                f.gpu_gauge(
+                    "gpuwatch_gpu_clocks_event_active",
+                    "1 while this reason holds clocks down, sampled at the last poll "
+                    "(nvmlDeviceGetCurrentClocksEventReasons).",
+                    g,
+                    int(reason in r.clock_event_reasons),
+                    reason=reason,
+                )
+        for policy, seconds in r.violation_seconds.items():
+            f.gpu_counter(
+                "gpuwatch_gpu_violation_seconds",
+                "Time clocks were held below target by this policy since driver load "
+                "(NVML_FI_DEV_PERF_POLICY_* field values, ns).",
+                g,
+                seconds,
+                policy=policy,
+            )
+    return f

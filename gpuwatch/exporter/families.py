@@ -1,0 +1,58 @@
+"""Building metric families from GPU values, skipping what a GPU does not report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gpuwatch.model import GpuIdentity
+
+GPU_LABELS = ("gpu", "uuid")
+
+
+class Families:
+    """Collects samples into families created on first use.
+
+    A family with no samples is never emitted, so a value no GPU supports has no series at all
+    (not a zero). Every per-GPU sample carries ``gpu`` (NVML index) and ``uuid``.
+    """
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def _family(self, kind: str, name: str, documentation: str, labels: tuple[str, ...]) -> Metric:
+        family = self._families.get(name)
+        if family is None:
+            factory = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = factory(name, documentation, labels=list(labels))
+            self._families[name] = family
+        return family
+
+    def gauge(self, name: str, documentation: str, value: float | None, /, **labels: str) -> None:
+        """A gauge sample with only the given labels (for host-level series)."""
+        if value is not None:
+            family = self._family("gauge", name, documentation, tuple(labels))
+            family.add_metric(list(labels.values()), float(value))  # type: ignore[attr-defined]
+
+    def gpu_gauge(self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str) -> None:
+        """A per-GPU gauge sample; ``None`` adds nothing."""
+        if value is not None:
+            family = self._family("gauge", name, documentation, GPU_LABELS + tuple(labels))
+            family.add_metric([str(gpu.index), gpu.uuid, *labels.values()], float(value))  # type: ignore[attr-defined]
+
+    def gpu_counter(
+        self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str
+    ) -> None:
+        """A per-GPU counter sample (``name`` without ``_total``); ``None`` adds nothing."""
+        if value is not None:
+            family = self._family("counter", name, documentation, GPU_LABELS + tuple(labels))
+            family.add_metric([str(gpu.index), gpu.uuid, *labels.values()], float(value))  # type: ignore[attr-defined]
+
+    def counter(self, name: str, documentation: str, value: float | None, /, **labels: str) -> None:
+        if value is not None:
+            family = self._family("counter", name, documentation, tuple(labels))
+            family.add_metric(list(labels.values()), float(value))  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())

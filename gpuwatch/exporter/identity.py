@@ -1,0 +1,25 @@
+"""gpuwatch_gpu_info and gpuwatch_gpu_up: which GPUs there are and whether they answered."""
+
+from __future__ import annotations
+
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    for status in snapshot.gpus:
+        g = status.identity
+        f.gpu_gauge(
+            "gpuwatch_gpu_info",
+            "GPU identity (nvmlDeviceGetName, nvmlDeviceGetPciInfo, nvmlDeviceGetVbiosVersion, "
+            "nvmlSystemGetDriverVersion); always 1.",
+            g,
+            1,
+            name=g.name,
+            pci_bus_id=g.pci_bus_id,
+            driver_version=snapshot.driver_version or "",
+            vbios_version=g.vbios_version or "",
+        )
+        f.gpu_gauge("gpuwatch_gpu_up", "1 when the GPU answered the last poll, 0 when it did not.", g, int(status.up))
+    return f

@@ -1,0 +1,57 @@
+"""PCIe link state, replays and traffic."""
+
+from __future__ import annotations
+
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    for status in snapshot.gpus:
+        g, r = status.identity, status.reading
+        if r is None:
+            continue
+        f.gpu_gauge(
+            "gpuwatch_gpu_pcie_link_generation",
+            "Current PCIe link generation (nvmlDeviceGetCurrPcieLinkGeneration); idle GPUs downshift.",
+            g,
+            r.pcie_link_generation,
+        )
+        f.gpu_gauge(
+            "gpuwatch_gpu_pcie_link_max_generation",
+            "Maximum PCIe link generation (nvmlDeviceGetMaxPcieLinkGeneration).",
+            g,
+            g.pcie_max_generation,
+        )
+        f.gpu_gauge(
+            "gpuwatch_gpu_pcie_link_width",
+            "Current PCIe link width in lanes (nvmlDeviceGetCurrPcieLinkWidth).",
+            g,
+            r.pcie_link_width,
+        )
+        f.gpu_gauge(
+            "gpuwatch_gpu_pcie_link_max_width",
+            "Maximum PCIe link width in lanes (nvmlDeviceGetMaxPcieLinkWidth).",
+            g,
+            g.pcie_max_width,
+        )
+        f.gpu_counter(
+            "gpuwatch_gpu_pcie_replay_errors",
+            "PCIe replays since driver load (NVML_FI_DEV_PCIE_REPLAY_COUNTER).",
+            g,
+            r.pcie_replay_errors,
+        )
+        f.gpu_counter(
+            "gpuwatch_gpu_pcie_transmit_bytes",
+            "Bytes sent over PCIe (NVML_FI_DEV_PCIE_COUNT_TX_BYTES).",
+            g,
+            r.pcie_transmit_bytes,
+        )
+        f.gpu_counter(
+            "gpuwatch_gpu_pcie_receive_bytes",
+            "Bytes received over PCIe (NVML_FI_DEV_PCIE_COUNT_RX_BYTES).",
+            g,
+            r.pcie_receive_bytes,
+        )
+    return f

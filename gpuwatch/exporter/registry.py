@@ -1,0 +1,88 @@
+"""The collector registry: every concern's collector, each guarded by a success/duration pair."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from gpuwatch.exporter import (
+    clocks,
+    identity,
+    memory,
+    pcie,
+    power,
+    processes,
+    reliability,
+    self_metrics,
+    thermal,
+)
+from gpuwatch.model import Snapshot
+
+log = logging.getLogger(__name__)
+
+ConcernCollector = Callable[[Snapshot], Iterable[Metric]]
+
+COLLECTORS: dict[str, ConcernCollector] = {
+    "identity": identity.collect,
+    "power": power.collect,
+    "thermal": thermal.collect,
+    "clocks": clocks.collect,
+    "memory": memory.collect,
+    "reliability": reliability.collect,
+    "pcie": pcie.collect,
+    "processes": processes.collect,
+    "self": self_metrics.collect,
+}
+
+
+class SnapshotCollector:
+    """Runs each concern over the latest snapshot; a failing concern yields nothing but its
+    ``gpuwatch_scrape_collector_success 0``, so one bug never fails the whole scrape."""
+
+    def __init__(self, latest: Callable[[], Snapshot], collectors: dict[str, ConcernCollector]) -> None:
+        self._latest = latest
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._latest()
+        success = GaugeMetricFamily(
+            "gpuwatch_scrape_collector_success",
+            "Whether a collector succeeded in this scrape.",
+            labels=["collector"],
+        )
+        duration = GaugeMetricFamily(
+            "gpuwatch_scrape_collector_duration_seconds",
+            "How long a collector took in this scrape.",
+            labels=["collector"],
+        )
+        for name, collect in self._collectors.items():
+            started = time.perf_counter()
+            try:
+                families = list(collect(snapshot))  # materialise: a failure yields nothing partial
+                ok = 1.0
+            except Exception:
+                log.exception("collector %s failed", name)
+                families, ok = [], 0.0
+            yield from families
+            success.add_metric([name], ok)
+            duration.add_metric([name], time.perf_counter() - started)
+        yield success
+        yield duration
+
+
+def build_registry(
+    latest: Callable[[], Snapshot],
+    include_process: bool = True,
+    collectors: dict[str, ConcernCollector] | None = None,
+) -> CollectorRegistry:
+    """A fresh registry over ``latest``; ``include_process`` adds the daemon's own CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(latest, collectors or COLLECTORS))
+    if include_process:
+        ProcessCollector(namespace="gpuwatch", registry=registry)
+    return registry

@@ -1,0 +1,70 @@
+"""ECC mode and error counts, retired pages, row remapping."""
+
+from __future__ import annotations
+
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    for status in snapshot.gpus:
+        g, r = status.identity, status.reading
+        if r is None:
+            continue
+        if g.ecc_enabled is not None:
+            f.gpu_gauge(
+                "gpuwatch_gpu_ecc_enabled",
+                "1 when ECC is on (nvmlDeviceGetEccMode, current).",
+                g,
+                int(g.ecc_enabled),
+            )
+        for (kind, scope), count in r.ecc_errors.items():
+            f.gpu_counter(
+                "gpuwatch_gpu_ecc_errors",
+                "ECC errors (NVML_FI_DEV_ECC_*_TOTAL): volatile counts reset at driver load, aggregate counts "
+                "persist for the board's life.",
+                g,
+                count,
+                type=kind,
+                scope=scope,
+            )
+        for cause, pages in r.retired_pages.items():
+            f.gpu_gauge(
+                "gpuwatch_gpu_retired_pages",
+                "Retired memory pages by cause (NVML_FI_DEV_RETIRED_*).",
+                g,
+                pages,
+                cause=cause,
+            )
+        f.gpu_gauge(
+            "gpuwatch_gpu_retired_pages_pending",
+            "1 when a page retirement waits for a GPU reset (NVML_FI_DEV_RETIRED_PENDING).",
+            g,
+            _bit(r.retired_pages_pending),
+        )
+        for kind, rows in r.remapped_rows.items():
+            f.gpu_gauge(
+                "gpuwatch_gpu_remapped_rows",
+                "Memory rows remapped (NVML_FI_DEV_REMAPPED_COR/UNC).",
+                g,
+                rows,
+                type=kind,
+            )
+        f.gpu_gauge(
+            "gpuwatch_gpu_row_remap_pending",
+            "1 when a row remap waits for a GPU reset (NVML_FI_DEV_REMAPPED_PENDING).",
+            g,
+            _bit(r.row_remap_pending),
+        )
+        f.gpu_gauge(
+            "gpuwatch_gpu_row_remap_failure",
+            "1 when a row remap failed: the board is out of spare rows (NVML_FI_DEV_REMAPPED_FAILURE).",
+            g,
+            _bit(r.row_remap_failure),
+        )
+    return f
+
+
+def _bit(flag: bool | None) -> int | None:
+    return None if flag is None else int(flag)

@@ -1,0 +1,46 @@
+"""Where readings come from: the system's NVIDIA driver, or the simulated one beneath pynvml."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpuwatch.nvml import NvmlReader, use_library
+from gpuwatch.sampler import Clock, WallClock
+from gpuwatch.sim import scenario as scenarios
+from gpuwatch.sim.clock import ManualClock, SimClock
+from gpuwatch.sim.library import SimulatedNvmlLibrary
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A clock and a way to open NVML on it."""
+
+    clock: Clock
+    reader_factory: Callable[[], NvmlReader]
+    description: str
+    library: SimulatedNvmlLibrary | None = None
+
+
+def real_host() -> Host:
+    """The system's driver library (libnvidia-ml.so.1), on the wall clock."""
+    clock = WallClock()
+    use_library(None)
+    return Host(clock=clock, reader_factory=lambda: NvmlReader(clock.time), description="NVIDIA driver")
+
+
+def simulated_host(scenario_name: str | None, speed: float = 1.0, clock: SimClock | ManualClock | None = None) -> Host:
+    """A scenario's simulated driver library installed beneath pynvml, on simulated time.
+
+    Raises :class:`gpuwatch.sim.scenario.ScenarioError` for an unknown or broken scenario.
+    """
+    scenario = scenarios.load(scenario_name)
+    sim_clock = clock if clock is not None else SimClock(speed)
+    library = SimulatedNvmlLibrary(scenario, sim_clock.sim_seconds)
+    use_library(library)
+    return Host(
+        clock=sim_clock,
+        reader_factory=lambda: NvmlReader(sim_clock.time),
+        description=f"simulated host {scenario.name!r} ({len(scenario.gpus)} GPUs)",
+        library=library,
+    )

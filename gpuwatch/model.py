@@ -1,0 +1,105 @@
+"""The data that flows from the NVML reader to the exporter and `gpuwatch status`.
+
+Frozen dataclasses in SI units (watts, joules, °C, hertz, bytes, seconds, ratios 0-1).
+``None`` always means "this GPU or driver does not report it"; it is never a zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class GpuIdentity:
+    """What a GPU is, read once when the reader opens it."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    serial: str | None = None
+    vbios_version: str | None = None
+    power_limit_default_watts: float | None = None
+    power_limit_min_watts: float | None = None
+    power_limit_max_watts: float | None = None
+    # shutdown, slowdown, max_operating, memory_max, target; absent where not reported (Ada+).
+    temperature_thresholds_celsius: Mapping[str, float] = field(default_factory=dict)
+    max_clocks_hertz: Mapping[str, float] = field(default_factory=dict)
+    memory_size_bytes: int | None = None
+    bar1_size_bytes: int | None = None
+    ecc_enabled: bool | None = None
+    pcie_max_generation: int | None = None
+    pcie_max_width: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One poll of one GPU."""
+
+    timestamp: float
+    power_watts: float | None = None
+    power_instant_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None  # the driver's counter, since driver load
+    temperature_celsius: float | None = None
+    memory_temperature_celsius: float | None = None
+    temperature_margin_celsius: float | None = None
+    fan_speed_ratio: float | None = None
+    performance_state: int | None = None
+    clocks_hertz: Mapping[str, float] = field(default_factory=dict)
+    utilization_ratio: Mapping[str, float] = field(default_factory=dict)
+    memory_used_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    memory_reserved_bytes: int | None = None
+    bar1_used_bytes: int | None = None
+    clock_event_reasons: frozenset[str] | None = None
+    violation_seconds: Mapping[str, float] = field(default_factory=dict)
+    ecc_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (type, scope) -> count
+    retired_pages: Mapping[str, int] = field(default_factory=dict)
+    retired_pages_pending: bool | None = None
+    remapped_rows: Mapping[str, int] = field(default_factory=dict)
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    pcie_link_generation: int | None = None
+    pcie_link_width: int | None = None
+    pcie_replay_errors: int | None = None
+    pcie_transmit_bytes: int | None = None
+    pcie_receive_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A process holding GPU memory (from the slower process loop)."""
+
+    pid: int
+    name: str | None
+    user: str | None
+    used_memory_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStatus:
+    """A GPU as the latest poll left it."""
+
+    identity: GpuIdentity
+    up: bool
+    reading: GpuReading | None = None  # None when the GPU did not answer this poll
+    error: str | None = None
+    energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything gpuwatch knows after one poll; immutable, replaced whole by the next poll."""
+
+    timestamp: float
+    nvml_up: bool
+    nvml_error: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    gpus: tuple[GpuStatus, ...] = ()
+    poll_duration_seconds: float = 0.0
+    polls_total: int = 0
+    nvml_errors_total: Mapping[str, int] = field(default_factory=dict)

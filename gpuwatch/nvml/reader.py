@@ -1,0 +1,517 @@
+"""Reads every GPU through pynvml: identity once, readings every poll, processes on a slower loop.
+
+Policy, per shared/research/nvml.md §4.4:
+
+* NVML is initialised once (:meth:`NvmlReader.open`) and shut down once; never per poll.
+* Each query that answers NotSupported / NoPermission / FunctionNotFound / Deprecated /
+  ArgumentVersionMismatch is recorded as unsupported for that GPU, logged once at INFO, and not
+  asked again. Its value is ``None`` and never exported.
+* Versioned symbols are tried newest first and the working one is kept
+  (``nvmlDeviceGetTemperatureV`` → ``nvmlDeviceGetTemperature``, ``…ClocksEventReasons`` →
+  ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
+* Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU; the ids
+  are probed once and each element's own return code is checked.
+* ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only;
+  ``Unknown`` fails that GPU's poll; other errors cost one value for one poll and are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import psutil
+import pynvml
+
+from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
+from gpuwatch.nvml import fields
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MHZ = 1e6
+
+_UNSUPPORTED = (
+    pynvml.NVMLError_NotSupported,
+    pynvml.NVMLError_NoPermission,
+    pynvml.NVMLError_FunctionNotFound,
+    pynvml.NVMLError_Deprecated,
+    pynvml.NVMLError_ArgumentVersionMismatch,
+    pynvml.NVMLLibraryMismatchError,
+)
+_DEVICE_FATAL = (pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_ResetRequired, pynvml.NVMLError_IrqIssue)
+
+_HINTS = {
+    pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: "libnvidia-ml.so.1 is not installed or not on the loader path; "
+    "install the NVIDIA driver, or try `gpuwatch serve --simulate` to run on simulated GPUs",
+    pynvml.NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel module is not loaded (see `dmesg`, `modprobe nvidia`)",
+    pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH: "the driver library and kernel module differ in version; "
+    "reload the nvidia module or reboot after a driver upgrade",
+    pynvml.NVML_ERROR_NO_PERMISSION: "no permission to open /dev/nvidia*; run as a user in the video group",
+}
+
+
+class NvmlUnavailable(Exception):
+    """NVML could not be initialised; the message says why and what to do."""
+
+
+class GpuLost(Exception):
+    """This GPU stopped answering (fallen off the bus, needs a reset, …)."""
+
+
+class PollFailed(Exception):
+    """This GPU failed this poll (NVML said Unknown); try again next poll."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Datum:
+    """A value with a field id, and optionally a direct call for drivers without the field."""
+
+    key: str
+    field_id: int
+    fallback: Callable[[Any], int] | None = None
+
+
+def _violation_getter(policy: int) -> Callable[[Any], int]:
+    def get(handle: Any) -> int:
+        return int(pynvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime)
+
+    return get
+
+
+def _ecc_getter(error_type: int, counter_type: int) -> Callable[[Any], int]:
+    def get(handle: Any) -> int:
+        return int(pynvml.nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type))
+
+    return get
+
+
+def _data() -> list[_Datum]:
+    data = [
+        _Datum(
+            "energy_mj",
+            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+            pynvml.nvmlDeviceGetTotalEnergyConsumption,
+        ),
+        _Datum("power_instant_mw", pynvml.NVML_FI_DEV_POWER_INSTANT),
+        _Datum("power_limit_mw", pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, pynvml.nvmlDeviceGetEnforcedPowerLimit),
+        _Datum("memory_temperature", pynvml.NVML_FI_DEV_MEMORY_TEMP),
+        _Datum("pcie_replay", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
+        _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES),
+        _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES),
+        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING),
+        _Datum("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING),
+        _Datum("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE),
+    ]
+    for policy, fid in fields.VIOLATION_FIELDS.items():
+        data.append(_Datum(f"violation:{policy}", fid, _violation_getter(fields.VIOLATION_POLICIES[policy])))
+    for key, fid in fields.ECC_FIELDS.items():
+        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, _ecc_getter(*fields.ECC_ARGUMENTS[key])))
+    for cause, fid in fields.RETIRED_PAGE_FIELDS.items():
+        data.append(_Datum(f"retired:{cause}", fid))
+    for kind, fid in fields.REMAPPED_ROW_FIELDS.items():
+        data.append(_Datum(f"remapped:{kind}", fid))
+    return data
+
+
+_DATA = _data()
+
+
+@dataclass(slots=True)
+class _Device:
+    index: int
+    handle: Any
+    identity: GpuIdentity
+    unsupported: set[str] = field(default_factory=set)
+    field_data: list[_Datum] = field(default_factory=list)
+    fallback_data: list[_Datum] = field(default_factory=list)
+    lost: str | None = None
+
+
+def _field_value(entry: Any) -> float:
+    """Decode a ``c_nvmlFieldValue_t`` by its ``valueType`` (signed types use sllVal/siVal)."""
+    decoders = {
+        pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+    }
+    return float(getattr(entry.value, decoders.get(entry.valueType, "ullVal")))
+
+
+class NvmlReader:
+    """Owns the NVML session and every call made through it.
+
+    Not thread-safe by itself: the sampler calls it from one thread.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._devices: list[_Device] = []
+        self._open = False
+        self._lock = threading.Lock()
+        self.errors: Counter[str] = Counter()
+        self.driver_version: str | None = None
+        self.cuda_driver_version: str | None = None
+
+    # -- session ----------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Initialise NVML and read every GPU's identity; raises :class:`NvmlUnavailable`."""
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            hint = _HINTS.get(exc.value, "")
+            raise NvmlUnavailable(f"NVML init failed: {_describe(exc)}" + (f"; {hint}" if hint else "")) from exc
+        self._open = True
+        try:
+            self.driver_version = pynvml.nvmlSystemGetDriverVersion()
+            cuda = self._system(pynvml.nvmlSystemGetCudaDriverVersion_v2)
+            if cuda is not None:
+                self.cuda_driver_version = f"{cuda // 1000}.{cuda % 1000 // 10}"
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as exc:
+            self.close()
+            raise NvmlUnavailable(f"NVML answered init but not the device count: {_describe(exc)}") from exc
+        self._devices = [self._open_device(i) for i in range(count)]
+        log.info(
+            "NVML up: driver %s, CUDA %s, %d GPU(s)",
+            self.driver_version,
+            self.cuda_driver_version,
+            len(self._devices),
+        )
+
+    def close(self) -> None:
+        """Shut NVML down once (pynvml refcounts init and shutdown)."""
+        if self._open:
+            self._open = False
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as exc:
+                log.debug("nvmlShutdown: %s", _describe(exc))
+
+    @property
+    def identities(self) -> list[GpuIdentity]:
+        return [d.identity for d in self._devices]
+
+    def lost_reason(self, index: int) -> str | None:
+        return self._devices[index].lost
+
+    def _system(self, fn: Callable[[], T]) -> T | None:
+        try:
+            return fn()
+        except _UNSUPPORTED:
+            return None
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def _open_device(self, index: int) -> _Device:
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            pci_bus_id = pynvml.nvmlDeviceGetPciInfo(handle).busId
+        except pynvml.NVMLError as exc:
+            log.error("GPU %d: cannot open: %s; reporting it as down", index, _describe(exc))
+            device = _Device(index, None, GpuIdentity(index=index, uuid="", name="", pci_bus_id=""))
+            device.lost = _describe(exc)
+            return device
+        device = _Device(index, handle, GpuIdentity(index=index, uuid=uuid, name=name, pci_bus_id=pci_bus_id))
+        try:
+            device.identity = self._identity(device, uuid, name, pci_bus_id)
+            self._probe_fields(device)
+        except GpuLost as exc:
+            device.lost = str(exc)
+        return device
+
+    def _identity(self, d: _Device, uuid: str, name: str, pci_bus_id: str) -> GpuIdentity:
+        h = d.handle
+        constraints = self._q(d, "power_constraints", pynvml.nvmlDeviceGetPowerManagementLimitConstraints, h)
+        default_limit = self._q(d, "power_default_limit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h)
+        thresholds = {}
+        for label, code in fields.TEMPERATURE_THRESHOLDS.items():
+            value = self._q(d, f"threshold:{label}", pynvml.nvmlDeviceGetTemperatureThreshold, h, code)
+            if value is not None:
+                thresholds[label] = float(value)
+        max_clocks = {}
+        for label, code in fields.CLOCKS.items():
+            value = self._q(d, f"max_clock:{label}", pynvml.nvmlDeviceGetMaxClockInfo, h, code)
+            if value:
+                max_clocks[label] = value * MHZ
+        memory = self._memory_info(d)
+        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        ecc = self._q(d, "ecc_mode", pynvml.nvmlDeviceGetEccMode, h)
+        return GpuIdentity(
+            index=d.index,
+            uuid=uuid,
+            name=name,
+            pci_bus_id=pci_bus_id,
+            serial=self._q(d, "serial", pynvml.nvmlDeviceGetSerial, h),
+            vbios_version=self._q(d, "vbios", pynvml.nvmlDeviceGetVbiosVersion, h),
+            power_limit_default_watts=None if default_limit is None else default_limit / 1000.0,
+            power_limit_min_watts=None if constraints is None else constraints[0] / 1000.0,
+            power_limit_max_watts=None if constraints is None else constraints[1] / 1000.0,
+            temperature_thresholds_celsius=thresholds,
+            max_clocks_hertz=max_clocks,
+            memory_size_bytes=None if memory is None else int(memory.total),
+            bar1_size_bytes=None if bar1 is None else int(bar1.bar1Total),
+            ecc_enabled=None if ecc is None else bool(ecc[0]),
+            pcie_max_generation=self._q(d, "pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
+            pcie_max_width=self._q(d, "pcie_max_width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, h),
+        )
+
+    def _probe_fields(self, d: _Device) -> None:
+        """Ask every field once; keep those that answered, and a working fallback for the rest."""
+        try:
+            values = pynvml.nvmlDeviceGetFieldValues(d.handle, [datum.field_id for datum in _DATA])
+            answered = {v.fieldId for v in values if v.nvmlReturn == pynvml.NVML_SUCCESS}
+        except _UNSUPPORTED:
+            answered = set()  # a driver without nvmlDeviceGetFieldValues: fallbacks only
+        except _DEVICE_FATAL as exc:
+            raise GpuLost(_describe(exc)) from exc
+        for datum in _DATA:
+            if datum.field_id in answered:
+                d.field_data.append(datum)
+            elif datum.fallback is not None and self._q(d, datum.key, datum.fallback, d.handle) is not None:
+                d.fallback_data.append(datum)
+            else:
+                d.unsupported.add(datum.key)
+        missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
+        if missing:
+            log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
+
+    # -- one query --------------------------------------------------------------------------------
+
+    def _q(self, d: _Device, key: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """Call one NVML getter for one GPU, translating errors by the policy in the module doc."""
+        if key in d.unsupported:
+            return None
+        try:
+            return fn(*args)
+        except _UNSUPPORTED as exc:
+            d.unsupported.add(key)
+            log.info("GPU %d: %s not available (%s); not asking again", d.index, key, _describe(exc))
+            return None
+        except _DEVICE_FATAL as exc:
+            raise GpuLost(_describe(exc)) from exc
+        except pynvml.NVMLError_Unknown as exc:
+            self.errors[key] += 1
+            raise PollFailed(f"{key}: {_describe(exc)}") from exc
+        except pynvml.NVMLError as exc:
+            self.errors[key] += 1
+            log.warning("GPU %d: %s failed: %s", d.index, key, _describe(exc))
+            return None
+
+    def _first(self, d: _Device, key: str, candidates: list[Callable[[], T]]) -> T | None:
+        """Try versioned variants newest first; remember the first one the driver has."""
+        for i, call in enumerate(candidates):
+            variant = f"{key}#{i}"
+            if variant in d.unsupported:
+                continue
+            value = self._q(d, variant, call)
+            if value is not None or variant not in d.unsupported:
+                return value
+        return None
+
+    def _memory_info(self, d: _Device) -> Any:
+        h = d.handle
+        return self._first(
+            d,
+            "memory_info",
+            [
+                lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2),
+                lambda: pynvml.nvmlDeviceGetMemoryInfo(h),
+            ],
+        )
+
+    # -- every poll -------------------------------------------------------------------------------
+
+    def read(self, index: int) -> GpuReading:
+        """Read one GPU now. Raises :class:`GpuLost`, or :class:`PollFailed` for this poll only."""
+        d = self._devices[index]
+        if d.lost is not None:
+            raise GpuLost(d.lost)
+        try:
+            return self._read(d)
+        except GpuLost as exc:
+            d.lost = str(exc)
+            log.error("GPU %d (%s): lost: %s; no further calls to it", d.index, d.identity.uuid, exc)
+            raise
+
+    def _read(self, d: _Device) -> GpuReading:
+        h = d.handle
+        values = self._batch(d)
+        fallback = {datum.key: self._q(d, datum.key, datum.fallback, h) for datum in d.fallback_data if datum.fallback}
+        values.update({k: float(v) for k, v in fallback.items() if v is not None})
+
+        power_mw = self._q(d, "power_usage", pynvml.nvmlDeviceGetPowerUsage, h)
+        temperature = self._first(
+            d,
+            "temperature",
+            [
+                lambda: pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU),
+                lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+            ],
+        )
+        margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
+        fan = self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h)
+        clocks = {}
+        for label, code in fields.CLOCKS.items():
+            value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, h, code)
+            if value is not None:
+                clocks[label] = value * MHZ
+        utilization: dict[str, float] = {}
+        rates = self._q(d, "utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
+        if rates is not None:
+            utilization["gpu"] = rates.gpu / 100.0
+            utilization["memory"] = rates.memory / 100.0
+        for engine, fn in (
+            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
+            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
+        ):
+            sample = self._q(d, f"utilization:{engine}", fn, h)
+            if sample is not None:
+                utilization[engine] = sample[0] / 100.0
+        reasons = self._first(
+            d,
+            "clock_event_reasons",
+            [
+                lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+                lambda: pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+            ],
+        )
+        memory = self._memory_info(d)
+        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
+
+        return GpuReading(
+            timestamp=self._clock(),
+            power_watts=_scaled(power_mw, 1e3),
+            power_instant_watts=_scaled(values.get("power_instant_mw"), 1e3),
+            power_limit_watts=_scaled(values.get("power_limit_mw"), 1e3),
+            energy_joules=_scaled(values.get("energy_mj"), 1e3),
+            temperature_celsius=None if temperature is None else float(temperature),
+            memory_temperature_celsius=values.get("memory_temperature"),
+            temperature_margin_celsius=None if margin is None else float(margin),
+            fan_speed_ratio=_scaled(fan, 100),
+            performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
+            clocks_hertz=clocks,
+            utilization_ratio=utilization,
+            memory_used_bytes=None if memory is None else int(memory.used),
+            memory_free_bytes=None if memory is None else int(memory.free),
+            memory_reserved_bytes=getattr(memory, "reserved", None),
+            bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
+            clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
+            violation_seconds=_prefixed(values, "violation:", 1e9),
+            ecc_errors={
+                tuple(k.split(":")[1:]): int(v)  # type: ignore[misc]
+                for k, v in values.items()
+                if k.startswith("ecc:")
+            },
+            retired_pages={k: int(v) for k, v in _prefixed(values, "retired:", 1).items()},
+            retired_pages_pending=_flag(values.get("retired_pending")),
+            remapped_rows={k: int(v) for k, v in _prefixed(values, "remapped:", 1).items()},
+            row_remap_pending=_flag(values.get("remap_pending")),
+            row_remap_failure=_flag(values.get("remap_failure")),
+            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            pcie_replay_errors=_int(values.get("pcie_replay")),
+            pcie_transmit_bytes=_int(values.get("pcie_tx_bytes")),
+            pcie_receive_bytes=_int(values.get("pcie_rx_bytes")),
+        )
+
+    def _batch(self, d: _Device) -> dict[str, float]:
+        """One nvmlDeviceGetFieldValues call for every probed field of this GPU."""
+        if not d.field_data:
+            return {}
+        try:
+            entries = pynvml.nvmlDeviceGetFieldValues(d.handle, [datum.field_id for datum in d.field_data])
+        except _DEVICE_FATAL as exc:
+            raise GpuLost(_describe(exc)) from exc
+        except pynvml.NVMLError_Unknown as exc:
+            self.errors["field_values"] += 1
+            raise PollFailed(f"field values: {_describe(exc)}") from exc
+        except pynvml.NVMLError as exc:
+            self.errors["field_values"] += 1
+            log.warning("GPU %d: field values failed: %s", d.index, _describe(exc))
+            return {}
+        out = {}
+        for datum, entry in zip(d.field_data, entries, strict=True):
+            if entry.nvmlReturn == pynvml.NVML_SUCCESS:
+                out[datum.key] = _field_value(entry)
+            else:
+                self.errors[datum.key] += 1
+        return out
+
+    # -- slower loop ------------------------------------------------------------------------------
+
+    def processes(self, index: int) -> tuple[GpuProcess, ...]:
+        """Processes holding memory on one GPU (compute and graphics), with name and user.
+
+        NVML: nvmlDeviceGetComputeRunningProcesses_v3 / _v2 and the graphics twin (ms-scale calls,
+        hence the slower loop). Names and users come from psutil; a pid outside our PID namespace
+        falls back to nvmlSystemGetProcessName.
+        """
+        d = self._devices[index]
+        if d.lost is not None:
+            return ()
+        h = d.handle
+        found: dict[int, Any] = {}
+        getters = {
+            "compute": (
+                pynvml.nvmlDeviceGetComputeRunningProcesses_v3,
+                pynvml.nvmlDeviceGetComputeRunningProcesses_v2,
+            ),
+            "graphics": (
+                pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3,
+                pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2,
+            ),
+        }
+        for kind, (v3, v2) in getters.items():
+            procs = self._first(d, f"processes:{kind}", [partial(v3, h), partial(v2, h)]) or []
+            for proc in procs:
+                found.setdefault(proc.pid, proc)
+        return tuple(self._describe_process(pid, proc.usedGpuMemory) for pid, proc in sorted(found.items()))
+
+    def _describe_process(self, pid: int, used: int | None) -> GpuProcess:
+        name: str | None = None
+        user: str | None = None
+        try:
+            p = psutil.Process(pid)
+            name, user = p.name(), p.username()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
+            try:
+                name = pynvml.nvmlSystemGetProcessName(pid)
+            except pynvml.NVMLError:
+                name = None
+        return GpuProcess(pid=pid, name=name, user=user, used_memory_bytes=used)
+
+
+def _describe(exc: pynvml.NVMLError) -> str:
+    # str(NVMLError) for codes outside pynvml's own table calls into the library; avoid that.
+    return f"{type(exc).__name__.removeprefix('NVMLError_')} (code {exc.value})"
+
+
+def _scaled(value: float | None, divisor: float) -> float | None:
+    return None if value is None else value / divisor
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _flag(value: float | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _prefixed(values: dict[str, float], prefix: str, divisor: float) -> dict[str, float]:
+    return {k.removeprefix(prefix): v / divisor for k, v in values.items() if k.startswith(prefix)}

@@ -1,0 +1,1 @@
+"""The simulated NVIDIA driver library that sits beneath pynvml (DESIGN §3)."""

@@ -1,0 +1,533 @@
+"""A simulated ``libnvidia-ml.so``: NVML's C entry points, implemented over simulated GPUs.
+
+pynvml loads the driver library into its module global ``nvmlLib`` and looks each C symbol up
+there by name. An instance of :class:`SimulatedNvmlLibrary` stands in for that library: each
+attribute is an entry point that takes the same ctypes arguments the C function would (scalars by
+value, outputs ``byref``), writes its results through them and returns an ``nvmlReturn_t``. pynvml's
+own wrappers, structs, version fallbacks and error classes therefore run unchanged on top of it.
+
+Symbols not implemented here are missing, exactly as on an older driver: pynvml raises
+``NVMLError_FunctionNotFound`` for them. ``hidden_symbols`` removes more, to emulate old drivers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gpuwatch.sim import abi
+from gpuwatch.sim.physics import STEP_S, SimGpu
+from gpuwatch.sim.profiles import MIB
+from gpuwatch.sim.scenario import Scenario
+
+_HANDLE_BASE = 0x6A000
+_HANDLE_STRIDE = 0x100
+_EVENT_SET_BASE = 0x7E000
+
+
+class SimulatedNvmlError(Exception):
+    """Raised inside an entry point; becomes that entry point's return code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _EntryPoint:
+    """One C symbol: a callable that turns SimulatedNvmlError into a return code.
+
+    pynvml sets ``restype`` on some symbols (``nvmlErrorString``), so this must accept attributes.
+    """
+
+    def __init__(self, name: str, impl: Callable[..., Any]) -> None:
+        self.__name__ = name
+        self._impl = impl
+        self.restype: Any = None
+        self.argtypes: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            result = self._impl(*args)
+        except SimulatedNvmlError as exc:
+            return exc.code
+        return abi.SUCCESS if result is None else result
+
+
+class SimulatedNvmlLibrary:
+    """The simulated driver library for one scenario.
+
+    ``clock`` returns simulated seconds since the scenario started; the library steps its GPUs up
+    to that time on every call, so readings are a function of simulated time alone.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        clock: Callable[[], float],
+        hidden_symbols: Iterable[str] = (),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.scenario = scenario
+        self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
+        self._clock = clock
+        self._sleep = sleep
+        self._hidden = frozenset(hidden_symbols)
+        self._lock = threading.RLock()
+        self._initialized = 0
+        self._time_s = 0.0
+        self._event_sets: dict[int, dict[int, int]] = {}  # set id -> {gpu index: mask}
+        self._event_cond = threading.Condition(self._lock)
+        self.calls = 0
+
+    # -- the symbol table pynvml sees ------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> _EntryPoint:
+        if not name.startswith("nvml") or name in self._hidden:
+            raise AttributeError(name)
+        impl = getattr(type(self), "_" + name, None)
+        if impl is None:
+            raise AttributeError(name)
+        return _EntryPoint(name, impl.__get__(self))
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Step every GPU up to the clock's simulated time."""
+        with self._lock:
+            now = self._clock()
+            while self._time_s + STEP_S <= now:
+                self._time_s += STEP_S
+                for gpu in self.gpus:
+                    gpu.step()
+            if any(gpu.events for gpu in self.gpus):
+                self._event_cond.notify_all()
+
+    def _check_init(self) -> None:
+        if self._initialized <= 0:
+            raise SimulatedNvmlError(abi.ERROR_UNINITIALIZED)
+
+    def _gpu(self, handle: Any) -> SimGpu:
+        """Resolve a device handle, advance time, and apply the GPU's call faults."""
+        self._check_init()
+        address = ctypes.cast(handle, ctypes.c_void_p).value or 0
+        index, rest = divmod(address - _HANDLE_BASE, _HANDLE_STRIDE)
+        if rest or not 0 <= index < len(self.gpus):
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        self.advance()
+        self.calls += 1
+        gpu = self.gpus[index]
+        hang = gpu.fault_active("hang")
+        if hang is not None:
+            self._sleep(hang.hang_s)
+        if gpu.state.lost:
+            raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
+        if gpu.fault_active("unknown_error") is not None:
+            raise SimulatedNvmlError(abi.ERROR_UNKNOWN)
+        return gpu
+
+    # -- init, system -----------------------------------------------------------------------------
+
+    def _nvmlInitWithFlags(self, flags: Any) -> None:
+        with self._lock:
+            self._initialized += 1
+
+    def _nvmlInit_v2(self) -> None:
+        return self._nvmlInitWithFlags(0)
+
+    def _nvmlShutdown(self) -> None:
+        with self._lock:
+            self._check_init()
+            self._initialized -= 1
+
+    def _nvmlErrorString(self, code: Any) -> bytes:
+        return abi.ERROR_STRINGS.get(_val(code), b"Unknown Error")
+
+    def _nvmlSystemGetDriverVersion(self, buf: Any, size: Any) -> None:
+        self._check_init()
+        _write_str(buf, self.scenario.driver_version)
+
+    def _nvmlSystemGetNVMLVersion(self, buf: Any, size: Any) -> None:
+        self._check_init()
+        major = self.scenario.cuda_driver_version // 1000
+        _write_str(buf, f"{major}.{self.scenario.driver_version}")
+
+    def _nvmlSystemGetCudaDriverVersion(self, out: Any) -> None:
+        self._check_init()
+        _set(out, self.scenario.cuda_driver_version)
+
+    def _nvmlSystemGetCudaDriverVersion_v2(self, out: Any) -> None:
+        return self._nvmlSystemGetCudaDriverVersion(out)
+
+    def _nvmlSystemGetProcessName(self, pid: Any, buf: Any, size: Any) -> None:
+        self._check_init()
+        for gpu in self.gpus:
+            for proc in gpu.spec.processes:
+                if proc.pid == _val(pid):
+                    _write_str(buf, proc.name)
+                    return
+        raise SimulatedNvmlError(abi.ERROR_NOT_FOUND)
+
+    def _nvmlDeviceGetCount_v2(self, out: Any) -> None:
+        self._check_init()
+        _set(out, len(self.gpus))
+
+    def _nvmlDeviceGetHandleByIndex_v2(self, index: Any, out: Any) -> None:
+        self._check_init()
+        i = _val(index)
+        if not 0 <= i < len(self.gpus):
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        if self.gpus[i].state.lost:
+            raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
+        _write_pointer(out, _HANDLE_BASE + i * _HANDLE_STRIDE)
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetName(self, handle: Any, buf: Any, size: Any) -> None:
+        _write_str(buf, self._gpu(handle).profile.name)
+
+    def _nvmlDeviceGetUUID(self, handle: Any, buf: Any, size: Any) -> None:
+        _write_str(buf, self._gpu(handle).uuid)
+
+    def _nvmlDeviceGetSerial(self, handle: Any, buf: Any, size: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.serial)
+        _write_str(buf, gpu.serial)
+
+    def _nvmlDeviceGetVbiosVersion(self, handle: Any, buf: Any, size: Any) -> None:
+        _write_str(buf, self._gpu(handle).profile.vbios_version)
+
+    def _nvmlDeviceGetIndex(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).index)
+
+    def _nvmlDeviceGetBrand(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).profile.brand)
+
+    def _nvmlDeviceGetArchitecture(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).profile.architecture)
+
+    def _nvmlDeviceGetPciInfo_v3(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        info = out._obj
+        info.busId = gpu.pci_bus_id.encode()
+        info.busIdLegacy = gpu.pci_bus_id[4:].encode()
+        info.domain = 0
+        info.bus = gpu.pci_bus
+        info.device = 0
+        info.pciDeviceId = gpu.profile.pci_device_id
+        info.pciSubSystemId = 0x145913DC
+
+    # -- power ------------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetPowerUsage(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        # GA100 and older report the instantaneous reading; newer parts a 1 s average (nvml.h).
+        watts = gpu.state.power_avg_w if gpu.profile.power_average_field else gpu.state.power_w
+        _set(out, round(watts * 1000))
+
+    def _nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, out: Any) -> None:
+        _set(out, int(self._gpu(handle).state.energy_mj))
+
+    def _nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, out: Any) -> None:
+        _set(out, round(self._gpu(handle).power_limit_w * 1000))
+
+    def _nvmlDeviceGetPowerManagementLimit(self, handle: Any, out: Any) -> None:
+        return self._nvmlDeviceGetEnforcedPowerLimit(handle, out)
+
+    def _nvmlDeviceGetPowerManagementDefaultLimit(self, handle: Any, out: Any) -> None:
+        _set(out, round(self._gpu(handle).profile.power_default_w * 1000))
+
+    def _nvmlDeviceGetPowerManagementLimitConstraints(self, handle: Any, low: Any, high: Any) -> None:
+        profile = self._gpu(handle).profile
+        _set(low, round(profile.power_min_w * 1000))
+        _set(high, round(profile.power_max_w * 1000))
+
+    # -- thermal ----------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        if _val(sensor) != abi.TEMPERATURE_GPU:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        _set(out, round(gpu.state.temperature_c))
+
+    def _nvmlDeviceGetTemperatureV(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        struct = out._obj
+        if struct.sensorType != abi.TEMPERATURE_GPU:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        struct.temperature = round(gpu.state.temperature_c)
+
+    def _nvmlDeviceGetTemperatureThreshold(self, handle: Any, kind: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        t = gpu.profile.thresholds
+        values = {
+            abi.THRESHOLD_SHUTDOWN: t.shutdown,
+            abi.THRESHOLD_SLOWDOWN: t.slowdown,
+            abi.THRESHOLD_GPU_MAX: t.max_operating,
+            abi.THRESHOLD_MEM_MAX: t.memory_max,
+            abi.THRESHOLD_ACOUSTIC_CURR: t.target,
+        }
+        value = values.get(_val(kind))
+        _require(gpu.profile.thresholds_absolute and value is not None)
+        _set(out, value)
+
+    def _nvmlDeviceGetMarginTemperature(self, handle: Any, out: Any) -> None:
+        out._obj.marginTemperature = round(self._gpu(handle).margin_c())
+
+    def _nvmlDeviceGetFanSpeed(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.fan)
+        _set(out, gpu.state.fan_percent)
+
+    # -- clocks, performance ----------------------------------------------------------------------
+
+    def _nvmlDeviceGetClockInfo(self, handle: Any, kind: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _set(out, gpu.state.clocks_mhz[_clock_index(kind)])
+
+    def _nvmlDeviceGetMaxClockInfo(self, handle: Any, kind: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _set(out, gpu.profile.max_clocks_mhz[_clock_index(kind)])
+
+    def _nvmlDeviceGetPerformanceState(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).state.pstate)
+
+    def _nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).state.reasons)
+
+    def _nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any, out: Any) -> None:
+        return self._nvmlDeviceGetCurrentClocksEventReasons(handle, out)
+
+    def _nvmlDeviceGetSupportedClocksEventReasons(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, abi.REASONS_SUPPORTED)
+
+    def _nvmlDeviceGetSupportedClocksThrottleReasons(self, handle: Any, out: Any) -> None:
+        return self._nvmlDeviceGetSupportedClocksEventReasons(handle, out)
+
+    def _nvmlDeviceGetViolationStatus(self, handle: Any, policy: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        ns = gpu.state.violation_ns.get(_val(policy))
+        _require(ns is not None)
+        out._obj.referenceTime = int(self._time_s * 1e6)
+        out._obj.violationTime = int(ns or 0)
+
+    # -- utilization, memory ----------------------------------------------------------------------
+
+    def _nvmlDeviceGetUtilizationRates(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        out._obj.gpu = gpu.state.utilization_gpu
+        out._obj.memory = gpu.state.utilization_memory
+
+    def _nvmlDeviceGetEncoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
+        self._gpu(handle)
+        _set(util, 0)
+        _set(period, 167000)
+
+    def _nvmlDeviceGetDecoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
+        return self._nvmlDeviceGetEncoderUtilization(handle, util, period)
+
+    def _nvmlDeviceGetMemoryInfo(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        total = gpu.profile.memory_total_mib * MIB
+        used = gpu.used_memory_bytes() + gpu.profile.memory_reserved_mib * MIB
+        out._obj.total = total
+        out._obj.used = used
+        out._obj.free = total - used
+
+    def _nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        total = gpu.profile.memory_total_mib * MIB
+        reserved = gpu.profile.memory_reserved_mib * MIB
+        used = gpu.used_memory_bytes()
+        out._obj.total = total
+        out._obj.reserved = reserved
+        out._obj.used = used
+        out._obj.free = total - reserved - used
+
+    def _nvmlDeviceGetBAR1MemoryInfo(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        total = gpu.profile.bar1_total_mib * MIB
+        used = (2 + 8 * len(gpu.spec.processes)) * MIB
+        out._obj.bar1Total = total
+        out._obj.bar1Used = used
+        out._obj.bar1Free = total - used
+
+    # -- reliability ------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetEccMode(self, handle: Any, current: Any, pending: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.ecc is not None)
+        _set(current, int(bool(gpu.profile.ecc)))
+        _set(pending, int(bool(gpu.profile.ecc)))
+
+    def _nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: Any, counter: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(bool(gpu.profile.ecc))
+        counts = gpu.state.ecc_volatile if _val(counter) == abi.VOLATILE_ECC else gpu.state.ecc_aggregate
+        _set(out, counts[1 if _val(error_type) == abi.MEMORY_ERROR_UNCORRECTED else 0])
+
+    def _nvmlDeviceGetRemappedRows(self, handle: Any, corr: Any, unc: Any, pending: Any, failure: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.row_remapping)
+        _set(corr, gpu.state.remapped_rows[0])
+        _set(unc, gpu.state.remapped_rows[1])
+        _set(pending, gpu.state.remap_pending)
+        _set(failure, gpu.state.remap_failure)
+
+    # -- PCIe -------------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).state.pcie_generation)
+
+    def _nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).profile.pcie_max_generation)
+
+    def _nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).profile.pcie_max_width)
+
+    def _nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any, out: Any) -> None:
+        _set(out, self._gpu(handle).profile.pcie_max_width)
+
+    def _nvmlDeviceGetPcieReplayCounter(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 0)
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
+        gpu = self._gpu(handle)
+        procs = gpu.spec.processes
+        capacity = _val(count._obj)
+        count._obj.value = len(procs)
+        if not procs:
+            return abi.SUCCESS
+        if infos is None or capacity < len(procs):
+            return abi.ERROR_INSUFFICIENT_SIZE
+        for slot, proc in zip(infos, procs, strict=False):
+            slot.pid = proc.pid
+            slot.usedGpuMemory = proc.used_memory_bytes
+            slot.gpuInstanceId = 0xFFFFFFFF
+            slot.computeInstanceId = 0xFFFFFFFF
+        return abi.SUCCESS
+
+    def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
+        self._gpu(handle)
+        count._obj.value = 0
+        return abi.SUCCESS
+
+    # -- field values -----------------------------------------------------------------------------
+
+    def _nvmlDeviceGetFieldValues(self, handle: Any, count: Any, values: Any) -> None:
+        gpu = self._gpu(handle)
+        stamp_us = int(self._time_s * 1e6)
+        for entry in values._obj[: _val(count)]:
+            entry.timestamp = stamp_us
+            entry.latencyUsec = 0
+            try:
+                value_type, value = self._field(gpu, entry.fieldId)
+            except SimulatedNvmlError as exc:
+                entry.nvmlReturn = exc.code
+                continue
+            entry.nvmlReturn = abi.SUCCESS
+            entry.valueType = value_type
+            if value_type == abi.VALUE_UNSIGNED_INT:
+                entry.value.uiVal = int(value)
+            elif value_type == abi.VALUE_SIGNED_INT:
+                entry.value.siVal = int(value)
+            else:
+                entry.value.ullVal = int(value)
+
+    def _field(self, gpu: SimGpu, field_id: int) -> tuple[int, float]:
+        s, p = gpu.state, gpu.profile
+        uint, ull, sint = abi.VALUE_UNSIGNED_INT, abi.VALUE_UNSIGNED_LONG_LONG, abi.VALUE_SIGNED_INT
+        ecc_on = bool(p.ecc)
+        policies = {
+            abi.FI_PERF_POLICY_POWER: abi.PERF_POLICY_POWER,
+            abi.FI_PERF_POLICY_THERMAL: abi.PERF_POLICY_THERMAL,
+            abi.FI_PERF_POLICY_SYNC_BOOST: abi.PERF_POLICY_SYNC_BOOST,
+            abi.FI_PERF_POLICY_BOARD_LIMIT: abi.PERF_POLICY_BOARD_LIMIT,
+            abi.FI_PERF_POLICY_LOW_UTILIZATION: abi.PERF_POLICY_LOW_UTILIZATION,
+            abi.FI_PERF_POLICY_RELIABILITY: abi.PERF_POLICY_RELIABILITY,
+        }
+        if field_id in policies:
+            return ull, s.violation_ns[policies[field_id]]
+        t = p.thresholds
+        table: dict[int, tuple[bool, int, float]] = {
+            abi.FI_ECC_CURRENT: (p.ecc is not None, uint, int(ecc_on)),
+            abi.FI_ECC_PENDING: (p.ecc is not None, uint, int(ecc_on)),
+            abi.FI_ECC_SBE_VOL_TOTAL: (ecc_on, ull, s.ecc_volatile[0]),
+            abi.FI_ECC_DBE_VOL_TOTAL: (ecc_on, ull, s.ecc_volatile[1]),
+            abi.FI_ECC_SBE_AGG_TOTAL: (ecc_on, ull, s.ecc_aggregate[0]),
+            abi.FI_ECC_DBE_AGG_TOTAL: (ecc_on, ull, s.ecc_aggregate[1]),
+            abi.FI_MEMORY_TEMP: (p.memory_temperature, uint, round(gpu.memory_temperature_c())),
+            abi.FI_TOTAL_ENERGY_CONSUMPTION: (True, ull, s.energy_mj),
+            abi.FI_ENERGY: (True, ull, s.energy_mj),
+            abi.FI_PCIE_REPLAY_COUNTER: (True, uint, 0),
+            abi.FI_REMAPPED_COR: (p.row_remapping, uint, s.remapped_rows[0]),
+            abi.FI_REMAPPED_UNC: (p.row_remapping, uint, s.remapped_rows[1]),
+            abi.FI_REMAPPED_PENDING: (p.row_remapping, uint, s.remap_pending),
+            abi.FI_REMAPPED_FAILURE: (p.row_remapping, uint, s.remap_failure),
+            abi.FI_POWER_AVERAGE: (p.power_average_field, uint, round(s.power_avg_w * 1000)),
+            abi.FI_POWER_INSTANT: (True, uint, round(s.power_w * 1000)),
+            abi.FI_POWER_MIN_LIMIT: (True, uint, round(p.power_min_w * 1000)),
+            abi.FI_POWER_MAX_LIMIT: (True, uint, round(p.power_max_w * 1000)),
+            abi.FI_POWER_DEFAULT_LIMIT: (True, uint, round(p.power_default_w * 1000)),
+            abi.FI_POWER_CURRENT_LIMIT: (True, uint, round(gpu.power_limit_w * 1000)),
+            abi.FI_POWER_REQUESTED_LIMIT: (True, uint, round(gpu.power_limit_w * 1000)),
+            abi.FI_TEMPERATURE_SHUTDOWN_TLIMIT: (True, sint, t.shutdown - t.max_operating),
+            abi.FI_TEMPERATURE_SLOWDOWN_TLIMIT: (True, sint, t.slowdown - t.max_operating),
+            abi.FI_TEMPERATURE_GPU_MAX_TLIMIT: (True, sint, 0),
+            abi.FI_PCIE_COUNT_TX_BYTES: (True, ull, s.pcie_tx_bytes),
+            abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
+        }
+        if field_id not in table:
+            # Retired pages (29-31) are a pre-Ampere mechanism: every profile here says N/A.
+            known = {
+                abi.FI_RETIRED_SBE,
+                abi.FI_RETIRED_DBE,
+                abi.FI_RETIRED_PENDING,
+                abi.FI_TEMPERATURE_MEM_MAX_TLIMIT,
+            }
+            code = abi.ERROR_NOT_SUPPORTED if field_id in known else abi.ERROR_INVALID_ARGUMENT
+            raise SimulatedNvmlError(code)
+        supported, value_type, value = table[field_id]
+        _require(supported)
+        return value_type, value
+
+
+# -- ctypes helpers -------------------------------------------------------------------------------
+
+
+def _val(x: Any) -> Any:
+    """The Python value of a ctypes scalar passed by value (or a plain int)."""
+    return getattr(x, "value", x)
+
+
+def _set(ref: Any, value: Any) -> None:
+    """Write through a ``byref(c_scalar)`` output argument."""
+    ref._obj.value = value
+
+
+def _write_str(buf: Any, text: str) -> None:
+    buf.value = text.encode()
+
+
+def _write_pointer(ref: Any, address: int) -> None:
+    """Store an opaque handle value into a ``byref(POINTER(...))`` output argument."""
+    target = ref._obj
+    ctypes.cast(ctypes.pointer(target), ctypes.POINTER(ctypes.c_void_p))[0] = address
+
+
+def _require(supported: bool) -> None:
+    if not supported:
+        raise SimulatedNvmlError(abi.ERROR_NOT_SUPPORTED)
+
+
+def _clock_index(kind: Any) -> int:
+    index = {abi.CLOCK_GRAPHICS: 0, abi.CLOCK_SM: 1, abi.CLOCK_MEM: 2, abi.CLOCK_VIDEO: 3}.get(_val(kind))
+    if index is None:
+        raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+    return index

@@ -1,0 +1,252 @@
+"""The physics of one simulated GPU, stepped in fixed increments of simulated time.
+
+Simple on purpose, plausible by construction:
+
+* Power: idle power plus a dynamic part that scales with load and with (clock fraction)^2.5,
+  the usual voltage-frequency curve. The SW power-cap controller picks the highest clock whose
+  power fits under the enforced limit and sets the SW power cap reason when that binds.
+* Thermal: first order, ``dT/dt = (ambient + R·P - T) / τ``. At the max-operating threshold a SW
+  thermal controller lowers clocks (with limited authority); at the slowdown threshold the
+  hardware halves them (HW thermal + HW slowdown) until the GPU cools 2 °C below it.
+* Counters integrate: energy (mJ), violation time per policy (ns), PCIe bytes.
+
+Fixed steps make the state at a simulated time independent of when it is read: a run is
+reproducible from its seed, whatever the polling rhythm.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from gpuwatch.sim import abi
+from gpuwatch.sim.profiles import PROFILES, DeviceProfile
+from gpuwatch.sim.scenario import Fault, GpuSpec
+
+STEP_S = 0.25
+_POWER_EXPONENT = 2.5
+_SW_THERMAL_FLOOR = 0.75  # the SW thermal controller cannot take clocks below 75 % of max
+_SW_THERMAL_RATE_PER_S = 0.01
+_HW_SLOWDOWN_FACTOR = 0.5
+_BUSY_LOAD = 0.02
+
+
+@dataclass(slots=True)
+class GpuState:
+    """Everything a driver call can read about one GPU at the current simulated step."""
+
+    temperature_c: float
+    clocks_mhz: tuple[int, int, int, int]
+    power_w: float = 0.0
+    power_avg_w: float = 0.0
+    energy_mj: float = 0.0
+    reasons: int = abi.REASON_GPU_IDLE
+    utilization_gpu: int = 0
+    utilization_memory: int = 0
+    fan_percent: int = 30
+    pstate: int = 8
+    pcie_generation: int = 1
+    pcie_tx_bytes: float = 0.0
+    pcie_rx_bytes: float = 0.0
+    violation_ns: dict[int, float] = field(default_factory=dict)
+    ecc_volatile: list[int] = field(default_factory=lambda: [0, 0])  # corrected, uncorrected
+    ecc_aggregate: list[int] = field(default_factory=lambda: [0, 0])
+    remapped_rows: list[int] = field(default_factory=lambda: [0, 0])  # correctable, uncorrectable
+    remap_pending: int = 0
+    remap_failure: int = 0
+    lost: bool = False
+
+
+class SimGpu:
+    """One simulated GPU driven by a :class:`GpuSpec`."""
+
+    def __init__(self, index: int, spec: GpuSpec, seed: int) -> None:
+        self.index = index
+        self.spec = spec
+        self.profile: DeviceProfile = PROFILES[spec.profile]
+        self.rng = random.Random(seed * 1009 + index)
+        self.power_limit_w = spec.power_limit_w or self.profile.power_default_w
+        self.uuid = "GPU-" + _uuid_from(self.rng)
+        self.serial = f"13{self.rng.randrange(10**10, 10**11)}"
+        self.pci_bus = 0x1B + index * 0x20
+        self.pci_bus_id = f"00000000:{self.pci_bus:02X}:00.0"
+        self._sw_thermal_scale = 1.0
+        self._hw_thermal = False
+        self._avg_window: deque[float] = deque(maxlen=round(1.0 / STEP_S))
+        self._pending_faults = sorted(spec.faults, key=lambda f: f.at_s)
+        self._active: list[Fault] = []
+        self.events: list[tuple[int, int]] = []  # (event type, data) not yet delivered
+        self.time_s = 0.0
+        start_power = self.profile.idle_power_w
+        self.state = GpuState(
+            temperature_c=spec.ambient_celsius + spec.thermal_resistance_c_per_w * start_power,
+            clocks_mhz=self.profile.idle_clocks_mhz,
+            # The counter counts since the driver loaded, which was some time before we started.
+            energy_mj=self.rng.uniform(2e8, 9e8),
+            power_w=start_power,
+            power_avg_w=start_power,
+        )
+        self.state.violation_ns = {policy: 0.0 for policy in range(6)}
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def fault_active(self, kind: str) -> Fault | None:
+        """The fault of this kind in force now, if any."""
+        for fault in self._active:
+            if fault.kind == kind and fault.at_s <= self.time_s < fault.at_s + fault.duration_s:
+                return fault
+        return None
+
+    def _fire_due_faults(self) -> None:
+        s = self.state
+        while self._pending_faults and self._pending_faults[0].at_s <= self.time_s:
+            fault = self._pending_faults.pop(0)
+            self._active.append(fault)
+            if fault.kind == "fall_off_bus":
+                s.lost = True
+                self.events.append((abi.EVENT_XID_CRITICAL, 79))
+            elif fault.kind == "ecc_corrected":
+                s.ecc_volatile[0] += fault.count
+                s.ecc_aggregate[0] += fault.count
+                self.events.append((abi.EVENT_SINGLE_BIT_ECC, 0))
+            elif fault.kind == "ecc_uncorrected":
+                s.ecc_volatile[1] += fault.count
+                s.ecc_aggregate[1] += fault.count
+                self.events.append((abi.EVENT_DOUBLE_BIT_ECC, 0))
+                self.events.append((abi.EVENT_XID_CRITICAL, 48))
+            elif fault.kind == "row_remap_pending":
+                s.remapped_rows[1] += fault.count
+                s.remap_pending = 1
+                s.ecc_aggregate[1] += fault.count
+                self.events.append((abi.EVENT_XID_CRITICAL, 63))
+            elif fault.kind == "row_remap_failure":
+                s.remap_failure = 1
+                self.events.append((abi.EVENT_XID_CRITICAL, 64))
+            elif fault.kind == "xid":
+                self.events.append((abi.EVENT_XID_CRITICAL, fault.xid))
+            elif fault.kind == "energy_reset":
+                s.energy_mj = 0.0
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def load_at(self, t: float) -> float:
+        level = 0.0
+        for at, value in self.spec.load_steps:
+            if at <= t:
+                level = value
+        return level
+
+    def ambient_at(self, t: float) -> float:
+        spec = self.spec
+        rising = spec.ambient_celsius + spec.ambient_rise_celsius_per_minute * t / 60.0
+        return min(rising, spec.ambient_max_celsius)
+
+    def step(self) -> None:
+        """Advance by one :data:`STEP_S` of simulated time."""
+        self.time_s += STEP_S
+        self._fire_due_faults()
+        s, p = self.state, self.profile
+        if s.lost:
+            return
+        thresholds = p.thresholds
+        load = self.load_at(self.time_s)
+        busy = load > _BUSY_LOAD
+        dynamic_full_w = load * (p.demand_power_w - p.idle_power_w)
+
+        # SW power cap: the highest clock fraction whose power fits under the limit.
+        headroom_w = self.power_limit_w - p.idle_power_w
+        cap_scale = 1.0
+        if busy and dynamic_full_w > headroom_w:
+            cap_scale = (headroom_w / dynamic_full_w) ** (1.0 / _POWER_EXPONENT)
+
+        # SW thermal controller around the max-operating threshold, with limited authority.
+        if s.temperature_c >= thresholds.max_operating:
+            self._sw_thermal_scale = max(_SW_THERMAL_FLOOR, self._sw_thermal_scale - _SW_THERMAL_RATE_PER_S * STEP_S)
+        elif s.temperature_c < thresholds.max_operating - 1.5:
+            self._sw_thermal_scale = min(1.0, self._sw_thermal_scale + _SW_THERMAL_RATE_PER_S * STEP_S)
+        # HW thermal slowdown with 2 °C of hysteresis.
+        if s.temperature_c >= thresholds.slowdown:
+            self._hw_thermal = True
+        elif s.temperature_c < thresholds.slowdown - 2:
+            self._hw_thermal = False
+        brake = self.fault_active("power_brake") is not None
+
+        reasons = 0
+        scale = 1.0
+        if not busy:
+            reasons |= abi.REASON_GPU_IDLE
+        else:
+            scale = min(cap_scale, self._sw_thermal_scale)
+            if cap_scale < 1.0 and cap_scale <= self._sw_thermal_scale:
+                reasons |= abi.REASON_SW_POWER_CAP
+            if self._sw_thermal_scale < 1.0 and self._sw_thermal_scale < cap_scale:
+                reasons |= abi.REASON_SW_THERMAL
+        if self._hw_thermal:
+            scale *= _HW_SLOWDOWN_FACTOR
+            reasons |= abi.REASON_HW_THERMAL | abi.REASON_HW_SLOWDOWN
+        if brake:
+            scale *= _HW_SLOWDOWN_FACTOR
+            reasons |= abi.REASON_HW_POWER_BRAKE | abi.REASON_HW_SLOWDOWN
+
+        noise = self.rng.gauss(0.0, 0.004)
+        if busy:
+            power = p.idle_power_w + dynamic_full_w * scale**_POWER_EXPONENT
+            power = min(power * (1.0 + noise), self.power_limit_w * 1.01)
+            _, max_sm, max_mem, max_video = p.max_clocks_mhz
+            sm = _quantize(max_sm * scale)
+            s.clocks_mhz = (sm, sm, max_mem, _quantize(max_video * scale))
+            s.utilization_gpu = min(100, max(1, round(100 * load + 2 * self.rng.gauss(0, 1))))
+            s.utilization_memory = min(100, max(0, round(60 * load * scale + self.rng.gauss(0, 1))))
+            s.pstate = 0
+            s.pcie_generation = p.pcie_max_generation
+            s.pcie_tx_bytes += 1.5e9 * load * STEP_S
+            s.pcie_rx_bytes += 0.6e9 * load * STEP_S
+        else:
+            power = p.idle_power_w * (1.0 + 4 * noise)
+            s.clocks_mhz = p.idle_clocks_mhz
+            s.utilization_gpu = 0
+            s.utilization_memory = 0
+            s.pstate = 8
+            s.pcie_generation = 1
+        s.power_w = power
+        self._avg_window.append(power)
+        s.power_avg_w = sum(self._avg_window) / len(self._avg_window)
+        s.energy_mj += power * STEP_S * 1000.0
+        s.reasons = reasons
+
+        ambient = self.ambient_at(self.time_s)
+        target_c = ambient + self.spec.thermal_resistance_c_per_w * power
+        s.temperature_c += (target_c - s.temperature_c) * (1.0 - math.exp(-STEP_S / self.spec.thermal_time_constant_s))
+        s.fan_percent = int(min(100, max(30, 30 + (s.temperature_c - 45) * 1.6)))
+
+        step_ns = STEP_S * 1e9
+        if reasons & abi.REASON_SW_POWER_CAP:
+            s.violation_ns[abi.PERF_POLICY_POWER] += step_ns
+        if reasons & (abi.REASON_SW_THERMAL | abi.REASON_HW_THERMAL):
+            s.violation_ns[abi.PERF_POLICY_THERMAL] += step_ns
+        if reasons & abi.REASON_GPU_IDLE:
+            s.violation_ns[abi.PERF_POLICY_LOW_UTILIZATION] += step_ns
+
+    # -- derived readings -----------------------------------------------------------------------
+
+    def used_memory_bytes(self) -> int:
+        return sum(p.used_memory_bytes for p in self.spec.processes) + 1024 * 1024
+
+    def memory_temperature_c(self) -> float:
+        return self.state.temperature_c + (6.0 if self.state.pstate == 0 else 2.0)
+
+    def margin_c(self) -> float:
+        """Degrees left to the first slowdown threshold (what nvmlDeviceGetMarginTemperature gives)."""
+        return self.profile.thresholds.max_operating - self.state.temperature_c
+
+
+def _quantize(mhz: float) -> int:
+    # Real GPUs step their clocks in 15 MHz bins.
+    return max(0, int(mhz // 15 * 15))
+
+
+def _uuid_from(rng: random.Random) -> str:
+    raw = f"{rng.getrandbits(128):032x}"
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"

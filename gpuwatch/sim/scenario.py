@@ -1,0 +1,261 @@
+"""Scenarios: which simulated GPUs a host has, what runs on them, and which faults strike when.
+
+A scenario is a TOML file, chosen by built-in name (``gpuwatch/sim/scenarios/NAME.toml``) or by
+path. Errors name the file, the key and the value, so a typo never silently changes a simulation.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gpuwatch.sim.profiles import MIB, PROFILES
+
+DEFAULT_SCENARIO = "inference-host"
+
+FAULT_KINDS = frozenset(
+    {
+        "fall_off_bus",  # every call for the GPU answers GPU_IS_LOST from then on
+        "ecc_corrected",  # `count` corrected (single-bit) errors
+        "ecc_uncorrected",  # `count` uncorrected (double-bit) errors, volatile and aggregate
+        "row_remap_pending",  # an uncorrectable row waits for a GPU reset to be remapped
+        "row_remap_failure",  # the remapper ran out of spare rows
+        "power_brake",  # external power-brake assertion for `duration_s`
+        "xid",  # an XID event with code `xid`
+        "energy_reset",  # the energy counter restarts from 0 (a driver reload)
+        "unknown_error",  # every call for the GPU answers UNKNOWN for `duration_s`
+        "hang",  # every call for the GPU blocks `hang_s` wall seconds, for `duration_s`
+    }
+)
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names file, key and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault injected at simulated time ``at_s``."""
+
+    kind: str
+    at_s: float
+    count: int = 1
+    xid: int = 0
+    duration_s: float = float("inf")
+    hang_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimProcess:
+    """A process the simulated driver lists on a GPU."""
+
+    pid: int
+    name: str
+    used_memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
+    """One simulated GPU: its profile, its workload over time, its cooling and its faults."""
+
+    profile: str
+    load_steps: tuple[tuple[float, float], ...]  # (from simulated second, load 0..1)
+    ambient_celsius: float
+    ambient_rise_celsius_per_minute: float
+    ambient_max_celsius: float
+    thermal_resistance_c_per_w: float
+    thermal_time_constant_s: float
+    power_limit_w: float | None
+    processes: tuple[SimProcess, ...]
+    faults: tuple[Fault, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole simulated host."""
+
+    name: str
+    description: str
+    seed: int
+    driver_version: str
+    cuda_driver_version: int
+    gpus: tuple[GpuSpec, ...]
+    source: str = field(default="", compare=False)
+
+
+def builtin_names() -> list[str]:
+    """Names of the scenarios shipped with gpuwatch."""
+    folder = resources.files("gpuwatch.sim") / "scenarios"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str | None) -> Scenario:
+    """Load a built-in scenario by name, or a scenario file by path."""
+    name = name_or_path or DEFAULT_SCENARIO
+    if name in builtin_names():
+        res = resources.files("gpuwatch.sim") / "scenarios" / f"{name}.toml"
+        return parse(res.read_text(encoding="utf-8"), source=f"built-in scenario {name!r}")
+    path = Path(name)
+    if not path.is_file():
+        raise ScenarioError(
+            f"scenario {name!r}: not a built-in name and no such file (built-in: {', '.join(builtin_names())})"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse(text, source=str(path))
+
+
+def parse(text: str, source: str = "<string>") -> Scenario:
+    """Parse scenario TOML; every error names ``source`` and the offending key."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
+    reader = _Reader(source)
+    top = reader.table(doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu"})
+    gpus_raw = top.get("gpu", [])
+    if not isinstance(gpus_raw, list) or not gpus_raw:
+        raise ScenarioError(f"{source}: key 'gpu': at least one [[gpu]] table is required")
+    gpus = tuple(reader.gpu(g, f"gpu[{i}]") for i, g in enumerate(gpus_raw))
+    return Scenario(
+        name=reader.string(top, "name", "", default=Path(source).stem),
+        description=reader.string(top, "description", "", default=""),
+        seed=int(reader.number(top, "seed", "", default=0)),
+        driver_version=reader.string(top, "driver_version", "", default="550.127.05"),
+        cuda_driver_version=int(reader.number(top, "cuda_driver_version", "", default=12040)),
+        gpus=gpus,
+        source=source,
+    )
+
+
+class _Reader:
+    """Typed access to parsed TOML with errors that say where."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{self.source}: key {key!r}: {message}")
+
+    def table(self, value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where or "(top level)", f"expected a table, got {value!r}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(_join(where, key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, table: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(_join(where, key), f"expected a string, got {value!r}")
+        return value
+
+    def number(
+        self,
+        table: dict[str, Any],
+        key: str,
+        where: str,
+        default: float | None = None,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(_join(where, key), f"expected a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(_join(where, key), f"{value!r} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.fail(_join(where, key), f"{value!r} is above the maximum {maximum}")
+        return float(value)
+
+    def gpu(self, raw: Any, where: str) -> GpuSpec:
+        allowed = {
+            "profile",
+            "load",
+            "load_steps",
+            "ambient_celsius",
+            "ambient_rise_celsius_per_minute",
+            "ambient_max_celsius",
+            "thermal_resistance_c_per_w",
+            "thermal_time_constant_s",
+            "power_limit_w",
+            "process",
+            "fault",
+        }
+        g = self.table(raw, where, allowed)
+        profile_key = self.string(g, "profile", where, default="rtx-a6000")
+        if profile_key not in PROFILES:
+            raise self.fail(_join(where, "profile"), f"{profile_key!r} is not a profile (known: {', '.join(PROFILES)})")
+        profile = PROFILES[profile_key]
+        steps: list[tuple[float, float]] = [(0.0, self.number(g, "load", where, default=0.0, minimum=0, maximum=1))]
+        for i, step in enumerate(g.get("load_steps", [])):
+            key = _join(where, f"load_steps[{i}]")
+            if not (isinstance(step, list) and len(step) == 2):
+                raise self.fail(key, f"expected [seconds, load], got {step!r}")
+            at, level = step
+            if not isinstance(at, int | float) or not isinstance(level, int | float) or not 0 <= level <= 1:
+                raise self.fail(key, f"expected [seconds, load 0..1], got {step!r}")
+            steps.append((float(at), float(level)))
+        steps.sort(key=lambda s: s[0])
+        ambient = self.number(g, "ambient_celsius", where, default=profile.ambient_celsius)
+        power_limit = g.get("power_limit_w")
+        if power_limit is not None:
+            power_limit = self.number(
+                g, "power_limit_w", where, minimum=profile.power_min_w, maximum=profile.power_max_w
+            )
+        return GpuSpec(
+            profile=profile_key,
+            load_steps=tuple(steps),
+            ambient_celsius=ambient,
+            ambient_rise_celsius_per_minute=self.number(
+                g, "ambient_rise_celsius_per_minute", where, default=0.0, minimum=0
+            ),
+            ambient_max_celsius=self.number(g, "ambient_max_celsius", where, default=ambient, minimum=ambient),
+            thermal_resistance_c_per_w=self.number(
+                g,
+                "thermal_resistance_c_per_w",
+                where,
+                default=profile.thermal_resistance_c_per_w,
+                minimum=0.001,
+            ),
+            thermal_time_constant_s=self.number(
+                g, "thermal_time_constant_s", where, default=profile.thermal_time_constant_s, minimum=1
+            ),
+            power_limit_w=power_limit,
+            processes=tuple(self.process(p, _join(where, f"process[{i}]")) for i, p in enumerate(g.get("process", []))),
+            faults=tuple(self.fault(f, _join(where, f"fault[{i}]")) for i, f in enumerate(g.get("fault", []))),
+        )
+
+    def process(self, raw: Any, where: str) -> SimProcess:
+        p = self.table(raw, where, {"pid", "name", "used_memory_mib"})
+        return SimProcess(
+            pid=int(self.number(p, "pid", where, minimum=1)),
+            name=self.string(p, "name", where, default="python3"),
+            used_memory_bytes=int(self.number(p, "used_memory_mib", where, default=0, minimum=0) * MIB),
+        )
+
+    def fault(self, raw: Any, where: str) -> Fault:
+        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s"})
+        kind = self.string(f, "kind", where)
+        if kind not in FAULT_KINDS:
+            raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(FAULT_KINDS))})")
+        if kind == "xid" and "xid" not in f:
+            raise self.fail(_join(where, "xid"), "an xid fault needs its code, e.g. xid = 79")
+        return Fault(
+            kind=kind,
+            at_s=self.number(f, "at_s", where, default=0.0, minimum=0),
+            count=int(self.number(f, "count", where, default=1, minimum=1)),
+            xid=int(self.number(f, "xid", where, default=0, minimum=0)),
+            duration_s=self.number(f, "duration_s", where, default=float("inf"), minimum=0),
+            hang_s=self.number(f, "hang_s", where, default=5.0, minimum=0),
+        )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
