@@ -413,6 +413,10 @@ class SimulatedNvmlLibrary:
             slot.computeInstanceId = 0xFFFFFFFF
         return abi.SUCCESS
 
+    def _nvmlDeviceGetComputeRunningProcesses_v2(self, handle: Any, count: Any, infos: Any) -> int:
+        # R470-R510 drivers: the same 24-byte record as _v3 in pynvml 13.x.
+        return self._nvmlDeviceGetComputeRunningProcesses_v3(handle, count, infos)
+
     def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
         self._gpu(handle)
         count._obj.value = 0

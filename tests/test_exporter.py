@@ -1,0 +1,77 @@
+"""/metrics as a whole: a golden file per scenario, promtool, and collector failure isolation."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from gpuwatch.exporter.registry import COLLECTORS, build_registry
+from gpuwatch.model import Snapshot
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# Values that differ between machines or runs, not between versions of gpuwatch.
+_VOLATILE = [
+    (re.compile(r'python_version="[^"]*"'), 'python_version="X"'),
+    (re.compile(r"^(gpuwatch_scrape_collector_duration_seconds\{[^}]*\}) .*$", re.M), r"\1 0.0"),
+    (re.compile(r"^(gpuwatch_poll_duration_seconds) .*$", re.M), r"\1 0.0"),
+]
+
+
+def exposition(snapshot: Snapshot) -> str:
+    text = generate_latest(build_registry(lambda: snapshot, include_process=False)).decode()
+    for pattern, replacement in _VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@pytest.mark.parametrize(("scenario", "at_s"), [("inference-host", 600), ("consumer-gpu", 120), ("xid-79", 60)])
+def test_metrics_match_the_golden_file(sim, update_golden, scenario, at_s):
+    run = sim(scenario)
+    run.at(1)  # the daemon opens NVML at start, before any fault
+    text = exposition(run.at(at_s))
+    golden = GOLDEN / f"{scenario}-{at_s}s.prom"
+    if update_golden:
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden.name}; run pytest --update-golden and review the diff"
+    assert text == golden.read_text(), "exposition changed; if intended, run pytest --update-golden and review"
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.prom")), ids=lambda p: p.name)
+def test_golden_files_pass_promtool(promtool, golden):
+    result = subprocess.run([promtool, "check", "metrics"], input=golden.read_bytes(), capture_output=True, check=False)
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result.stdout + result.stderr
+
+
+def test_consumer_gpu_exports_no_ecc_or_remap_series(sim):
+    run = sim("consumer-gpu")
+    text = exposition(run.at(60))
+    assert "gpuwatch_gpu_ecc" not in text
+    assert "gpuwatch_gpu_remapped_rows" not in text and "gpuwatch_gpu_row_remap" not in text
+    assert "gpuwatch_gpu_temperature_threshold_celsius" not in text  # Ada: margin only
+    assert "gpuwatch_gpu_temperature_margin_celsius" in text
+
+
+def test_a_failing_collector_fails_alone(sim):
+    run = sim("inference-host")
+    snapshot = run.at(60)
+
+    def broken(_: Snapshot):
+        raise RuntimeError("bug")
+
+    collectors = {**COLLECTORS, "thermal": broken}
+    text = generate_latest(build_registry(lambda: snapshot, include_process=False, collectors=collectors)).decode()
+    assert 'gpuwatch_scrape_collector_success{collector="thermal"} 0.0' in text
+    assert 'gpuwatch_scrape_collector_success{collector="power"} 1.0' in text
+    assert "gpuwatch_gpu_power_watts" in text and "gpuwatch_gpu_temperature_celsius" not in text
+
+
+def test_before_the_first_poll_only_self_metrics_are_served():
+    text = exposition(Snapshot(timestamp=0.0, nvml_up=False, nvml_error="not polled yet"))
+    assert "gpuwatch_nvml_up 0.0" in text
+    assert "gpuwatch_gpu_" not in text
+    assert "gpuwatch_last_poll_timestamp_seconds" not in text

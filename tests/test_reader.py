@@ -1,0 +1,152 @@
+"""The NVML reader over simulated GPUs: units, unsupported values, fallbacks, lost GPUs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gpuwatch.nvml import GpuLost, NvmlReader, NvmlUnavailable, use_library
+from gpuwatch.sim import scenario
+from gpuwatch.sim.clock import ManualClock
+from gpuwatch.sim.library import SimulatedNvmlLibrary
+
+
+@pytest.fixture
+def open_reader():
+    readers: list[NvmlReader] = []
+
+    def make(name: str, hidden: tuple[str, ...] = ()) -> tuple[NvmlReader, ManualClock, SimulatedNvmlLibrary]:
+        clock = ManualClock()
+        library = SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden)
+        use_library(library)
+        reader = NvmlReader(clock.time)
+        reader.open()
+        readers.append(reader)
+        return reader, clock, library
+
+    yield make
+    for reader in readers:
+        reader.close()
+    use_library(None)
+
+
+def test_a6000_identity_in_si_units(open_reader):
+    reader, _, _ = open_reader("inference-host")
+    gpu = reader.identities[0]
+    assert gpu.name == "NVIDIA RTX A6000"
+    assert gpu.pci_bus_id == "00000000:1B:00.0"
+    assert (gpu.power_limit_min_watts, gpu.power_limit_max_watts, gpu.power_limit_default_watts) == (100, 300, 300)
+    assert gpu.temperature_thresholds_celsius == {"shutdown": 98, "slowdown": 95, "max_operating": 93, "target": 84}
+    assert gpu.max_clocks_hertz["sm"] == 2100e6 and gpu.max_clocks_hertz["memory"] == 8001e6
+    assert gpu.memory_size_bytes == 46068 * 2**20
+    assert gpu.ecc_enabled is True
+    assert reader.driver_version == "550.127.05" and reader.cuda_driver_version == "12.4"
+
+
+def test_a6000_reading_under_load(open_reader):
+    reader, clock, _ = open_reader("inference-host")
+    clock.advance(300)
+    r = reader.read(0)
+    assert r.power_limit_watts == 300.0
+    assert 250 < r.power_watts <= 300 * 1.05
+    assert r.energy_joules > 0
+    assert r.clock_event_reasons == frozenset({"sw_power_cap"})
+    assert 0.9 < r.utilization_ratio["gpu"] <= 1.0
+    assert r.clocks_hertz["sm"] < 2100e6
+    assert r.ecc_errors[("uncorrected", "volatile")] == 0
+    assert r.remapped_rows == {"correctable": 0, "uncorrectable": 0}
+    assert r.row_remap_pending is False
+    assert r.memory_temperature_celsius is None  # GDDR6: no memory sensor
+    assert r.violation_seconds["power"] == pytest.approx(300, abs=1)
+    idle = reader.read(3)
+    assert idle.clock_event_reasons == frozenset({"idle"})
+    assert idle.power_watts < 40
+
+
+def test_consumer_card_omits_what_it_does_not_support_and_logs_it_once(open_reader, caplog):
+    caplog.set_level(logging.INFO, logger="gpuwatch")
+    reader, clock, _ = open_reader("consumer-gpu")
+    first = reader.read(0)
+    logged_after_first_poll = len(caplog.records)
+    for _ in range(20):
+        clock.advance(1)
+        last = reader.read(0)
+    assert len(caplog.records) == logged_after_first_poll  # nothing logged per poll
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    gpu = reader.identities[0]
+    assert gpu.ecc_enabled is None and gpu.serial is None
+    assert gpu.temperature_thresholds_celsius == {}
+    for reading in (first, last):
+        assert reading.ecc_errors == {}
+        assert reading.remapped_rows == {} and reading.row_remap_pending is None
+        assert reading.temperature_margin_celsius is not None
+        assert reading.energy_joules is not None
+
+
+def test_each_profile_reports_what_its_hardware_has(open_reader):
+    reader, clock, _ = open_reader("mixed-fleet")
+    clock.advance(60)
+    names = [g.name for g in reader.identities]
+    readings = {name: reader.read(i) for i, name in enumerate(names)}
+    assert readings["NVIDIA A100 80GB PCIe"].memory_temperature_celsius is not None  # HBM
+    assert readings["NVIDIA H100 80GB HBM3"].memory_temperature_celsius is not None
+    assert readings["NVIDIA L40"].memory_temperature_celsius is None
+    assert readings["NVIDIA L40"].fan_speed_ratio is None  # passive
+    assert readings["NVIDIA RTX A6000"].fan_speed_ratio is not None
+    l40 = reader.identities[names.index("NVIDIA L40")]
+    assert l40.temperature_thresholds_celsius == {}  # Ada reports a margin, not thresholds
+    assert readings["NVIDIA L40"].temperature_margin_celsius is not None
+    for name, reading in readings.items():
+        assert reading.power_watts <= reading.power_limit_watts * 1.05, name
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        ("nvmlDeviceGetCurrentClocksEventReasons",),
+        ("nvmlDeviceGetMemoryInfo_v2",),
+        ("nvmlDeviceGetTemperatureV",),
+        ("nvmlDeviceGetFieldValues",),
+        ("nvmlDeviceGetComputeRunningProcesses_v3",),
+    ],
+)
+def test_older_drivers_fall_back_to_older_calls(open_reader, hidden):
+    reader, clock, _ = open_reader("inference-host", hidden=hidden)
+    clock.advance(120)
+    r = reader.read(0)
+    assert r.clock_event_reasons == frozenset({"sw_power_cap"})
+    assert r.memory_used_bytes is not None and r.temperature_celsius is not None
+    assert r.energy_joules is not None and r.power_limit_watts == 300.0
+    assert r.ecc_errors[("corrected", "aggregate")] == 0
+    assert r.violation_seconds["power"] > 0
+    if hidden == ("nvmlDeviceGetMemoryInfo_v2",):
+        assert r.memory_reserved_bytes is None  # v1 has no reserved figure
+    if hidden == ("nvmlDeviceGetComputeRunningProcesses_v3",):
+        assert [p.pid for p in reader.processes(0)] == [4194401]
+
+
+def test_gpu_lost_mid_run_is_reported_and_not_called_again(open_reader):
+    reader, clock, library = open_reader("xid-79")
+    assert reader.read(1).power_watts > 0
+    clock.advance(45)
+    with pytest.raises(GpuLost, match="GpuIsLost"):
+        reader.read(1)
+    calls = library.calls
+    with pytest.raises(GpuLost):
+        reader.read(1)
+    assert library.calls == calls  # a lost GPU costs no further driver calls
+    for i in (0, 2, 3):
+        assert reader.read(i).power_watts > 0
+
+
+def test_no_driver_library_is_nvml_unavailable_with_a_hint():
+    use_library(None)
+    reader = NvmlReader()
+    try:
+        reader.open()
+    except NvmlUnavailable as exc:
+        assert "LibraryNotFound" in str(exc) and "--simulate" in str(exc)
+    else:  # a machine with a real driver
+        reader.close()
+        pytest.skip("a real NVIDIA driver is present")

@@ -1,0 +1,79 @@
+"""The poll loop over simulated hosts, stepped on a manual clock."""
+
+from __future__ import annotations
+
+from gpuwatch.nvml import NvmlReader, NvmlUnavailable
+from gpuwatch.sampler import Sampler
+from gpuwatch.sim.clock import ManualClock
+
+
+def test_snapshots_follow_simulated_time(sim):
+    run = sim("inference-host")
+    early, late = run.at(60), run.at(600)
+    assert early.nvml_up and len(early.gpus) == 4
+    e0, e1 = early.gpus[0].energy_joules_total, late.gpus[0].energy_joules_total
+    assert 540 * 280 < e1 - e0 < 540 * 310
+    hot_early, hot_late = early.gpus[2].reading.temperature_celsius, late.gpus[2].reading.temperature_celsius
+    assert hot_late > hot_early + 15
+
+
+def test_a_lost_gpu_is_down_and_the_others_keep_updating(sim):
+    run = sim("xid-79")
+    before = run.at(30)
+    after = run.at(60)
+    lost = after.gpus[1]
+    assert before.gpus[1].up and not lost.up
+    assert "GpuIsLost" in lost.error and lost.identity.uuid == before.gpus[1].identity.uuid
+    for i in (0, 2, 3):
+        assert after.gpus[i].up
+        assert after.gpus[i].energy_joules_total > before.gpus[i].energy_joules_total
+
+
+def test_energy_total_survives_a_counter_reset(tmp_path, sim):
+    scenario = tmp_path / "reset.toml"
+    scenario.write_text(
+        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n[[gpu.fault]]\nkind = "energy_reset"\nat_s = 30\n'
+    )
+    run = sim(str(scenario))
+    totals = [run.at(t).gpus[0].energy_joules_total for t in (10, 20, 29, 31, 40)]
+    assert totals == sorted(totals)
+    assert run.sampler.latest.gpus[0].reading.energy_joules < totals[0]  # the driver's counter did reset
+
+
+def test_processes_are_refreshed_on_their_own_interval(sim):
+    run = sim("inference-host", poll_interval_s=1.0, process_interval_s=10.0)
+    first = run.at(1)
+    assert [p.name for p in first.gpus[0].processes] == ["vllm"]
+    calls = run.host.library.calls
+    run.at(2)
+    per_poll_without_processes = run.host.library.calls - calls
+    calls = run.host.library.calls
+    run.at(12)
+    assert run.host.library.calls - calls > per_poll_without_processes
+
+
+class _FailingReader(NvmlReader):
+    failures = 0
+
+    def open(self) -> None:
+        if _FailingReader.failures < 3:
+            _FailingReader.failures += 1
+            raise NvmlUnavailable("NVML init failed: DriverNotLoaded (code 9)")
+
+
+def test_nvml_down_at_start_is_retried_with_backoff():
+    clock = ManualClock()
+    attempts = []
+
+    def factory() -> NvmlReader:
+        attempts.append(clock.sim_seconds())
+        return _FailingReader(clock.time)
+
+    sampler = Sampler(factory, clock)
+    snapshot = sampler.poll_once()
+    assert not snapshot.nvml_up and "DriverNotLoaded" in snapshot.nvml_error
+    for _ in range(10):
+        clock.advance(1)
+        sampler.poll_once()
+    assert attempts == [0, 1, 3, 7]  # backoff 1 s, 2 s, 4 s
+    assert sampler.latest.nvml_up and sampler.latest.nvml_error is None

@@ -1,0 +1,141 @@
+"""pynvml's own functions, run against the simulated driver library."""
+
+from __future__ import annotations
+
+import pynvml
+import pytest
+
+from gpuwatch.nvml import use_library
+from gpuwatch.sim import scenario
+from gpuwatch.sim.clock import ManualClock
+from gpuwatch.sim.library import SimulatedNvmlLibrary
+
+
+@pytest.fixture
+def nvml():
+    def install(name: str, hidden: tuple[str, ...] = ()) -> ManualClock:
+        clock = ManualClock()
+        use_library(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        pynvml.nvmlInit()
+        return clock
+
+    yield install
+    try:
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        pass
+    use_library(None)
+
+
+def test_identity_and_limits_of_an_a6000_read_through_pynvml(nvml):
+    nvml("inference-host")
+    assert pynvml.nvmlDeviceGetCount() == 4
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetName(h) == "NVIDIA RTX A6000"
+    assert pynvml.nvmlDeviceGetUUID(h).startswith("GPU-")
+    assert pynvml.nvmlDeviceGetPciInfo(h).pciDeviceId == 0x223010DE
+    assert pynvml.nvmlDeviceGetEnforcedPowerLimit(h) == 300_000
+    assert pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h) == [100_000, 300_000]
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX) == 93
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN) == 95
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN) == 98
+    assert pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM) == 2100
+    assert pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM) == 8001
+    memory = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert memory.total == 46068 * 2**20
+    assert memory.total == memory.reserved + memory.used + memory.free
+    assert pynvml.nvmlDeviceGetEccMode(h) == [1, 1]
+
+
+def test_field_values_report_per_element_return_codes(nvml):
+    nvml("consumer-gpu")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    values = pynvml.nvmlDeviceGetFieldValues(
+        h, [pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, 9999]
+    )
+    assert values[0].nvmlReturn == pynvml.NVML_SUCCESS and values[0].value.ullVal > 0
+    assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert values[2].nvmlReturn == pynvml.NVML_ERROR_INVALID_ARGUMENT
+
+
+def test_consumer_card_raises_pynvml_not_supported(nvml):
+    nvml("consumer-gpu")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    for call in (
+        lambda: pynvml.nvmlDeviceGetEccMode(h),
+        lambda: pynvml.nvmlDeviceGetRemappedRows(h),
+        lambda: pynvml.nvmlDeviceGetSerial(h),
+        lambda: pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX),
+    ):
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            call()
+    assert pynvml.nvmlDeviceGetMarginTemperature(h) > 0
+
+
+def test_power_stays_under_the_cap_and_energy_integrates(nvml):
+    clock = nvml("inference-host")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    clock.advance(120)
+    e1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+    power = pynvml.nvmlDeviceGetPowerUsage(h)
+    assert 280_000 < power <= 300_000 * 1.05
+    assert pynvml.nvmlDeviceGetCurrentClocksEventReasons(h) & pynvml.nvmlClocksEventReasonSwPowerCap
+    clock.advance(10)
+    e2 = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+    assert 10 * 280_000 < e2 - e1 < 10 * 315_000  # mJ over 10 s at ~300 W
+
+
+def test_a_gpu_that_falls_off_the_bus_raises_gpu_is_lost_alone(nvml):
+    clock = nvml("xid-79")
+    lost, fine = pynvml.nvmlDeviceGetHandleByIndex(1), pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetPowerUsage(lost) > 0
+    clock.advance(41)
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetPowerUsage(lost)
+    assert pynvml.nvmlDeviceGetPowerUsage(fine) > 0
+
+
+def test_hidden_symbols_look_like_an_older_driver(nvml):
+    nvml("inference-host", hidden=("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetMemoryInfo_v2"))
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetCurrentClocksEventReasons(h)
+    assert pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h) == pynvml.nvmlClocksThrottleReasonGpuIdle
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert pynvml.nvmlDeviceGetMemoryInfo(h).total == 46068 * 2**20
+
+
+def test_processes_come_back_through_pynvmls_two_call_protocol(nvml):
+    nvml("inference-host")
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
+    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(4194401, 41200 * 2**20)]
+    assert pynvml.nvmlSystemGetProcessName(4194401) == "vllm"
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(3)) == []
+
+
+def test_readings_depend_on_simulated_time_not_on_how_often_it_is_read():
+    def temperature_at_600s(reads: int) -> tuple[int, int]:
+        clock = ManualClock()
+        use_library(SimulatedNvmlLibrary(scenario.load("inference-host"), clock.sim_seconds))
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(2)
+            for _ in range(reads):
+                clock.advance(600 / reads)
+                pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
+            return pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU), pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        finally:
+            pynvml.nvmlShutdown()
+            use_library(None)
+
+    assert temperature_at_600s(1) == temperature_at_600s(600)
+
+
+def test_calls_before_init_are_uninitialized():
+    use_library(SimulatedNvmlLibrary(scenario.load("inference-host"), lambda: 0.0))
+    try:
+        with pytest.raises(pynvml.NVMLError_Uninitialized):
+            pynvml.nvmlDeviceGetCount()
+    finally:
+        use_library(None)
