@@ -31,9 +31,7 @@ def test_a_lost_gpu_is_down_and_the_others_keep_updating(sim):
 
 def test_energy_total_survives_a_counter_reset(tmp_path, sim):
     scenario = tmp_path / "reset.toml"
-    scenario.write_text(
-        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n[[gpu.fault]]\nkind = "energy_reset"\nat_s = 30\n'
-    )
+    scenario.write_text('[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n[[gpu.fault]]\nkind = "energy_reset"\nat_s = 30\n')
     run = sim(str(scenario))
     totals = [run.at(t).gpus[0].energy_joules_total for t in (10, 20, 29, 31, 40)]
     assert totals == sorted(totals)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pynvml
 import pytest
 
@@ -20,10 +22,8 @@ def nvml():
         return clock
 
     yield install
-    try:
+    with contextlib.suppress(pynvml.NVMLError):
         pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
-        pass
     use_library(None)
 
 
@@ -124,7 +124,9 @@ def test_readings_depend_on_simulated_time_not_on_how_often_it_is_read():
             for _ in range(reads):
                 clock.advance(600 / reads)
                 pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
-            return pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU), pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+            return pynvml.nvmlDeviceGetTemperature(
+                h, pynvml.NVML_TEMPERATURE_GPU
+            ), pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
         finally:
             pynvml.nvmlShutdown()
             use_library(None)

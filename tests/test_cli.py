@@ -1,0 +1,102 @@
+"""The command line through click's runner: exit codes, stdout and stderr kept apart."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from gpuwatch.cli import main
+from gpuwatch.nvml import NvmlReader, NvmlUnavailable, use_library
+
+
+@pytest.fixture(autouse=True)
+def _real_library_afterwards():
+    yield
+    use_library(None)
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _real_nvml_present() -> bool:
+    reader = NvmlReader()
+    try:
+        reader.open()
+    except NvmlUnavailable:
+        return False
+    reader.close()
+    return True
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_of_a_simulated_host_prints_one_row_per_gpu():
+    result = run("status", "--simulate", "inference-host")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("gpuwatch ") and "driver 550.127.05" in lines[0]
+    assert lines[1].split()[:2] == ["GPU", "NAME"]
+    rows = lines[2:]
+    assert len(rows) == 4 and all("NVIDIA RTX A6000" in row for row in rows)
+    assert "sw_power_cap" in rows[0] and "/93°C" in rows[0] and "/300 W" in rows[0]
+    assert "idle" in rows[3]
+
+
+def test_status_json_has_the_documented_fields():
+    result = run("status", "--simulate", "inference-host", "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
+    for gpu in doc["gpus"]:
+        for key in ("uuid", "name", "temperature_celsius", "power_watts", "power_limit_watts", "clock_event_reasons"):
+            assert key in gpu
+        assert gpu["power_limit_watts"] == 300.0
+
+
+def test_status_with_no_daemon_and_no_driver_exits_unknown():
+    if _real_nvml_present():
+        pytest.skip("a real NVIDIA driver answers here")
+    result = run("status", "--url", f"http://127.0.0.1:{_closed_port()}")
+    assert result.exit_code == 3
+    assert "LibraryNotFound" in result.stderr and "--simulate" in result.stderr
+
+
+def test_serve_refuses_a_bad_config_naming_file_key_and_value(tmp_path):
+    bad = tmp_path / "gpuwatch.toml"
+    bad.write_text('[web]\nlisten_address = "nowhere"\n')
+    result = run("serve", "--config", str(bad))
+    assert result.exit_code == 2
+    assert str(bad) in result.stderr and "web.listen_address" in result.stderr and "'nowhere'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--simulate", "no-such-scenario"], "no-such-scenario"),
+        (["serve", "--poll-interval", "soon"], "duration"),
+        (["serve", "--sim-speed", "0"], "greater than zero"),
+        (["serve", "--log.level", "loud"], "loud"),
+    ],
+)
+def test_serve_refuses_bad_flags(args, message):
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "status"])
+def test_help_documents_every_flag(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    for flag in {
+        "serve": ["--web.listen-address", "--poll-interval", "--simulate", "--sim-speed", "--config"],
+        "status": ["--url", "--direct", "--simulate", "--json"],
+    }[command]:
+        assert flag in result.stdout

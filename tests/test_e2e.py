@@ -1,0 +1,211 @@
+"""gpuwatch serve as a real process over HTTP, on simulated hosts (no mocks of gpuwatch itself)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CORE_FAMILIES = [
+    "gpuwatch_gpu_info",
+    "gpuwatch_gpu_up",
+    "gpuwatch_gpu_power_watts",
+    "gpuwatch_gpu_power_limit_watts",
+    "gpuwatch_gpu_energy_joules_total",
+    "gpuwatch_gpu_temperature_celsius",
+    "gpuwatch_gpu_temperature_threshold_celsius",
+    "gpuwatch_gpu_temperature_margin_celsius",
+    "gpuwatch_gpu_clock_hertz",
+    "gpuwatch_gpu_clock_max_hertz",
+    "gpuwatch_gpu_utilization_ratio",
+    "gpuwatch_gpu_memory_used_bytes",
+    "gpuwatch_gpu_memory_free_bytes",
+    "gpuwatch_gpu_memory_reserved_bytes",
+    "gpuwatch_gpu_memory_size_bytes",
+    "gpuwatch_gpu_ecc_errors_total",
+    "gpuwatch_gpu_remapped_rows",
+    "gpuwatch_gpu_row_remap_pending",
+    "gpuwatch_gpu_row_remap_failure",
+    "gpuwatch_gpu_clocks_event_active",
+    "gpuwatch_gpu_violation_seconds_total",
+]
+SELF_FAMILIES = ["gpuwatch_nvml_up", "gpuwatch_last_poll_timestamp_seconds", "gpuwatch_poll_duration_seconds"]
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def parse(text: str) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """name -> {label set -> value} for every sample in an exposition."""
+    samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or line.startswith("#"):
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+        samples.setdefault(match["name"], {})[labels] = float(match["value"])
+    return samples
+
+
+def per_gpu(samples: dict, name: str, **labels: str) -> dict[str, float]:
+    out = {}
+    for key, value in samples.get(name, {}).items():
+        d = dict(key)
+        if all(d.get(k) == v for k, v in labels.items()):
+            out[d["gpu"]] = value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+class Daemon:
+    def __init__(self, proc: subprocess.Popen, url: str, stderr: Path) -> None:
+        self.proc, self.url, self.stderr_path = proc, url, stderr
+
+    def metrics(self) -> dict:
+        return parse(get(self.url + "/metrics"))
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@contextmanager
+def daemon(tmp_path: Path, *args: str) -> Iterator[Daemon]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stderr = tmp_path / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "gpuwatch", "serve", "--web.listen-address", f"127.0.0.1:{port}", *args]
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                get(url + "/-/ready")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() - started > 5:
+                    raise AssertionError(f"daemon not ready within 5 s:\n{stderr.read_text()}") from None
+                time.sleep(0.05)
+        yield Daemon(proc, url, stderr)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_simulated_inference_host_over_http(tmp_path, promtool):
+    started = time.monotonic()
+    with daemon(tmp_path, "--simulate", "--sim-speed", "60") as d:
+        first_text = get(d.url + "/metrics")
+        assert time.monotonic() - started < 5
+        first = parse(first_text)
+        for family in CORE_FAMILIES:
+            assert len(per_gpu(first, family)) == 4, family
+        for family in SELF_FAMILIES:
+            assert family in first, family
+        check = subprocess.run([promtool, "check", "metrics"], input=first_text.encode(), capture_output=True)
+        assert check.returncode == 0 and not check.stdout and not check.stderr, check.stdout + check.stderr
+
+        time.sleep(3)  # three simulated minutes
+        second = d.metrics()
+        limits = per_gpu(second, "gpuwatch_gpu_power_limit_watts")
+        assert set(limits.values()) == {300.0}  # RTX A6000
+        for gpu, watts in per_gpu(second, "gpuwatch_gpu_power_watts").items():
+            assert 0 < watts <= 1.05 * limits[gpu]
+        e1, e2 = per_gpu(first, "gpuwatch_gpu_energy_joules_total"), per_gpu(second, "gpuwatch_gpu_energy_joules_total")
+        assert all(e2[g] > e1[g] for g in e1)
+        t1 = per_gpu(first, "gpuwatch_gpu_temperature_celsius", sensor="gpu")
+        t2 = per_gpu(second, "gpuwatch_gpu_temperature_celsius", sensor="gpu")
+        assert t2["2"] > t1["2"] + 10
+        for gpu, temp in t2.items():
+            assert 15 < temp < 100, gpu
+        for gpu, ratio in per_gpu(second, "gpuwatch_gpu_utilization_ratio", engine="gpu").items():
+            assert 0 <= ratio <= 1, gpu
+
+        status = subprocess.run(
+            [sys.executable, "-m", "gpuwatch", "status", "--url", d.url, "--json"], capture_output=True, text=True
+        )
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
+        assert {g["uuid"] for g in doc["gpus"]} == {dict(k)["uuid"] for k in second["gpuwatch_gpu_up"]}
+
+        d.proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert d.proc.wait(5) == 0
+        assert time.monotonic() - stopping < 2
+
+
+def test_a_gpu_falling_off_the_bus_leaves_the_others_reporting(tmp_path):
+    with daemon(tmp_path, "--simulate", "xid-79", "--sim-speed", "60") as d:
+        time.sleep(1.5)  # past the 40 s fault
+        first = d.metrics()
+        time.sleep(1)
+        second = d.metrics()
+        assert per_gpu(second, "gpuwatch_gpu_up") == {"0": 1.0, "1": 0.0, "2": 1.0, "3": 1.0}
+        e1, e2 = per_gpu(first, "gpuwatch_gpu_energy_joules_total"), per_gpu(second, "gpuwatch_gpu_energy_joules_total")
+        assert set(e2) == {"0", "2", "3"}
+        assert all(e2[g] > e1[g] for g in e2)
+        assert len(per_gpu(second, "gpuwatch_gpu_info")) == 4
+        assert "GPU 1" in d.stderr and "lost" in d.stderr
+
+
+def test_consumer_gpu_exports_no_ecc_and_logs_no_error_per_poll(tmp_path):
+    with daemon(tmp_path, "--simulate", "consumer-gpu", "--sim-speed", "60") as d:
+        time.sleep(2)  # about 120 polls
+        samples = d.metrics()
+        assert samples["gpuwatch_polls_total"][frozenset()] > 50
+        assert not [name for name in samples if "ecc" in name or "remap" in name]
+        assert len(per_gpu(samples, "gpuwatch_gpu_power_watts")) == 2
+    noisy = [line for line in d.stderr.splitlines() if " ERROR " in line or " WARNING " in line]
+    assert noisy == []
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gpuwatch", "serve", "--simulate", "--web.listen-address", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--web.listen-address" in result.stderr
+
+
+def test_endpoints(tmp_path):
+    with daemon(tmp_path, "--simulate") as d:
+        assert get(d.url + "/-/healthy") == "OK\n"
+        assert "/metrics" in get(d.url + "/")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            get(d.url + "/nope")
+        assert missing.value.code == 404

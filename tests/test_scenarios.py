@@ -1,0 +1,46 @@
+"""Scenario files: every built-in loads, and mistakes name the file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuwatch.sim import scenario
+
+
+@pytest.mark.parametrize("name", scenario.builtin_names())
+def test_builtin_scenarios_load(name):
+    loaded = scenario.load(name)
+    assert loaded.gpus and loaded.description
+
+
+def test_default_is_four_a6000s():
+    host = scenario.load(None)
+    assert host.name == "inference-host"
+    assert [g.profile for g in host.gpus] == ["rtx-a6000"] * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[gpu]]\nprofile = "rtx-9090"', ["gpu[0].profile", "rtx-9090", "rtx-a6000"]),
+        ("[[gpu]]\nload = 1.5", ["gpu[0].load", "1.5", "maximum"]),
+        ("[[gpu]]\nlaod = 1", ["gpu[0].laod", "unknown key"]),
+        ('[[gpu]]\n[[gpu.fault]]\nkind = "meltdown"', ["gpu[0].fault[0].kind", "meltdown"]),
+        ('[[gpu]]\n[[gpu.fault]]\nkind = "xid"', ["gpu[0].fault[0].xid", "needs its code"]),
+        ('name = "x"', ["gpu", "at least one"]),
+        ("[[gpu]]\npower_limit_w = 500", ["gpu[0].power_limit_w", "500", "maximum"]),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path, text, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(scenario.ScenarioError) as error:
+        scenario.load(str(path))
+    assert str(path) in str(error.value)
+    for part in expected:
+        assert part in str(error.value)
+
+
+def test_unknown_name_lists_the_builtins():
+    with pytest.raises(scenario.ScenarioError, match="inference-host"):
+        scenario.load("no-such-scenario")
