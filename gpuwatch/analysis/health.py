@@ -1,0 +1,189 @@
+"""Health verdicts for inference hosts: one per GPU, one for the host, with reasons a person reads.
+
+States, from best to worst: ``ok``, ``unknown``, ``warning``, ``critical`` (the host takes the
+worst of its GPUs; Nagios exit codes 0, 3, 1, 2). Each rule below is one *check*; a check that
+does not apply to a GPU (ECC on a GeForce card) is left out rather than passed or failed.
+
+* ``up``: a GPU that stopped answering is critical.
+* ``temperature``: at or above the card's max-operating threshold is a warning, at or above its
+  slowdown threshold critical. Parts that report only a margin (Ada and later: T.Limit, where 0 is
+  the max-operating point and the slowdown point is below it) use ``margin_warning_celsius`` and
+  ``margin_critical_celsius`` instead. No temperature at all is unknown.
+* ``thermal``: any thermal slowdown in the window is a warning; ``sustained_ratio`` of it or more
+  is critical.
+* ``power_brake``: the same, for HW power brake.
+* ``hw_slowdown``: HW slowdown that neither heat nor a power brake explains is a warning, and
+  critical from ``hw_slowdown_critical_ratio`` of the window (the bit can blip on P-state changes).
+* ``power_cap``: always ok; said plainly, because sitting at the cap under load is normal.
+* ``clocks``: busy with clocks low and no reason for ``unexplained_clock_ratio`` of the window is a
+  warning.
+* ``ecc``: volatile uncorrectable errors are critical.
+* ``row_remap``: a remap failure is critical; a pending remap is a warning (reset required).
+* ``retired_pages``: pending retirement is a warning (reset required).
+* ``xid``: a critical XID within ``xid_window_seconds`` is critical, a warning XID a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gpuwatch.analysis.throttle import ThrottleSummary
+
+STATES = ("ok", "warning", "critical", "unknown")
+_SEVERITY = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
+
+# Xids that mean the GPU or its memory is in trouble (NVIDIA's Xid catalogue): 48 DBE, 62 internal
+# micro-controller halt, 64 row-remapper/page-retirement failure, 74 NVLink, 79 fallen off the bus,
+# 92 high SBE rate, 94/95 contained/uncontained ECC, 119/120 GSP RPC timeout / GSP error.
+DEFAULT_CRITICAL_XIDS = (48, 62, 64, 74, 79, 92, 94, 95, 119, 120)
+# 63: a page retirement or row remap was recorded; the GPU wants a reset when convenient.
+DEFAULT_WARNING_XIDS = (63,)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthThresholds:
+    """Every threshold of the rules above; each is a key under ``[health]`` in the config file."""
+
+    window_seconds: float = 60.0
+    sustained_ratio: float = 0.5
+    hw_slowdown_critical_ratio: float = 0.1
+    unexplained_clock_ratio: float = 0.5
+    margin_warning_celsius: float = 0.0
+    margin_critical_celsius: float = -2.0
+    critical_xids: tuple[int, ...] = DEFAULT_CRITICAL_XIDS
+    warning_xids: tuple[int, ...] = DEFAULT_WARNING_XIDS
+    xid_window_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuFacts:
+    """What the rules look at for one GPU (built from a poll by the sampler)."""
+
+    index: int
+    up: bool
+    error: str | None = None
+    temperature_celsius: float | None = None
+    margin_celsius: float | None = None
+    thresholds_celsius: Mapping[str, float] = field(default_factory=dict)
+    throttle: ThrottleSummary | None = None
+    uncorrected_volatile_ecc: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    retired_pages_pending: bool | None = None
+    recent_xids: Sequence[tuple[float, int]] = ()  # (timestamp, xid)
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A state, the reasons for it (worst first), and each check's own state."""
+
+    state: str
+    reasons: tuple[str, ...]
+    checks: Mapping[str, str]
+
+
+def worst(states: Iterable[str]) -> str:
+    """The most severe of ``states`` (``ok`` for none)."""
+    return max(states, key=_SEVERITY.__getitem__, default="ok")
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:.0f}%"
+
+
+def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
+    """Apply every check to one GPU."""
+    findings: list[tuple[str, str, str]] = []  # (check, state, reason)
+    name = f"GPU {facts.index}"
+
+    if not facts.up:
+        reason = f"{name}: not answering ({facts.error})" if facts.error else f"{name}: not answering"
+        return Verdict("critical", (reason,), {"up": "critical"})
+    findings.append(("up", "ok", ""))
+
+    findings.append(_temperature(facts, limits, name))
+    throttle = facts.throttle
+    window = f"of the last {limits.window_seconds:.0f} s"
+    if throttle is not None and throttle.dominant is not None:
+        ratios = throttle.ratios
+        for check, label in (("thermal", "thermal slowdown"), ("power_brake", "HW power brake")):
+            ratio = ratios[check]
+            state = "ok" if ratio == 0 else "critical" if ratio >= limits.sustained_ratio else "warning"
+            findings.append((check, state, f"{name}: {label} {_pct(ratio)} {window}" if ratio else ""))
+        ratio = ratios["hw_slowdown"]
+        state = "ok" if ratio == 0 else "critical" if ratio >= limits.hw_slowdown_critical_ratio else "warning"
+        findings.append(
+            ("hw_slowdown", state, f"{name}: HW slowdown without heat or power brake {_pct(ratio)} {window}")
+        )
+        cap = ratios["power_cap"]
+        findings.append(("power_cap", "ok", f"{name}: power-capped {_pct(cap)} {window}, normal under load" if cap else ""))
+        ratio = ratios["unknown"]
+        state = "warning" if ratio >= limits.unexplained_clock_ratio else "ok"
+        loss = throttle.clock_loss_ratio or 0.0
+        findings.append(
+            ("clocks", state, f"{name}: clocks {_pct(loss)} below max while busy, with no reason, {_pct(ratio)} {window}")
+        )
+    if facts.uncorrected_volatile_ecc is not None:
+        n = facts.uncorrected_volatile_ecc
+        findings.append(("ecc", "critical" if n else "ok", f"{name}: {n} uncorrectable ECC error(s) since driver load"))
+    if facts.row_remap_failure is not None or facts.row_remap_pending is not None:
+        if facts.row_remap_failure:
+            findings.append(("row_remap", "critical", f"{name}: row remapping failed, no spare rows left (RMA)"))
+        elif facts.row_remap_pending:
+            findings.append(("row_remap", "warning", f"{name}: row remap pending, reset required"))
+        else:
+            findings.append(("row_remap", "ok", ""))
+    if facts.retired_pages_pending is not None:
+        state = "warning" if facts.retired_pages_pending else "ok"
+        findings.append(("retired_pages", state, f"{name}: page retirement pending, reset required"))
+    findings.append(_xids(facts, limits, name))
+
+    checks = {check: state for check, state, _ in findings}
+    ordered = sorted(findings, key=lambda f: -_SEVERITY[f[1]])
+    reasons = tuple(reason for _, state, reason in ordered if reason and (state != "ok" or "power-capped" in reason))
+    return Verdict(worst(checks.values()), reasons, checks)
+
+
+def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, str, str]:
+    t, th = facts.temperature_celsius, facts.thresholds_celsius
+    if t is not None and "max_operating" in th:
+        slowdown = th.get("slowdown")
+        if slowdown is not None and t >= slowdown:
+            return "temperature", "critical", f"{name}: {t:.0f} °C ≥ {slowdown:.0f} °C slowdown"
+        if t >= th["max_operating"]:
+            return "temperature", "warning", f"{name}: {t:.0f} °C ≥ {th['max_operating']:.0f} °C max operating"
+        return "temperature", "ok", ""
+    margin = facts.margin_celsius
+    if margin is not None:
+        if margin <= limits.margin_critical_celsius:
+            return "temperature", "critical", f"{name}: {margin:.0f} °C margin, past the slowdown point"
+        if margin <= limits.margin_warning_celsius:
+            return "temperature", "warning", f"{name}: {margin:.0f} °C margin, at the max-operating point"
+        return "temperature", "ok", ""
+    return "temperature", "unknown", f"{name}: temperature not reported"
+
+
+def _xids(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, str, str]:
+    recent = [x for ts, x in facts.recent_xids if facts.now - ts <= limits.xid_window_seconds]
+    critical = sorted({x for x in recent if x in limits.critical_xids})
+    if critical:
+        return "xid", "critical", f"{name}: critical Xid {', '.join(map(str, critical))} in the last {limits.xid_window_seconds / 60:.0f} min"
+    warning = sorted({x for x in recent if x in limits.warning_xids})
+    if warning:
+        return "xid", "warning", f"{name}: Xid {', '.join(map(str, warning))} (reset when convenient)"
+    return "xid", "ok", ""
+
+
+def host_verdict(nvml_up: bool, nvml_error: str | None, gpus: Sequence[Verdict]) -> Verdict:
+    """The host: unknown when NVML is down or there are no GPUs, else the worst GPU."""
+    if not nvml_up:
+        return Verdict("unknown", (f"NVML unavailable: {nvml_error}",), {})
+    if not gpus:
+        return Verdict("unknown", ("no GPUs found",), {})
+    state = worst(v.state for v in gpus)
+    reasons = tuple(r for v in sorted(gpus, key=lambda v: -_SEVERITY[v.state]) for r in v.reasons if v.state != "ok")
+    if not reasons:
+        reasons = (f"{len(gpus)} GPU(s) ok",)
+    return Verdict(state, reasons, {})
