@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpuwatch.analysis.health import Verdict
+from gpuwatch.analysis.throttle import ThrottleSummary
+
+UNKNOWN_VERDICT = Verdict("unknown", ("not polled yet",), {})
+
 
 @dataclass(frozen=True, slots=True)
 class GpuIdentity:
@@ -87,7 +92,14 @@ class GpuStatus:
     reading: GpuReading | None = None  # None when the GPU did not answer this poll
     error: str | None = None
     energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
+    violation_seconds_total: Mapping[str, float] = field(default_factory=dict)  # reset-safe
     processes: tuple[GpuProcess, ...] = ()
+    throttle: ThrottleSummary | None = None  # over the health window
+    throttle_class: str | None = None  # this poll's own class
+    clocks_event_seconds: Mapping[str, float] = field(default_factory=dict)  # time each reason was active
+    xid_errors: Mapping[int, int] = field(default_factory=dict)  # Xid -> count since gpuwatch started
+    recent_xids: tuple[tuple[float, int], ...] = ()  # (timestamp, Xid), newest last
+    verdict: Verdict = UNKNOWN_VERDICT
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +115,4 @@ class Snapshot:
     poll_duration_seconds: float = 0.0
     polls_total: int = 0
     nvml_errors_total: Mapping[str, int] = field(default_factory=dict)
+    verdict: Verdict = UNKNOWN_VERDICT  # the host's: the worst GPU, or unknown without NVML

@@ -36,7 +36,12 @@ def facts(**kw) -> GpuFacts:
         ({"thresholds_celsius": {}, "margin_celsius": 0.0}, "warning", "temperature", "0 °C margin"),
         ({"thresholds_celsius": {}, "margin_celsius": -2.0}, "critical", "temperature", "past the slowdown"),
         ({"thresholds_celsius": {}, "temperature_celsius": None}, "unknown", "temperature", "not reported"),
-        ({"throttle": throttle(power_cap=0.62, thermal=0.38)}, "warning", "thermal", "thermal slowdown 38% of the last 60 s"),
+        (
+            {"throttle": throttle(power_cap=0.62, thermal=0.38)},
+            "warning",
+            "thermal",
+            "thermal slowdown 38% of the last 60 s",
+        ),
         ({"throttle": throttle(thermal=0.5, power_cap=0.5)}, "critical", "thermal", "thermal slowdown 50%"),
         ({"throttle": throttle(power_brake=0.05, power_cap=0.95)}, "warning", "power_brake", "HW power brake 5%"),
         ({"throttle": throttle(power_brake=1.0)}, "critical", "power_brake", "HW power brake 100%"),
@@ -90,8 +95,13 @@ def test_thresholds_are_configurable():
 
 @pytest.mark.parametrize(
     ("states", "expected"),
-    [([], "ok"), (["ok", "ok"], "ok"), (["ok", "unknown"], "unknown"), (["unknown", "warning"], "warning"),
-     (["warning", "critical", "ok"], "critical")],
+    [
+        ([], "ok"),
+        (["ok", "ok"], "ok"),
+        (["ok", "unknown"], "unknown"),
+        (["unknown", "warning"], "warning"),
+        (["warning", "critical", "ok"], "critical"),
+    ],
 )
 def test_worst(states, expected):
     assert worst(states) == expected

@@ -118,12 +118,18 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
             ("hw_slowdown", state, f"{name}: HW slowdown without heat or power brake {_pct(ratio)} {window}")
         )
         cap = ratios["power_cap"]
-        findings.append(("power_cap", "ok", f"{name}: power-capped {_pct(cap)} {window}, normal under load" if cap else ""))
+        findings.append(
+            ("power_cap", "ok", f"{name}: power-capped {_pct(cap)} {window}, normal under load" if cap else "")
+        )
         ratio = ratios["unknown"]
         state = "warning" if ratio >= limits.unexplained_clock_ratio else "ok"
         loss = throttle.clock_loss_ratio or 0.0
         findings.append(
-            ("clocks", state, f"{name}: clocks {_pct(loss)} below max while busy, with no reason, {_pct(ratio)} {window}")
+            (
+                "clocks",
+                state,
+                f"{name}: clocks {_pct(loss)} below max while busy, with no reason, {_pct(ratio)} {window}",
+            )
         )
     if facts.uncorrected_volatile_ecc is not None:
         n = facts.uncorrected_volatile_ecc
@@ -169,7 +175,11 @@ def _xids(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, st
     recent = [x for ts, x in facts.recent_xids if facts.now - ts <= limits.xid_window_seconds]
     critical = sorted({x for x in recent if x in limits.critical_xids})
     if critical:
-        return "xid", "critical", f"{name}: critical Xid {', '.join(map(str, critical))} in the last {limits.xid_window_seconds / 60:.0f} min"
+        return (
+            "xid",
+            "critical",
+            f"{name}: critical Xid {', '.join(map(str, critical))} in the last {limits.xid_window_seconds / 60:.0f} min",
+        )
     warning = sorted({x for x in recent if x in limits.warning_xids})
     if warning:
         return "xid", "warning", f"{name}: Xid {', '.join(map(str, warning))} (reset when convenient)"

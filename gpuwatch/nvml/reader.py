@@ -31,6 +31,7 @@ import pynvml
 
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
 from gpuwatch.nvml import fields
+from gpuwatch.nvml.events import XidWatcher
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,16 @@ class NvmlReader:
                 pynvml.nvmlShutdown()
             except pynvml.NVMLError as exc:
                 log.debug("nvmlShutdown: %s", _describe(exc))
+
+    def open_events(self) -> XidWatcher | None:
+        """An Xid watcher over every GPU that answered at start; None where NVML has no events."""
+        devices = [(d.index, d.handle) for d in self._devices if d.lost is None]
+        try:
+            watcher = XidWatcher(devices, self._clock)
+        except pynvml.NVMLError as exc:
+            log.info("Xid events unavailable: %s", _describe(exc))
+            return None
+        return watcher if watcher.watching else None
 
     @property
     def identities(self) -> list[GpuIdentity]:

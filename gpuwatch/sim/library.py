@@ -78,7 +78,8 @@ class SimulatedNvmlLibrary:
         self._lock = threading.RLock()
         self._initialized = 0
         self._time_s = 0.0
-        self._event_sets: dict[int, dict[int, int]] = {}  # set id -> {gpu index: mask}
+        # event set id -> {gpu index: [mask, cursor into that GPU's event log]}
+        self._event_sets: dict[int, dict[int, list[int]]] = {}
         self._event_cond = threading.Condition(self._lock)
         self.calls = 0
 
@@ -102,8 +103,6 @@ class SimulatedNvmlLibrary:
                 self._time_s += STEP_S
                 for gpu in self.gpus:
                     gpu.step()
-            if any(gpu.events for gpu in self.gpus):
-                self._event_cond.notify_all()
 
     def _check_init(self) -> None:
         if self._initialized <= 0:
@@ -421,6 +420,65 @@ class SimulatedNvmlLibrary:
         self._gpu(handle)
         count._obj.value = 0
         return abi.SUCCESS
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _nvmlEventSetCreate(self, out: Any) -> None:
+        with self._lock:
+            self._check_init()
+            set_id = len(self._event_sets)
+            self._event_sets[set_id] = {}
+        _write_pointer(out, _EVENT_SET_BASE + set_id * _HANDLE_STRIDE)
+
+    def _event_set(self, event_set: Any) -> dict[int, list[int]]:
+        address = ctypes.cast(event_set, ctypes.c_void_p).value or 0
+        registered = self._event_sets.get((address - _EVENT_SET_BASE) // _HANDLE_STRIDE)
+        if registered is None:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        return registered
+
+    def _nvmlDeviceGetSupportedEventTypes(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        mask = abi.EVENT_XID_CRITICAL | abi.EVENT_PSTATE
+        if gpu.profile.ecc:
+            mask |= abi.EVENT_SINGLE_BIT_ECC | abi.EVENT_DOUBLE_BIT_ECC
+        _set(out, mask)
+
+    def _nvmlDeviceRegisterEvents(self, handle: Any, event_types: Any, event_set: Any) -> None:
+        with self._lock:
+            gpu = self._gpu(handle)
+            self._event_set(event_set)[gpu.index] = [_val(event_types), len(gpu.event_log)]
+
+    def _nvmlEventSetWait_v2(self, event_set: Any, data: Any, timeout_ms: Any) -> int:
+        """Block up to ``timeout_ms`` of wall time for the next registered event, as NVML does."""
+        deadline = time.monotonic() + _val(timeout_ms) / 1000.0
+        with self._lock:
+            self._check_init()
+            registered = self._event_set(event_set)
+            while True:
+                self.advance()
+                for index, entry in registered.items():
+                    mask, cursor = entry
+                    log = self.gpus[index].event_log
+                    while cursor < len(log):
+                        event_type, event_data = log[cursor]
+                        cursor += 1
+                        entry[1] = cursor
+                        if event_type & mask:
+                            out = data._obj
+                            out.device = ctypes.cast(_HANDLE_BASE + index * _HANDLE_STRIDE, type(out.device))
+                            out.eventType = event_type
+                            out.eventData = event_data
+                            out.gpuInstanceId = out.computeInstanceId = 0xFFFFFFFF
+                            return abi.SUCCESS
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return abi.ERROR_TIMEOUT
+                self._event_cond.wait(min(remaining, 0.05))
+
+    def _nvmlEventSetFree(self, event_set: Any) -> None:
+        with self._lock:
+            self._event_set(event_set).clear()
 
     # -- field values -----------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class SimGpu:
         self._avg_window: deque[float] = deque(maxlen=round(1.0 / STEP_S))
         self._pending_faults = sorted(spec.faults, key=lambda f: f.at_s)
         self._active: list[Fault] = []
-        self.events: list[tuple[int, int]] = []  # (event type, data) not yet delivered
+        self.event_log: list[tuple[int, int]] = []  # (event type, data), append-only; readers keep cursors
         self.time_s = 0.0
         start_power = self.profile.idle_power_w
         self.state = GpuState(
@@ -106,26 +106,26 @@ class SimGpu:
             self._active.append(fault)
             if fault.kind == "fall_off_bus":
                 s.lost = True
-                self.events.append((abi.EVENT_XID_CRITICAL, 79))
+                self.event_log.append((abi.EVENT_XID_CRITICAL, 79))
             elif fault.kind == "ecc_corrected":
                 s.ecc_volatile[0] += fault.count
                 s.ecc_aggregate[0] += fault.count
-                self.events.append((abi.EVENT_SINGLE_BIT_ECC, 0))
+                self.event_log.append((abi.EVENT_SINGLE_BIT_ECC, 0))
             elif fault.kind == "ecc_uncorrected":
                 s.ecc_volatile[1] += fault.count
                 s.ecc_aggregate[1] += fault.count
-                self.events.append((abi.EVENT_DOUBLE_BIT_ECC, 0))
-                self.events.append((abi.EVENT_XID_CRITICAL, 48))
+                self.event_log.append((abi.EVENT_DOUBLE_BIT_ECC, 0))
+                self.event_log.append((abi.EVENT_XID_CRITICAL, 48))
             elif fault.kind == "row_remap_pending":
                 s.remapped_rows[1] += fault.count
                 s.remap_pending = 1
                 s.ecc_aggregate[1] += fault.count
-                self.events.append((abi.EVENT_XID_CRITICAL, 63))
+                self.event_log.append((abi.EVENT_XID_CRITICAL, 63))
             elif fault.kind == "row_remap_failure":
                 s.remap_failure = 1
-                self.events.append((abi.EVENT_XID_CRITICAL, 64))
+                self.event_log.append((abi.EVENT_XID_CRITICAL, 64))
             elif fault.kind == "xid":
-                self.events.append((abi.EVENT_XID_CRITICAL, fault.xid))
+                self.event_log.append((abi.EVENT_XID_CRITICAL, fault.xid))
             elif fault.kind == "energy_reset":
                 s.energy_mj = 0.0
 
