@@ -15,13 +15,14 @@ from typing import Any
 import click
 
 from gpuwatch import __version__, config
+from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.registry import build_registry
 from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_PORT, WebServer
 from gpuwatch.host import Host, real_host, simulated_host
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
-from gpuwatch.status import render_table, to_document
+from gpuwatch.status import exit_code, render_nagios, render_table, to_document
 
 log = logging.getLogger("gpuwatch")
 
@@ -151,7 +152,14 @@ def _serve(settings: config.ServeSettings) -> int:
     host = _open_host(settings.simulate, settings.sim_speed)
     if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
         log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
-    sampler = Sampler(host.reader_factory, host.clock, settings.poll_interval_s, settings.process_interval_s)
+    sampler = Sampler(
+        host.reader_factory,
+        host.clock,
+        settings.poll_interval_s,
+        settings.process_interval_s,
+        health=settings.health,
+        event_thread=True,
+    )
     registry = build_registry(lambda: sampler.latest)
     try:
         web = WebServer(settings.listen_address, registry, lambda: sampler.latest, sampler.ready.is_set)
@@ -222,29 +230,79 @@ def _open_host(simulate: str | None, speed: float) -> Host:
     type=_Duration(),
     default="5m",
     show_default=True,
-    help="With --simulate: the simulated time to sample at.",
+    help="With --simulate: the simulated time to judge at (the health window before it is replayed).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="With --direct or --simulate: take the [health] thresholds from this file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the /status JSON document instead of a table.")
+@click.option("--nagios", is_flag=True, help="Print one Nagios plugin line with performance data.")
+@click.option(
+    "--watch",
+    "watch_s",
+    is_flag=False,
+    flag_value="2s",
+    default=None,
+    type=_Duration(),
+    metavar="[INTERVAL]",
+    help="Refresh in place every INTERVAL (default 2s) until Ctrl-C.",
+)
 @click.option("--timeout", "timeout_s", type=_Duration(), default="3s", show_default=True, help="HTTP timeout.")
-def status(url: str, direct: bool, simulate: str | None, sim_at_s: float, as_json: bool, timeout_s: float) -> None:
-    """Show every GPU: temperature and limit, power and cap, clocks, VRAM, ECC, clock events.
+def status(
+    url: str,
+    direct: bool,
+    simulate: str | None,
+    sim_at_s: float,
+    config_file: str | None,
+    as_json: bool,
+    nagios: bool,
+    watch_s: float | None,
+    timeout_s: float,
+) -> None:
+    """Say whether each GPU is healthy and why; show its temperature, power, clocks, VRAM and ECC.
 
-    Exit codes: 0 data was read, 3 nothing could be read (NVML down and no daemon).
+    The first line is the host's verdict. Exit codes follow the Nagios plugin convention:
+    0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing could be read).
     """
     _setup_logging("critical")  # what went wrong is printed below, once
-    doc: dict[str, Any] | None = None
-    if simulate is None and not direct:
-        doc = _fetch(url, timeout_s)
-    if doc is None:
-        doc = _sample_directly(simulate, sim_at_s)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        click.echo(render_table(doc))
-    if not doc.get("nvml_up"):
-        click.echo(f"gpuwatch: cannot read GPUs: {doc.get('nvml_error')}", err=True)
-        sys.exit(EXIT_UNKNOWN)
-    sys.exit(EXIT_OK)
+    health = HealthThresholds()
+    if config_file:
+        try:
+            health = config.build(config.load_file(config_file), {}).health
+        except config.ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+
+    def read() -> dict[str, Any]:
+        doc = _fetch(url, timeout_s) if simulate is None and not direct else None
+        return doc if doc is not None else _sample_directly(simulate, sim_at_s, health)
+
+    def show(doc: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        elif nagios:
+            click.echo(render_nagios(doc))
+        else:
+            click.echo(render_table(doc, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+        if not doc.get("nvml_up") and not nagios:
+            click.echo(f"gpuwatch: cannot read GPUs: {doc.get('nvml_error')}", err=True)
+
+    if watch_s is None:
+        doc = read()
+        show(doc)
+        sys.exit(exit_code(doc))
+    doc = {}
+    try:
+        while True:
+            doc = read()
+            if sys.stdout.isatty():
+                click.echo("\033[H\033[2J", nl=False)  # home and clear: refresh in place
+            show(doc)
+            threading.Event().wait(watch_s)
+    except KeyboardInterrupt:
+        sys.exit(exit_code(doc) if doc else EXIT_UNKNOWN)
 
 
 def _fetch(url: str, timeout_s: float) -> dict[str, Any] | None:
@@ -258,17 +316,26 @@ def _fetch(url: str, timeout_s: float) -> dict[str, Any] | None:
         return None
 
 
-def _sample_directly(simulate: str | None, sim_at_s: float) -> dict[str, Any]:
+def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresholds) -> dict[str, Any]:
+    """One snapshot sampled in this process.
+
+    On real GPUs that is a single poll (verdicts see one instant). On a simulated host the
+    health window before ``sim_at_s`` is replayed poll by poll, as a daemon would have seen it.
+    """
+    clock = ManualClock()
     if simulate is None:
         host = real_host()
     else:
-        clock = ManualClock()
         try:
             host = simulated_host(simulate, clock=clock)
         except scenarios.ScenarioError as exc:
             raise click.UsageError(str(exc)) from exc
-        clock.advance(sim_at_s)
-    sampler = Sampler(host.reader_factory, host.clock)
+    sampler = Sampler(host.reader_factory, host.clock, health=health)
     snapshot = sampler.poll_once()
+    if simulate is not None:
+        clock.advance(max(0.0, sim_at_s - health.window_seconds))
+        while clock.sim_seconds() < sim_at_s:
+            clock.advance(min(sampler.poll_interval_s, sim_at_s - clock.sim_seconds()))
+            snapshot = sampler.poll_once()
     sampler.stop()
     return to_document(snapshot)

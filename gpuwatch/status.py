@@ -13,6 +13,9 @@ from gpuwatch.model import GpuStatus, Snapshot
 
 SCHEMA_VERSION = 1
 
+# The Nagios plugin convention (also Icinga, Sensu, Zabbix, cron): exit code per state.
+EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
+
 
 def to_document(snapshot: Snapshot) -> dict[str, Any]:
     """The ``/status`` JSON document of a snapshot (SI units, ``null`` where not reported)."""
@@ -24,6 +27,8 @@ def to_document(snapshot: Snapshot) -> dict[str, Any]:
         "nvml_error": snapshot.nvml_error,
         "driver_version": snapshot.driver_version,
         "cuda_driver_version": snapshot.cuda_driver_version,
+        "verdict": snapshot.verdict.state,
+        "reasons": list(snapshot.verdict.reasons),
         "gpus": [_gpu(status) for status in snapshot.gpus],
     }
 
@@ -38,6 +43,14 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         "pci_bus_id": g.pci_bus_id,
         "up": status.up,
         "error": status.error,
+        "verdict": status.verdict.state,
+        "reasons": list(status.verdict.reasons),
+        "checks": dict(status.verdict.checks),
+        "throttle_class": None if status.throttle is None else status.throttle.dominant,
+        "throttle_ratios": {} if status.throttle is None else {c: r for c, r in status.throttle.ratios.items() if r},
+        "clock_loss_ratio": None if status.throttle is None else status.throttle.clock_loss_ratio,
+        "xid_errors": {str(x): n for x, n in sorted(status.xid_errors.items())},
+        "recent_xids": [{"timestamp": ts, "xid": x} for ts, x in status.recent_xids],
         "temperature_celsius": None,
         "temperature_limit_celsius": thresholds.get("max_operating"),
         "temperature_thresholds_celsius": thresholds,
@@ -83,12 +96,36 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
 # -- the table ----------------------------------------------------------------------------------
 
 
-_COLUMNS = ("GPU", "NAME", "TEMP/LIMIT", "POWER/CAP", "SM CLOCK/MAX", "VRAM USED/SIZE", "ECC", "CLOCK EVENTS")
+_COLUMNS = (
+    "GPU",
+    "NAME",
+    "VERDICT",
+    "TEMP/LIMIT",
+    "POWER/CAP",
+    "SM CLOCK/MAX",
+    "VRAM USED/SIZE",
+    "ECC",
+    "THROTTLE",
+    "REASONS",
+)
+_COLOURS = {"ok": "32", "warning": "33", "critical": "31", "unknown": "35"}
 
 
-def render_table(doc: dict[str, Any]) -> str:
-    """A fixed-width table, one row per GPU, from a ``/status`` document."""
-    lines = []
+def exit_code(doc: dict[str, Any]) -> int:
+    """The Nagios exit code of a ``/status`` document."""
+    return EXIT_CODES.get(doc.get("verdict") or "unknown", 3)
+
+
+def _paint(text: str, state: str | None, colour: bool) -> str:
+    code = _COLOURS.get(state or "")
+    return f"\033[{code}m{text}\033[0m" if colour and code else text
+
+
+def render_table(doc: dict[str, Any], colour: bool = False) -> str:
+    """The host verdict, then a fixed-width table with one row per GPU, from a ``/status`` document."""
+    verdict = doc.get("verdict") or "unknown"
+    reasons = "; ".join(doc.get("reasons") or [])
+    lines = [_paint(verdict.upper(), verdict, colour) + (f": {reasons}" if reasons else "")]
     header = f"gpuwatch {doc.get('gpuwatch_version', '')}"
     if doc.get("driver_version"):
         header += f" · driver {doc['driver_version']}"
@@ -99,27 +136,35 @@ def render_table(doc: dict[str, Any]) -> str:
     lines.append(header)
     rows = [list(_COLUMNS)] + [_row(gpu) for gpu in doc.get("gpus", [])]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        if n:
+            cells[2] = _paint(cells[2], doc["gpus"][n - 1].get("verdict"), colour)
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def _row(gpu: dict[str, Any]) -> list[str]:
     index = str(gpu["index"])
+    verdict = gpu.get("verdict") or "unknown"
+    prefix = f"GPU {gpu['index']}: "
+    reasons = "; ".join(r.removeprefix(prefix) for r in gpu.get("reasons") or [])
     if not gpu["up"]:
-        return [index, gpu["name"] or "?", f"down: {gpu.get('error') or 'no answer'}", "", "", "", "", ""]
+        return [index, gpu["name"] or "?", verdict, "", "", "", "", "", "", reasons or "not answering"]
     temp = _pair(gpu["temperature_celsius"], gpu["temperature_limit_celsius"], "°C", 1)
     if gpu["temperature_limit_celsius"] is None and gpu["temperature_margin_celsius"] is not None:
         temp = f"{_num(gpu['temperature_celsius'], 1)}°C ({gpu['temperature_margin_celsius']:.0f} left)"
     return [
         index,
         gpu["name"],
+        verdict,
         temp,
         _pair(gpu["power_watts"], gpu["power_limit_watts"], " W", 1),
         _pair(gpu["sm_clock_hertz"], gpu["sm_clock_max_hertz"], " MHz", 1e6),
         _pair(gpu["memory_used_bytes"], gpu["memory_size_bytes"], " GiB", 2**30, decimals=1),
         _ecc(gpu),
-        ",".join(gpu["clock_event_reasons"]) or "none",
+        gpu.get("throttle_class") or "n/a",
+        reasons,
     ]
 
 
@@ -138,3 +183,55 @@ def _ecc(gpu: dict[str, Any]) -> str:
         return "off"
     uncorrected = gpu["ecc_errors"].get("uncorrected_volatile")
     return "on" if not uncorrected else f"on, {uncorrected} unc"
+
+
+# -- the Nagios plugin line ---------------------------------------------------------------------
+
+
+def render_nagios(doc: dict[str, Any]) -> str:
+    """One Nagios plugin line: ``GPUWATCH STATE - reasons | perfdata``.
+
+    Performance data per GPU (Nagios' 'label'=value;warn;crit;min;max, no unit where Nagios has
+    none): temperature with the max-operating and slowdown thresholds as warn and crit, margin,
+    power with the cap as max, and the cap itself.
+    """
+    state = (doc.get("verdict") or "unknown").upper()
+    reasons = "; ".join(doc.get("reasons") or []) or "no data"
+    perf: list[str] = []
+    for gpu in doc.get("gpus", []):
+        if not gpu["up"]:
+            continue
+        n = gpu["index"]
+        thresholds = gpu.get("temperature_thresholds_celsius") or {}
+        _perf(
+            perf,
+            f"gpu{n}_temperature_celsius",
+            gpu["temperature_celsius"],
+            thresholds.get("max_operating"),
+            thresholds.get("slowdown"),
+        )
+        _perf(perf, f"gpu{n}_temperature_margin_celsius", gpu["temperature_margin_celsius"])
+        _perf(perf, f"gpu{n}_power_watts", gpu["power_watts"], minimum=0, maximum=gpu["power_limit_watts"])
+        _perf(perf, f"gpu{n}_power_limit_watts", gpu["power_limit_watts"])
+    return f"GPUWATCH {state} - {reasons}" + (" | " + " ".join(perf) if perf else "")
+
+
+def _perf(
+    out: list[str],
+    label: str,
+    value: float | None,
+    warn: float | None = None,
+    crit: float | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> None:
+    if value is None:
+        return
+    fields = [_g(v) for v in (warn, crit, minimum, maximum)]
+    while fields and not fields[-1]:
+        fields.pop()
+    out.append(f"'{label}'={_g(value)}" + "".join(f";{f}" for f in fields))
+
+
+def _g(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"

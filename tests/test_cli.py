@@ -38,27 +38,62 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_status_of_a_simulated_host_prints_one_row_per_gpu():
-    result = run("status", "--simulate", "inference-host")
+def test_status_of_a_simulated_host_prints_the_verdict_then_one_row_per_gpu():
+    result = run("status", "--simulate", "inference-host", "--sim-at", "4m")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("gpuwatch ") and "driver 550.127.05" in lines[0]
-    assert lines[1].split()[:2] == ["GPU", "NAME"]
-    rows = lines[2:]
+    assert lines[0] == "OK: 4 GPU(s) ok"
+    assert lines[1].startswith("gpuwatch ") and "driver 550.127.05" in lines[1]
+    assert lines[2].split()[:3] == ["GPU", "NAME", "VERDICT"]
+    rows = lines[3:]
     assert len(rows) == 4 and all("NVIDIA RTX A6000" in row for row in rows)
-    assert "sw_power_cap" in rows[0] and "/93°C" in rows[0] and "/300 W" in rows[0]
+    assert "power_cap" in rows[0] and "/93°C" in rows[0] and "/300 W" in rows[0]
+    assert "normal under load" in rows[0]
     assert "idle" in rows[3]
+    assert "\033[" not in result.stdout  # no colour when stdout is not a terminal
 
 
 def test_status_json_has_the_documented_fields():
     result = run("status", "--simulate", "inference-host", "--json")
-    assert result.exit_code == 0
     doc = json.loads(result.stdout)
+    assert result.exit_code == {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[doc["verdict"]]
     assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
     for gpu in doc["gpus"]:
-        for key in ("uuid", "name", "temperature_celsius", "power_watts", "power_limit_watts", "clock_event_reasons"):
+        for key in (
+            "uuid",
+            "name",
+            "temperature_celsius",
+            "power_watts",
+            "power_limit_watts",
+            "clock_event_reasons",
+            "verdict",
+            "reasons",
+            "throttle_class",
+        ):
             assert key in gpu
         assert gpu["power_limit_watts"] == 300.0
+
+
+@pytest.mark.parametrize(
+    ("at", "state", "code", "throttle"),
+    [("4m", "ok", 0, "power_cap"), ("5m10s", "warning", 1, "power_cap"), ("6m", "critical", 2, "thermal")],
+)
+def test_gpu_2_of_the_inference_host_heats_from_ok_to_critical(at, state, code, throttle):
+    result = run("status", "--simulate", "inference-host", "--sim-at", at, "--json")
+    doc = json.loads(result.stdout)
+    assert (doc["gpus"][2]["verdict"], doc["gpus"][2]["throttle_class"], result.exit_code) == (state, throttle, code)
+    assert doc["verdict"] == state
+
+
+def test_nagios_line_has_state_reasons_and_performance_data():
+    result = run("status", "--simulate", "inference-host", "--sim-at", "6m", "--nagios")
+    assert result.exit_code == 2
+    line = result.stdout.strip()
+    assert "\n" not in line
+    assert line.startswith("GPUWATCH CRITICAL - GPU 2: thermal slowdown")
+    perf = line.split(" | ", 1)[1].split()
+    assert "'gpu2_power_limit_watts'=300" in perf
+    assert any(p.startswith("'gpu0_temperature_celsius'=") and p.endswith(";93;95") for p in perf)
 
 
 def test_status_with_no_daemon_and_no_driver_exits_unknown():

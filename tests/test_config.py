@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpuwatch import config
+from gpuwatch.analysis.health import HealthThresholds
 
 
 def write(tmp_path, text: str):
@@ -27,11 +28,19 @@ def test_every_key_is_read_and_flags_win(tmp_path):
         simulate="xid-79",
         sim_speed=30.0,
         log_level="debug",
+        health=HealthThresholds(),
     )
 
 
-def test_every_file_key_has_a_flag():
-    assert set(config.FLAG_FOR_KEY) == set(config._KEYS)
+def test_every_flag_has_a_file_key():
+    assert set(config.FLAG_FOR_KEY) == {k for k in config._KEYS if not k.startswith("health.")}
+
+
+def test_health_thresholds_come_from_the_file(tmp_path):
+    path = write(tmp_path, '[health]\nwindow = "2m"\nsustained_ratio = 0.25\ncritical_xids = [79]\n')
+    health = config.build(config.load_file(path), {}).health
+    assert (health.window_seconds, health.sustained_ratio, health.critical_xids) == (120.0, 0.25, (79,))
+    assert health.warning_xids == (63,)  # untouched keys keep their defaults
 
 
 @pytest.mark.parametrize(
@@ -44,6 +53,8 @@ def test_every_file_key_has_a_flag():
         ('[log]\nlevel = "loud"', ["log.level", "'loud'", "debug, info"]),
         ("[simulate]\nspeed = -1", ["simulate.speed", "-1"]),
         ("poll_interval = ", ["not valid TOML"]),
+        ("[health]\nsustained_ratio = 1.5", ["health.sustained_ratio", "1.5", "fraction"]),
+        ('[health]\ncritical_xids = ["79"]', ["health.critical_xids", "Xid numbers"]),
     ],
 )
 def test_bad_files_are_refused_with_file_key_and_value(tmp_path, text, expected):
@@ -61,6 +72,9 @@ def test_missing_file_says_so(tmp_path):
         config.load_file(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("500ms", 0.5), ("2m", 120.0), ("1.5s", 1.5), (3, 3.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("500ms", 0.5), ("2m", 120.0), ("1.5s", 1.5), ("1m30s", 90.0), ("1h", 3600.0), (3, 3.0)],
+)
 def test_durations(text, seconds):
     assert config.parse_duration(text) == seconds

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -209,3 +209,43 @@ def test_endpoints(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as missing:
             get(d.url + "/nope")
         assert missing.value.code == 404
+
+
+EXPECTED = {
+    # scenario: (exit code, GPU named in the output, words of the reason)
+    "healthy": (0, None, "ok"),
+    "consumer-gpu": (0, None, "ok"),
+    "thermal-throttle": (2, "GPU 1", "thermal slowdown"),
+    "row-remap-pending": (1, "GPU 0", "row remap pending"),
+    "power-brake": (2, "GPU 3", "HW power brake"),
+    "ecc-uncorrectable": (2, "GPU 1", "uncorrectable ECC"),
+    "xid-79": (2, "GPU 1", "not answering"),
+}
+
+
+def test_every_builtin_fault_scenario_gets_its_verdict_from_a_running_daemon(tmp_path):
+    """Ten wall seconds at 60x: each daemon has seen ten simulated minutes of its fault."""
+    with ExitStack() as stack:
+        daemons = {
+            name: stack.enter_context(daemon(tmp_path, "--simulate", name, "--sim-speed", "60")) for name in EXPECTED
+        }
+        time.sleep(10)
+        for name, (code, gpu, words) in EXPECTED.items():
+            url = daemons[name].url
+            table = subprocess.run(
+                [sys.executable, "-m", "gpuwatch", "status", "--url", url], capture_output=True, text=True
+            )
+            assert table.returncode == code, (name, table.stdout, table.stderr)
+            first_line = table.stdout.splitlines()[0]
+            assert words in first_line, (name, first_line)
+            if gpu is not None:
+                assert gpu in first_line, (name, first_line)
+            as_json = subprocess.run(
+                [sys.executable, "-m", "gpuwatch", "status", "--url", url, "--json"], capture_output=True, text=True
+            )
+            doc = json.loads(as_json.stdout)
+            assert as_json.returncode == code
+            assert {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[doc["verdict"]] == code
+            if gpu is not None:
+                index = int(gpu.split()[1])
+                assert doc["gpus"][index]["verdict"] == doc["verdict"]

@@ -100,7 +100,10 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
 
     if not facts.up:
         reason = f"{name}: not answering ({facts.error})" if facts.error else f"{name}: not answering"
-        return Verdict("critical", (reason,), {"up": "critical"})
+        _, xid_state, xid_reason = _xids(facts, limits, name)
+        return Verdict(
+            "critical", (reason, xid_reason) if xid_reason else (reason,), {"up": "critical", "xid": xid_state}
+        )
     findings.append(("up", "ok", ""))
 
     findings.append(_temperature(facts, limits, name))
@@ -148,7 +151,8 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
 
     checks = {check: state for check, state, _ in findings}
     ordered = sorted(findings, key=lambda f: -_SEVERITY[f[1]])
-    reasons = tuple(reason for _, state, reason in ordered if reason and (state != "ok" or "power-capped" in reason))
+    problems = tuple(reason for _, state, reason in ordered if reason and state != "ok")
+    reasons = problems or tuple(reason for check, _, reason in findings if check == "power_cap" and reason)
     return Verdict(worst(checks.values()), reasons, checks)
 
 

@@ -39,11 +39,11 @@ def collect(snapshot: Snapshot) -> Families:
                     int(reason in r.clock_event_reasons),
                     reason=reason,
                 )
-        for policy, seconds in r.violation_seconds.items():
+        for policy, seconds in status.violation_seconds_total.items():
             f.gpu_counter(
                 "gpuwatch_gpu_violation_seconds",
-                "Time clocks were held below target by this policy since driver load "
-                "(NVML_FI_DEV_PERF_POLICY_* field values, ns).",
+                "Time clocks were held below target by this policy (NVML_FI_DEV_PERF_POLICY_* field values, ns), "
+                "carried across driver resets.",
                 g,
                 seconds,
                 policy=policy,

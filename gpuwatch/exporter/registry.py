@@ -12,6 +12,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gpuwatch.exporter import (
     clocks,
+    health,
     identity,
     memory,
     pcie,
@@ -20,6 +21,7 @@ from gpuwatch.exporter import (
     reliability,
     self_metrics,
     thermal,
+    throttle,
 )
 from gpuwatch.model import Snapshot
 
@@ -32,6 +34,8 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "power": power.collect,
     "thermal": thermal.collect,
     "clocks": clocks.collect,
+    "throttle": throttle.collect,
+    "health": health.collect,
     "memory": memory.collect,
     "reliability": reliability.collect,
     "pcie": pcie.collect,

@@ -10,6 +10,14 @@ def collect(snapshot: Snapshot) -> Families:
     f = Families()
     for status in snapshot.gpus:
         g, r = status.identity, status.reading
+        for xid, count in sorted(status.xid_errors.items()):
+            f.gpu_counter(
+                "gpuwatch_gpu_xid_errors",
+                "Xid events by code (nvmlEventSetWait_v2), since gpuwatch started.",
+                g,
+                count,
+                xid=str(xid),
+            )
         if r is None:
             continue
         if g.ecc_enabled is not None:

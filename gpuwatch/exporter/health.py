@@ -1,0 +1,39 @@
+"""Health verdicts: per GPU, per check, and for the host."""
+
+from __future__ import annotations
+
+from gpuwatch.analysis.health import STATES
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    for state in STATES:
+        f.gauge(
+            "gpuwatch_health",
+            "1 for the host's verdict (the worst of its GPUs; unknown without NVML), else 0.",
+            int(snapshot.verdict.state == state),
+            state=state,
+        )
+    for status in snapshot.gpus:
+        g, verdict = status.identity, status.verdict
+        for state in STATES:
+            f.gpu_gauge(
+                "gpuwatch_gpu_health",
+                "1 for the GPU's verdict (ok, warning, critical, unknown), else 0; `gpuwatch status` says why.",
+                g,
+                int(verdict.state == state),
+                state=state,
+            )
+        for check, check_state in sorted(verdict.checks.items()):
+            for state in STATES:
+                f.gpu_gauge(
+                    "gpuwatch_gpu_health_check",
+                    "1 for each check's state, else 0; a check that does not apply to a GPU is absent.",
+                    g,
+                    int(check_state == state),
+                    check=check,
+                    state=state,
+                )
+    return f
