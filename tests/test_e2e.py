@@ -173,6 +173,8 @@ def test_a_gpu_falling_off_the_bus_leaves_the_others_reporting(tmp_path):
         assert set(e2) == {"0", "2", "3"}
         assert all(e2[g] > e1[g] for g in e2)
         assert len(per_gpu(second, "gpuwatch_gpu_info")) == 4
+        assert per_gpu(second, "gpuwatch_gpu_xid_errors_total", xid="79") == {"1": 1.0}  # from the event thread
+        assert per_gpu(second, "gpuwatch_gpu_health", state="critical") == {"0": 0.0, "1": 1.0, "2": 0.0, "3": 0.0}
         assert "GPU 1" in d.stderr and "lost" in d.stderr
 
 

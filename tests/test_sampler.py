@@ -75,3 +75,28 @@ def test_nvml_down_at_start_is_retried_with_backoff():
         sampler.poll_once()
     assert attempts == [0, 1, 3, 7]  # backoff 1 s, 2 s, 4 s
     assert sampler.latest.nvml_up and sampler.latest.nvml_error is None
+
+
+def test_xids_are_counted_kept_with_their_time_and_judged(sim):
+    run = sim("ecc-uncorrectable")
+    run.at(10)
+    snapshot = run.at(30)
+    gpu = snapshot.gpus[1]
+    assert gpu.xid_errors == {48: 1}
+    assert [x for _, x in gpu.recent_xids] == [48]
+    assert gpu.verdict.state == "critical" and gpu.verdict.checks["xid"] == "critical"
+    assert snapshot.verdict.state == "critical"
+    assert snapshot.gpus[0].xid_errors == {} and snapshot.gpus[0].verdict.state == "ok"
+
+
+def test_per_reason_seconds_and_the_window_follow_the_polls(sim):
+    run = sim("power-brake")
+    for t in range(1, 91):
+        snapshot = run.at(t)
+    braked = snapshot.gpus[3]
+    # polls at 30 s .. 90 s saw the brake; each stands for the second before it
+    assert braked.clocks_event_seconds["hw_power_brake"] == 61
+    assert braked.throttle.dominant == "power_brake" and braked.throttle.ratios["power_brake"] == 1.0
+    assert braked.throttle_class == "power_brake"
+    assert snapshot.gpus[0].throttle.dominant == "power_cap"
+    assert "hw_power_brake" not in snapshot.gpus[0].clocks_event_seconds
