@@ -189,14 +189,11 @@ class Sampler:
     def _poll_gpu(self, reader: NvmlReader, index: int, refresh_processes: bool) -> GpuStatus:
         identity = reader.identities[index]
         history = self._history_of(index)
-        common = {
-            "xid_errors": dict(history.xid_counts),
-            "recent_xids": tuple(history.recent_xids),
-        }
+        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
         try:
             reading = reader.read(index)
         except (GpuLost, PollFailed) as exc:
-            return GpuStatus(identity=identity, up=False, error=str(exc), **common)  # type: ignore[arg-type]
+            return GpuStatus(identity, up=False, error=str(exc), xid_errors=xid_errors, recent_xids=recent_xids)
         sample = _throttle_sample(reading, identity.max_clocks_hertz.get("sm"))
         span = history.throttle.add(sample)
         history.reason_seconds = accumulate_reason_seconds(history.reason_seconds, sample.reasons - {"other"}, span)
@@ -216,15 +213,18 @@ class Sampler:
             throttle=history.throttle.summary(),
             throttle_class=classify(sample),
             clocks_event_seconds=dict(history.reason_seconds),
-            **common,  # type: ignore[arg-type]
+            xid_errors=xid_errors,
+            recent_xids=recent_xids,
         )
 
     def _facts(self, status: GpuStatus, now: float) -> GpuFacts:
         r = status.reading
-        common = {"index": status.identity.index, "recent_xids": status.recent_xids, "now": now}
         if not status.up or r is None:
-            return GpuFacts(up=False, error=status.error, **common)  # type: ignore[arg-type]
+            return GpuFacts(
+                index=status.identity.index, up=False, error=status.error, recent_xids=status.recent_xids, now=now
+            )
         return GpuFacts(
+            index=status.identity.index,
             up=True,
             temperature_celsius=r.temperature_celsius,
             margin_celsius=r.temperature_margin_celsius,
@@ -234,7 +234,8 @@ class Sampler:
             row_remap_pending=r.row_remap_pending,
             row_remap_failure=r.row_remap_failure,
             retired_pages_pending=r.retired_pages_pending,
-            **common,  # type: ignore[arg-type]
+            recent_xids=status.recent_xids,
+            now=now,
         )
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -251,3 +251,18 @@ def test_every_builtin_fault_scenario_gets_its_verdict_from_a_running_daemon(tmp
             if gpu is not None:
                 index = int(gpu.split()[1])
                 assert doc["gpus"][index]["verdict"] == doc["verdict"]
+
+
+def test_status_watch_refreshes_until_interrupted():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuwatch", "status", "--simulate", "healthy", "--watch", "200ms"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.count("OK: 4 GPU(s) ok") >= 2
+    assert "\033[" not in out  # not a terminal: no colour, no screen clearing
