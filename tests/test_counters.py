@@ -15,6 +15,7 @@ from gpuwatch.analysis.counters import ResetSafeCounter
         ([100, 150, 20, 50], [100, 150, 170, 200]),  # driver reload: carry 150 forward
         ([100, 0, 0, 10], [100, 100, 100, 110]),  # reset to exactly zero
         ([100, 40, 10, 30], [100, 140, 150, 170]),  # two resets in a row
+        ([2**32 - 10, 5, 15], [2**32 - 10, 2**32 - 5, 2**32 + 5]),  # a 32-bit counter wraps: taken as a reset
     ],
 )
 def test_totals_never_decrease_across_resets(raw_readings, expected_totals):
