@@ -84,19 +84,23 @@ class Watchdog:
         notifier: Notifier,
         interval_s: float,
         progress: Callable[[], int],
-        poll_interval_s: float,
+        poll_interval_s: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._notifier = notifier
         self.interval_s = interval_s
         self._progress = progress
+        self._poll_interval_s = poll_interval_s  # may change on reload
         self._monotonic = monotonic
-        self.stall_after_s = max(interval_s / 2, 2 * poll_interval_s)
         self._seen = progress()
         self._moved_at = monotonic()
         self._stalled = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def stall_after_s(self) -> float:
+        return max(self.interval_s / 2, 2 * self._poll_interval_s())
 
     def check(self) -> bool:
         """Ping if the loop moved recently; True when a ping was sent. Called every quarter interval."""

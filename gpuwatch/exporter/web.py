@@ -35,14 +35,16 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 9961
 DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; a scrape sends well under 1 KiB
+DEFAULT_MAX_REQUESTS = 40  # node_exporter's --web.max-requests default
+DEFAULT_READ_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on request handling (``--web.max-requests``, ``--web.read-timeout``)."""
 
-    max_requests: int = 40  # node_exporter's --web.max-requests default
-    read_timeout_s: float = 10.0
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
 
 class ListenAddressError(ValueError):
