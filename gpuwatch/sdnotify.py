@@ -40,7 +40,8 @@ class Notifier:
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                # Never block: a manager slow to read must not stall the watchdog thread.
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             if not self._warned:  # the manager went away or the socket is wrong: say so once
                 log.warning("cannot notify systemd at %s: %s", self._address.replace("\0", "@"), exc)
