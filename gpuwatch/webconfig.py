@@ -132,7 +132,7 @@ def load(path: str | Path) -> WebConfig:
     except yaml.YAMLError as exc:
         raise WebConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if doc is None:
-        return WebConfig(path=path)
+        return WebConfig(path=path, files=(path,))
     top = _mapping(doc, where, "")
     _known(top, _TOP_KEYS, where, "", refused={"rate_limit"})
     ssl_context = None
