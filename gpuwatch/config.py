@@ -228,3 +228,8 @@ def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mappi
 def field_for_key(key: str) -> str:
     """The :class:`ServeSettings` field a file key sets."""
     return _KEYS[key][0]
+
+
+def key_for_field(field_name: str) -> str:
+    """The file key that sets a :class:`ServeSettings` field."""
+    return next(key for key, spec in _KEYS.items() if spec[0] == field_name)

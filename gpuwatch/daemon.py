@@ -134,7 +134,8 @@ def _reload(
         return current
     for name in config.RESTART_FIELDS:
         if getattr(new, name) != getattr(current, name):
-            log.warning("%s changed to %r; this takes effect after a restart", name, getattr(new, name))
+            key = config.key_for_field(name)
+            log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
     sampler.poll_interval_s = new.poll_interval_s
     sampler.process_interval_s = new.process_interval_s
