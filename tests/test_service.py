@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -147,16 +146,6 @@ def test_process_labels_carry_no_command_line_or_environment(tmp_path):
 
 
 # -- the unit -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is not installed; .ci/run installs Debian's systemd package")
-        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
-    return path
 
 
 def test_install_service_writes_the_unit_user_defaults_and_config(tmp_path):
