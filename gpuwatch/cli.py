@@ -201,7 +201,9 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
     try:
         settings = config.load(config_file, {"web_config_file": web_config_file} if web_config_file else {}, os.environ)
         web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
-    except (config.ConfigError, webconfig.WebConfigError) as exc:
+        if settings.simulate is not None:
+            scenarios.load(settings.simulate)
+    except (config.ConfigError, webconfig.WebConfigError, scenarios.ScenarioError) as exc:
         _config_error(str(exc))
     click.echo(f"{config_file}: OK")
     for key, flag in config.FLAG_FOR_KEY.items():

@@ -80,6 +80,35 @@ def test_check_config_prints_the_settings_in_force(tmp_path):
     assert f"{path}: OK" in result.stdout and "poll_interval = 0.25" in result.stdout
 
 
+def test_check_config_checks_the_scenario_too(tmp_path):
+    path = tmp_path / "gpuwatch.toml"
+    path.write_text('[simulate]\nscenario = "no-such-host"\n')
+    result = gpuwatch("check-config", "--config", str(path))
+    assert result.returncode == 78 and "no-such-host" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_under_journald_lines_carry_a_priority_and_no_timestamp(tmp_path):
+    log = tmp_path / "journal.log"
+    with log.open("w") as stderr:
+        st = os.fstat(stderr.fileno())
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+        environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"  # as systemd sets it for StandardError=journal
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpuwatch", "serve", "--simulate", "--web.listen-address", "127.0.0.1:0"],
+            stderr=stderr,
+            env=environ,
+        )
+        deadline = time.monotonic() + 10
+        while "serving" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    lines = log.read_text().splitlines()
+    assert any(line.startswith("<6>gpuwatch: gpuwatch ") and "serving" in line for line in lines), lines
+    assert all(re.match(r"<[0-7]>gpuwatch", line) for line in lines), lines
+    assert not any(re.search(r"\d{4}-\d\d-\d\dT", line) for line in lines)
+
+
 # -- SIGHUP --------------------------------------------------------------------------------------
 
 
