@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-LEVELS = ("debug", "info", "warning", "error")
-
 # syslog priorities (sd-daemon(3)): err 3, warning 4, info 6, debug 7
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
