@@ -57,6 +57,9 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
             exc.strerror,
         )
         return EXIT_FAILURE
+    current_web = web_config.current()
+    if current_web.users and current_web.ssl_context is None:
+        log.warning("basic auth without TLS: passwords cross the network in clear text; add tls_server_config")
     stop, hangup, wake = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -232,3 +232,12 @@ def test_an_oversized_request_head_is_refused(tmp_path):
         response = requests.get(d.url + "/metrics", headers={"X-Junk": "a" * 20_000}, timeout=5)
         assert response.status_code == 431
         assert requests.get(d.url + "/metrics", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_basic_auth_over_plain_http_works_and_is_warned_about(tmp_path):
+    path = write(tmp_path, f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    with serve(tmp_path, "--simulate", "--web.config.file", str(path)) as d:
+        assert requests.get(d.url + "/metrics", auth=("prometheus", "s3cret"), timeout=5).status_code == 200
+        assert requests.get(d.url + "/status", auth=("prometheus", "nope"), timeout=5).status_code == 401
+        assert "basic auth without TLS" in d.stderr
