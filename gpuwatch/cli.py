@@ -10,7 +10,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -59,7 +59,7 @@ def _setup_logging(level: str) -> None:
     logsetup.setup(level)
 
 
-def _config_error(message: str) -> None:
+def _config_error(message: str) -> NoReturn:
     """A config that cannot be used: one line on stderr, no traceback, exit 78."""
     click.echo(f"gpuwatch: {message}", err=True)
     sys.exit(EXIT_CONFIG)

@@ -222,6 +222,13 @@ def build(
 def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:
     """Everything at once, as `serve`, `check-config` and a SIGHUP reload do; raises :class:`ConfigError`."""
     file_values = load_file(config_file) if config_file else {}
+    for key, flag in FLAG_FOR_KEY.items():  # flags were parsed by click; the same ranges hold
+        value = flag_values.get(field_for_key(key))
+        if isinstance(value, int | float) and _KEYS[key][1] in ("duration", "positive", "integer"):
+            try:
+                _convert(key, value)
+            except ValueError as exc:
+                raise ConfigError(f"flag {flag} (key {key!r}): value {value!r}: {exc}") from exc
     return build(file_values, flag_values, load_env(environ))
 
 

@@ -126,3 +126,10 @@ def test_bad_environment_names_variable_key_and_value(environ, expected):
 def test_every_key_has_an_environment_variable():
     assert config.env_name("web.listen_address") == "GPUWATCH_WEB_LISTEN_ADDRESS"
     assert {config.env_name(k) for k in config.FLAG_FOR_KEY} == {config.env_name(k) for k in config._KEYS}
+
+
+def test_flags_are_held_to_the_same_ranges():
+    with pytest.raises(
+        config.ConfigError, match=r"flag --poll-interval \(key 'poll_interval'\): value 0.001: out of range"
+    ):
+        config.load(None, {"poll_interval_s": 0.001}, {})
