@@ -241,3 +241,32 @@ def test_basic_auth_over_plain_http_works_and_is_warned_about(tmp_path):
         assert requests.get(d.url + "/metrics", auth=("prometheus", "s3cret"), timeout=5).status_code == 200
         assert requests.get(d.url + "/status", auth=("prometheus", "nope"), timeout=5).status_code == 401
         assert "basic auth without TLS" in d.stderr
+
+
+@pytest.mark.slow
+def test_a_trickled_tls_handshake_is_cut_off_at_the_read_timeout(tmp_path, pki):
+    path = write(tmp_path, f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n")
+    ca = ssl.create_default_context(cafile=str(pki.ca))
+    args = ("--simulate", "--web.config.file", str(path), "--web.read-timeout", "1s", "--web.max-requests", "1")
+    with serve(tmp_path, *args, ready_context=ca) as d:
+        hog = socket.create_connection(("127.0.0.1", d.port))
+        started = time.monotonic()
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64  # a ClientHello, slowly
+        closed = False
+        for byte in hello:
+            try:
+                hog.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)  # each byte well inside the per-read timeout
+        hog.settimeout(2)
+        if not closed:
+            try:
+                closed = hog.recv(100) == b""
+            except OSError:
+                closed = True
+        assert closed and time.monotonic() - started < 4
+        hog.close()
+        ok = requests.get(d.url + "/metrics", verify=pki.ca, timeout=5)  # the only slot is free again
+        assert ok.status_code == 200

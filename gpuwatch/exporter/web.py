@@ -103,6 +103,8 @@ class _Server(ThreadingHTTPServer):
             config = self.web_config.current()
             request.settimeout(self.limits.read_timeout_s)
             if config.ssl_context is not None:
+                # CPython's handshake treats the socket timeout as a deadline for the whole
+                # handshake, not per read, so a client trickling bytes cannot hold a slot.
                 try:
                     request = config.ssl_context.wrap_socket(request, server_side=True)
                 except (OSError, ssl.SSLError) as exc:
