@@ -270,3 +270,26 @@ def test_a_trickled_tls_handshake_is_cut_off_at_the_read_timeout(tmp_path, pki):
         hog.close()
         ok = requests.get(d.url + "/metrics", verify=pki.ca, timeout=5)  # the only slot is free again
         assert ok.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_trickled_request_head_gets_408_at_the_read_timeout(tmp_path):
+    with serve(tmp_path, "--simulate", "--web.read-timeout", "1s") as d:
+        hog = socket.create_connection(("127.0.0.1", d.port))
+        hog.setblocking(False)
+        started = time.monotonic()
+        answer = b""
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 100:  # 4 s of bytes, 0.1 s apart
+            try:
+                hog.send(bytes([byte]))
+                answer += hog.recv(100)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            if answer:
+                break
+            time.sleep(0.1)  # each byte well inside a per-read timeout; the head as a whole is not
+        answered_after = time.monotonic() - started
+        hog.close()
+        assert answer.startswith(b"HTTP/1.0 408") and answered_after < 2, (answer, answered_after)
