@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,18 @@ def test_the_shipped_unit_has_what_the_issue_asks_for():
         "/etc/gpuwatch/gpuwatch.toml",
     ]:
         assert line in unit, line
+
+
+def test_the_sysusers_entry_creates_the_user_in_group_video(tmp_path, systemd_analyze):
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        pytest.skip("systemd-sysusers not installed")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nvideo:x:44:\n")
+    entry = tmp_path / "gpuwatch.conf"
+    entry.write_text(install.packaged("gpuwatch.sysusers"))
+    result = subprocess.run([sysusers, f"--root={tmp_path}", str(entry)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^gpuwatch:x:\d+:\d+:.*:/usr/sbin/nologin$", (tmp_path / "etc/passwd").read_text(), re.M)
+    assert "video:x:44:gpuwatch" in (tmp_path / "etc/group").read_text()
