@@ -209,17 +209,16 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tmp_path, 
 
 @pytest.mark.slow
 def test_slow_clients_cannot_starve_scrapes(tmp_path):
-    args = ("--simulate", "--web.max-requests", "2", "--web.read-timeout", "1s")
+    args = ("--simulate", "--web.max-requests", "2", "--web.read-timeout", "3s")
     with serve(tmp_path, *args) as d:
         hogs = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(2)]
         for hog in hogs:
             hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
-        time.sleep(0.2)
+        time.sleep(0.3)
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(d.url + "/metrics", timeout=5)  # both slots taken: refused at once
-        time.sleep(1.2)  # past the read timeout, the hogs are answered 408 and dropped
-        for hog in hogs:
-            hog.settimeout(2)
+        for hog in hogs:  # at the read timeout the hogs are answered 408 and dropped
+            hog.settimeout(5)
             assert hog.recv(100).startswith(b"HTTP/1.0 408")
             hog.close()
         assert requests.get(d.url + "/metrics", timeout=5).status_code == 200
