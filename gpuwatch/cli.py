@@ -1,23 +1,23 @@
-"""The command line: `gpuwatch serve` and `gpuwatch status`. Thin: parse, wire, render, exit."""
+"""The command line: `gpuwatch serve`, `status`, `check-config` and `install-service`.
+
+Thin: parse, wire, render, exit."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
 import sys
-import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from gpuwatch import __version__, config
+from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
-from gpuwatch.exporter.registry import build_registry
-from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_PORT, WebServer
+from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
 from gpuwatch.host import Host, real_host, simulated_host
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario as scenarios
@@ -29,6 +29,7 @@ log = logging.getLogger("gpuwatch")
 EXIT_OK = 0
 EXIT_UNKNOWN = 3  # Nagios plugin convention: could not read anything
 EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h); the unit's RestartPreventExitStatus= stops a restart loop
 
 
 class _Duration(click.ParamType):  # type: ignore[type-arg]
@@ -57,13 +58,13 @@ class _Positive(click.ParamType):  # type: ignore[type-arg]
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
-        force=True,
-    )
+    logsetup.setup(level)
+
+
+def _config_error(message: str) -> NoReturn:
+    """A config that cannot be used: one line on stderr, no traceback, exit 78."""
+    click.echo(f"gpuwatch: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -79,13 +80,41 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file; flags override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="GPUWATCH_CONFIG",
+    help="TOML config file (env GPUWATCH_CONFIG); GPUWATCH_* variables override it, flags override both.",
+)
 @click.option(
     "--web.listen-address",
     "listen_address",
     default=DEFAULT_LISTEN_ADDRESS,
     show_default=True,
     help="Address to serve /metrics and /status on: host:port, or :port for all interfaces.",
+)
+@click.option(
+    "--web.config.file",
+    "web_config_file",
+    type=click.Path(dir_okay=False),
+    help="exporter-toolkit web config (YAML): TLS certificate and key, client CA, basic-auth users.",
+)
+@click.option(
+    "--web.max-requests",
+    "max_requests",
+    type=click.IntRange(1, 1024),
+    default=DEFAULT_MAX_REQUESTS,
+    show_default=True,
+    help="Connections served at once; more are closed at once.",
+)
+@click.option(
+    "--web.read-timeout",
+    "read_timeout_s",
+    type=_Duration(),
+    default="10s",
+    show_default=True,
+    help="Time a client has for the TLS handshake and the request head.",
 )
 @click.option(
     "--poll-interval",
@@ -126,73 +155,93 @@ def main() -> None:
     type=click.Choice(config.LOG_LEVELS, case_sensitive=False),
     default="info",
     show_default=True,
-    help="Log verbosity (logs go to stderr).",
+    help="Log verbosity (logs go to stderr; journald format under systemd).",
 )
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     """Poll every GPU and serve Prometheus metrics and a JSON status.
 
-    Endpoints: /metrics, /status, /-/healthy, /-/ready. Stops cleanly on SIGTERM or Ctrl-C.
+    Endpoints: /metrics, /status, /-/healthy, /-/ready. Stops cleanly on SIGTERM or Ctrl-C;
+    SIGHUP reloads the config. A config that cannot be used exits with status 78.
     """
     given = {
         name: value
         for name, value in flags.items()
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     }
+
+    def reread() -> config.ServeSettings:
+        return config.load(config_file, given, os.environ)
+
     try:
-        file_values = config.load_file(config_file) if config_file else {}
-    except config.ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    settings = config.build(file_values, given)
+        settings = reread()
+        if settings.web_config_file:
+            webconfig.load(settings.web_config_file)
+    except (config.ConfigError, webconfig.WebConfigError) as exc:
+        _config_error(str(exc))
     _setup_logging(settings.log_level)
-    sys.exit(_serve(settings))
+    sys.exit(daemon.run(settings, _open_host(settings.simulate, settings.sim_speed), reread))
 
 
-def _serve(settings: config.ServeSettings) -> int:
-    host = _open_host(settings.simulate, settings.sim_speed)
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
-        log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
-    sampler = Sampler(
-        host.reader_factory,
-        host.clock,
-        settings.poll_interval_s,
-        settings.process_interval_s,
-        health=settings.health,
-        event_thread=True,
-    )
-    registry = build_registry(lambda: sampler.latest)
+@main.command("check-config")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="GPUWATCH_CONFIG",
+    default=install.CONFIG_PATH,
+    show_default=True,
+    help="TOML config file to check (env GPUWATCH_CONFIG).",
+)
+@click.option("--web.config.file", "web_config_file", type=click.Path(dir_okay=False), help="Web config to check too.")
+def check_config(config_file: str, web_config_file: str | None) -> None:
+    """Check a config file, GPUWATCH_* variables and the web config file, as `serve` would read them.
+
+    Prints the settings in force and exits 0, or prints one line naming the file, key and value
+    and exits 78.
+    """
     try:
-        web = WebServer(settings.listen_address, registry, lambda: sampler.latest, sampler.ready.is_set)
+        settings = config.load(config_file, {"web_config_file": web_config_file} if web_config_file else {}, os.environ)
+        web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
+        if settings.simulate is not None:
+            scenarios.load(settings.simulate)
+    except (config.ConfigError, webconfig.WebConfigError, scenarios.ScenarioError) as exc:
+        _config_error(str(exc))
+    click.echo(f"{config_file}: OK")
+    for key, flag in config.FLAG_FOR_KEY.items():
+        click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
+    if web is not None:
+        tls = "TLS" if web.ssl_context else "plain HTTP"
+        click.echo(f"  web config: {tls}, {len(web.users)} basic-auth users")
+
+
+@main.command("install-service")
+@click.option(
+    "--root", type=click.Path(file_okay=False), default="/", show_default=True, help="Install below this root."
+)
+@click.option(
+    "--bin",
+    "executable",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The gpuwatch executable for ExecStart= (default: the one running now).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing config and defaults file too.")
+def install_service(root: str, executable: str | None, force: bool) -> None:
+    """Install the systemd unit, its user, a defaults file and a default config.
+
+    Writes /etc/systemd/system/gpuwatch.service, /etc/sysusers.d/gpuwatch.conf,
+    /etc/default/gpuwatch and /etc/gpuwatch/gpuwatch.toml (the last two only if absent), then
+    prints the commands that create the user and start the service.
+    """
+    try:
+        written = install.install(root, executable or install.current_executable(), force)
     except OSError as exc:
-        log.error(
-            "cannot listen on %s: %s; choose another with --web.listen-address",
-            settings.listen_address,
-            exc.strerror,
-        )
-        return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sampler.start()
-    web.start()
-    log.info(
-        "gpuwatch %s on %s: serving %s/metrics every %gs",
-        __version__,
-        host.description,
-        web.url,
-        settings.poll_interval_s,
-    )
-    while not stop.wait(0.5):
-        pass
-    web.stop()
-    sampler.stop(timeout_s=1.0)
-    log.info("stopped")
-    return EXIT_OK
+        click.echo(f"gpuwatch: cannot install: {exc}", err=True)
+        sys.exit(1)
+    for path, action in written:
+        click.echo(f"{action:>9} {path}")
+    click.echo("\nnext: systemd-sysusers && systemctl daemon-reload && systemctl enable --now gpuwatch")
 
 
 def _open_host(simulate: str | None, speed: float) -> Host:
@@ -300,7 +349,7 @@ def status(
             if sys.stdout.isatty():
                 click.echo("\033[H\033[2J", nl=False)  # home and clear: refresh in place
             show(doc)
-            threading.Event().wait(watch_s)
+            time.sleep(watch_s)
     except KeyboardInterrupt:
         sys.exit(exit_code(doc) if doc else EXIT_UNKNOWN)
 

@@ -1,12 +1,18 @@
-"""Settings for `gpuwatch serve`: a TOML file and flags, merged into one frozen value.
+"""Settings for `gpuwatch serve`: a TOML file, environment variables and flags, merged into one
+frozen value.
 
-Every flag has a key in the file; a flag given on the command line wins over the file. A bad file
-is refused whole, with an error that names the file, the key and the value.
+Every flag has a key in the file and an environment variable (``GPUWATCH_`` and the key in capitals
+with dots as underscores: ``web.listen_address`` is ``GPUWATCH_WEB_LISTEN_ADDRESS``). Precedence:
+defaults, then the file, then the environment, then flags given on the command line. A bad file is
+refused whole, with an error that names the file (or variable), the key and the value.
 
     poll_interval = "1s"          # --poll-interval
     process_interval = "10s"      # --process-interval
     [web]
     listen_address = ":9961"      # --web.listen-address
+    config_file = "web.yml"       # --web.config.file (TLS, basic auth; relative to this file)
+    max_requests = 40             # --web.max-requests
+    read_timeout = "10s"          # --web.read-timeout
     [simulate]
     scenario = "inference-host"   # --simulate
     speed = 1.0                   # --sim-speed
@@ -34,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from gpuwatch.analysis.health import HealthThresholds
-from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, ListenAddressError, parse_listen_address
+from gpuwatch.exporter.web import (
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_READ_TIMEOUT_S,
+    Limits,
+    ListenAddressError,
+    parse_listen_address,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -53,36 +66,58 @@ class ServeSettings:
     simulate: str | None = None  # scenario name or path; None reads the real driver
     sim_speed: float = 1.0
     log_level: str = "info"
+    web_config_file: str | None = None  # exporter-toolkit YAML: TLS, mTLS, basic auth
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     health: HealthThresholds = field(default_factory=HealthThresholds)
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_requests=self.max_requests, read_timeout_s=self.read_timeout_s)
 
-# file key -> (settings field, parser)
-_KEYS: dict[str, tuple[str, str]] = {
-    "poll_interval": ("poll_interval_s", "duration"),
-    "process_interval": ("process_interval_s", "duration"),
-    "web.listen_address": ("listen_address", "listen_address"),
-    "simulate.scenario": ("simulate", "string"),
-    "simulate.speed": ("sim_speed", "positive"),
-    "log.level": ("log_level", "log_level"),
-    "health.window": ("health.window_seconds", "duration"),
-    "health.sustained_ratio": ("health.sustained_ratio", "ratio"),
-    "health.hw_slowdown_critical_ratio": ("health.hw_slowdown_critical_ratio", "ratio"),
-    "health.unexplained_clock_ratio": ("health.unexplained_clock_ratio", "ratio"),
-    "health.margin_warning_celsius": ("health.margin_warning_celsius", "number"),
-    "health.margin_critical_celsius": ("health.margin_critical_celsius", "number"),
-    "health.critical_xids": ("health.critical_xids", "xids"),
-    "health.warning_xids": ("health.warning_xids", "xids"),
-    "health.xid_window": ("health.xid_window_seconds", "duration"),
+
+# file key -> (settings field, parser, lowest, highest)
+_KEYS: dict[str, tuple[str, str, float, float]] = {
+    "poll_interval": ("poll_interval_s", "duration", 0.01, 3600),
+    "process_interval": ("process_interval_s", "duration", 0.1, 86400),
+    "web.listen_address": ("listen_address", "listen_address", 0, 0),
+    "web.config_file": ("web_config_file", "path", 0, 0),
+    "web.max_requests": ("max_requests", "integer", 1, 1024),
+    "web.read_timeout": ("read_timeout_s", "duration", 0.1, 300),
+    "simulate.scenario": ("simulate", "string", 0, 0),
+    "simulate.speed": ("sim_speed", "positive", 0, 1e6),
+    "log.level": ("log_level", "log_level", 0, 0),
+    "health.window": ("health.window_seconds", "duration", 1, 86400),
+    "health.sustained_ratio": ("health.sustained_ratio", "ratio", 0, 1),
+    "health.hw_slowdown_critical_ratio": ("health.hw_slowdown_critical_ratio", "ratio", 0, 1),
+    "health.unexplained_clock_ratio": ("health.unexplained_clock_ratio", "ratio", 0, 1),
+    "health.margin_warning_celsius": ("health.margin_warning_celsius", "number", -50, 50),
+    "health.margin_critical_celsius": ("health.margin_critical_celsius", "number", -50, 50),
+    "health.critical_xids": ("health.critical_xids", "xids", 0, 0),
+    "health.warning_xids": ("health.warning_xids", "xids", 0, 0),
+    "health.xid_window": ("health.xid_window_seconds", "duration", 1, 30 * 86400),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
     "poll_interval": "--poll-interval",
     "process_interval": "--process-interval",
     "web.listen_address": "--web.listen-address",
+    "web.config_file": "--web.config.file",
+    "web.max_requests": "--web.max-requests",
+    "web.read_timeout": "--web.read-timeout",
     "simulate.scenario": "--simulate",
     "simulate.speed": "--sim-speed",
     "log.level": "--log.level",
 }
+# Changing these needs a restart; everything else is applied on SIGHUP.
+RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed")
+ENV_PREFIX = "GPUWATCH_"
+
+
+def env_name(key: str) -> str:
+    """The environment variable for a file key: ``web.listen_address`` -> ``GPUWATCH_WEB_LISTEN_ADDRESS``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
 
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
@@ -105,27 +140,22 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def _convert(kind: str, value: Any) -> Any:
-    if kind == "duration":
-        return parse_duration(value)
+def _convert(key: str, value: Any) -> Any:
+    _, kind, lowest, highest = _KEYS[key]
     if kind in ("number", "ratio"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError("expected a number")
-        if kind == "ratio" and not 0 < value <= 1:
+        number = _real(value)
+        if kind == "ratio" and not 0 < number <= 1:
             raise ValueError("expected a fraction greater than 0 and at most 1")
-        return float(value)
+        if not lowest <= number <= highest:
+            raise ValueError(f"out of range: must be between {lowest:g} and {highest:g}")
+        return number
     if kind == "xids":
-        if not isinstance(value, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value
-        ):
-            raise ValueError("expected a list of Xid numbers, e.g. [48, 79]")
-        return tuple(value)
-    if kind == "positive":
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError("expected a number")
-        number = float(value)
-        if number <= 0:
-            raise ValueError("must be greater than zero")
+        return _xids(value)
+    if kind in ("duration", "positive", "integer"):
+        number = _number(kind, value)
+        if not lowest <= number <= highest:
+            unit = " s" if kind == "duration" else ""
+            raise ValueError(f"out of range: must be between {lowest:g}{unit} and {highest:g}{unit}")
         return number
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
@@ -137,6 +167,44 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "log_level" and value.lower() not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
     return value.lower() if kind == "log_level" else value
+
+
+def _real(value: Any) -> float:
+    """Any real number (the environment gives strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _xids(value: Any) -> tuple[int, ...]:
+    """A list of Xid numbers: a TOML array of integers, or "48,79" from the environment."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        items: list[Any] = [int(part) if part.isdigit() else part for part in parts]
+    else:
+        items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in items):
+        raise ValueError("expected a list of Xid numbers, e.g. [48, 79]")
+    return tuple(items)
+
+
+def _number(kind: str, value: Any) -> float | int:
+    if kind == "duration":
+        return parse_duration(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected an integer" if kind == "integer" else "expected a number")
+    try:
+        number = int(value) if kind == "integer" else float(value)
+    except ValueError:
+        raise ValueError("expected an integer" if kind == "integer" else "expected a number") from None
+    if kind == "integer" and isinstance(value, float):
+        raise ValueError("expected an integer")
+    if number <= 0:
+        raise ValueError("must be greater than zero")
+    return number
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -165,17 +233,66 @@ def load_file(path: str | Path) -> dict[str, Any]:
     for key, value in _flatten(doc).items():
         if key not in _KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {', '.join(_KEYS)})")
-        field_name, kind = _KEYS[key]
         try:
-            values[field_name] = _convert(kind, value)
+            values[_KEYS[key][0]] = _convert(key, value)
         except ValueError as exc:
             raise ConfigError(f"config file {path}: key {key!r}: value {value!r}: {exc}") from exc
+    if isinstance(values.get("web_config_file"), str):
+        values["web_config_file"] = str(path.parent / values["web_config_file"])  # relative to this file
     return values
 
 
-def build(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> ServeSettings:
-    """Defaults, overridden by the file, overridden by flags given on the command line."""
+def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``{settings field: value}`` from ``GPUWATCH_*`` variables; an unknown one is an error too."""
+    names = {env_name(key): key for key in _KEYS}
+    values: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+            continue
+        key = names.get(name)
+        if key is None:
+            raise ConfigError(f"environment variable {name}: unknown (known: {', '.join(names)})")
+        try:
+            values[_KEYS[key][0]] = _convert(key, value)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name} (key {key!r}): value {value!r}: {exc}") from exc
+    return values
+
+
+# GPUWATCH_* variables that are not settings: the config file path (--config) and the unit's
+# extra flags (systemd's EnvironmentFile).
+_NOT_SETTINGS = {"GPUWATCH_CONFIG", "GPUWATCH_OPTS"}
+
+
+def build(
+    file_values: Mapping[str, Any], flag_values: Mapping[str, Any], env_values: Mapping[str, Any] | None = None
+) -> ServeSettings:
+    """Defaults, overridden by the file, the environment, then flags given on the command line."""
     known = {f.name for f in fields(ServeSettings)}
-    merged = {k: v for k, v in {**file_values, **flag_values}.items() if k in known}
-    health = {k.removeprefix("health."): v for k, v in file_values.items() if k.startswith("health.")}
+    layered = {**file_values, **(env_values or {}), **flag_values}
+    merged = {k: v for k, v in layered.items() if k in known}
+    health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
     return replace(ServeSettings(), **merged, health=replace(HealthThresholds(), **health))
+
+
+def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:
+    """Everything at once, as `serve`, `check-config` and a SIGHUP reload do; raises :class:`ConfigError`."""
+    file_values = load_file(config_file) if config_file else {}
+    for key, flag in FLAG_FOR_KEY.items():  # flags were parsed by click; the same ranges hold
+        value = flag_values.get(field_for_key(key))
+        if isinstance(value, int | float) and _KEYS[key][1] in ("duration", "positive", "integer"):
+            try:
+                _convert(key, value)
+            except ValueError as exc:
+                raise ConfigError(f"flag {flag} (key {key!r}): value {value!r}: {exc}") from exc
+    return build(file_values, flag_values, load_env(environ))
+
+
+def field_for_key(key: str) -> str:
+    """The :class:`ServeSettings` field a file key sets."""
+    return _KEYS[key][0]
+
+
+def key_for_field(field_name: str) -> str:
+    """The file key that sets a :class:`ServeSettings` field."""
+    return next(key for key, spec in _KEYS.items() if spec[0] == field_name)

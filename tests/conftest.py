@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,14 +54,21 @@ def sim() -> Iterator[Callable[..., SimRun]]:
     use_library(None)
 
 
+def required_tool(name: str, package: str) -> str:
+    """Path of a tool the suite runs; CI installs it (.ci/run), so there it must be present."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run installs Debian's {package} package")
+        pytest.skip(f"{name} not installed (apt-get install {package})")
+    return path
+
+
 @pytest.fixture
 def promtool() -> str:
-    """Path of promtool; CI installs it (.ci/run), so there it must be present."""
-    path = shutil.which("promtool")
-    if path is None:
-        import os
+    return required_tool("promtool", "prometheus")
 
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed; .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    return required_tool("systemd-analyze", "systemd")

@@ -108,8 +108,9 @@ def test_serve_refuses_a_bad_config_naming_file_key_and_value(tmp_path):
     bad = tmp_path / "gpuwatch.toml"
     bad.write_text('[web]\nlisten_address = "nowhere"\n')
     result = run("serve", "--config", str(bad))
-    assert result.exit_code == 2
+    assert result.exit_code == 78  # EX_CONFIG
     assert str(bad) in result.stderr and "web.listen_address" in result.stderr and "'nowhere'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -131,7 +132,16 @@ def test_help_documents_every_flag(command):
     result = run(command, "--help")
     assert result.exit_code == 0
     for flag in {
-        "serve": ["--web.listen-address", "--poll-interval", "--simulate", "--sim-speed", "--config"],
+        "serve": [
+            "--web.listen-address",
+            "--poll-interval",
+            "--simulate",
+            "--sim-speed",
+            "--config",
+            "--web.config.file",
+            "--web.max-requests",
+            "--web.read-timeout",
+        ],
         "status": ["--url", "--direct", "--simulate", "--json"],
     }[command]:
         assert flag in result.stdout

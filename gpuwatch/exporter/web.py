@@ -1,16 +1,24 @@
 """The HTTP server: /metrics, /status, /-/healthy, /-/ready and a landing page.
 
-Every handler reads the sampler's latest snapshot; none calls NVML.
+Every handler reads the sampler's latest snapshot; none calls NVML. Request handling is bounded so
+that a slow or hostile client cannot starve scrapes: at most ``max_requests`` connections are
+served at once (more are closed at once), the TLS handshake and the request head must arrive
+within ``read_timeout_s``, the head may not exceed ``MAX_HEAD_BYTES``, and one connection carries
+one request. TLS and basic auth come from ``--web.config.file`` (:mod:`gpuwatch.webconfig`).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,11 +28,23 @@ from prometheus_client.exposition import choose_encoder
 from gpuwatch import __version__
 from gpuwatch.model import Snapshot
 from gpuwatch.status import to_document
+from gpuwatch.webconfig import WebConfig, WebConfigSource
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9961
 DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; a scrape sends well under 1 KiB
+DEFAULT_MAX_REQUESTS = 40  # node_exporter's --web.max-requests default
+DEFAULT_READ_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on request handling (``--web.max-requests``, ``--web.read-timeout``)."""
+
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
 
 class ListenAddressError(ValueError):
@@ -45,14 +65,65 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], dual_stack: bool) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        dual_stack: bool,
+        web_config: WebConfigSource,
+        limits: Limits,
+    ) -> None:
         self._dual_stack = dual_stack
+        self.web_config = web_config
+        self.limits = limits
+        self._slots = threading.BoundedSemaphore(limits.max_requests)
+        self._local = threading.local()
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
         if self._dual_stack:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning(
+                "%d requests in flight; refusing a connection from %s", self.limits.max_requests, client_address[0]
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            config = self.web_config.current()
+            request.settimeout(self.limits.read_timeout_s)
+            if config.ssl_context is not None:
+                # CPython's handshake treats the socket timeout as a deadline for the whole
+                # handshake, not per read, so a client trickling bytes cannot hold a slot.
+                try:
+                    request = config.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    log.info("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            self._local.config = config
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response is routine, not a traceback on stderr.
+        log.debug("error serving %s", client_address[0], exc_info=True)
+
+    def connection_config(self) -> WebConfig:
+        """The web config this thread's connection was accepted under."""
+        config: WebConfig = self._local.config
+        return config
 
 
 class WebServer:
@@ -64,10 +135,13 @@ class WebServer:
         registry: CollectorRegistry,
         latest: Callable[[], Snapshot],
         ready: Callable[[], bool],
+        web_config: WebConfigSource | None = None,
+        limits: Limits = Limits(),
     ) -> None:
         host, port = parse_listen_address(listen_address)
         handler = _make_handler(registry, latest, ready)
-        self._server = _bind(host, port, handler)
+        self.web_config = web_config or WebConfigSource(None)
+        self._server = _bind(host, port, handler, self.web_config, limits)
         self._thread: threading.Thread | None = None
 
     @property
@@ -77,12 +151,13 @@ class WebServer:
 
     @property
     def url(self) -> str:
+        scheme = "https" if self.web_config.current().ssl_context else "http"
         host, port = self.address
         if host in ("0.0.0.0", "::"):
             host = "localhost"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{scheme}://{host}:{port}"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="gpuwatch-http", daemon=True)
@@ -93,16 +168,18 @@ class WebServer:
         self._server.server_close()
 
 
-def _bind(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> _Server:
+def _bind(
+    host: str, port: int, handler: type[BaseHTTPRequestHandler], web_config: WebConfigSource, limits: Limits
+) -> _Server:
     """Bind ``host:port``; an empty host means every interface, IPv6 and IPv4 where possible."""
     if host in ("", "::") and socket.has_ipv6:
         try:
-            return _server_class(socket.AF_INET6)(("::", port), handler, dual_stack=True)
+            return _server_class(socket.AF_INET6)(("::", port), handler, True, web_config, limits)
         except OSError:
             if host == "::":
                 raise
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return _server_class(family)((host or "0.0.0.0", port), handler, dual_stack=False)
+    return _server_class(family)((host or "0.0.0.0", port), handler, False, web_config, limits)
 
 
 def _server_class(family: socket.AddressFamily) -> type[_Server]:
@@ -126,8 +203,33 @@ def _make_handler(
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"gpuwatch/{__version__}"
+        server: _Server
+
+        def handle(self) -> None:
+            # One request per connection, its head read whole under a deadline and a size cap,
+            # so the handler below never waits on the client.
+            self.close_connection = True
+            self.config = self.server.connection_config()
+            head, error = _read_head(self.connection, self.server.limits.read_timeout_s)
+            if error < 0:
+                return  # the client went away
+            if error:
+                self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
+                self.send_error(error)
+                return
+            self.rfile = io.BytesIO(head)
+            self.handle_one_request()
 
         def do_GET(self) -> None:
+            if not self.config.authorized(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="gpuwatch"')
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", "13")
+                self._extra_headers()
+                self.end_headers()
+                self.wfile.write(b"Unauthorized\n")
+                return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -158,10 +260,42 @@ def _make_handler(
             self.send_header("Content-Length", str(len(body)))
             if encoded:
                 self.send_header("Content-Encoding", "gzip")
+            self._extra_headers()
             self.end_headers()
             self.wfile.write(body)
+
+        def _extra_headers(self) -> None:
+            for name, value in self.config.headers.items():
+                self.send_header(name, value)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
     return Handler
+
+
+def _read_head(connection: socket.socket, timeout_s: float) -> tuple[bytes, int]:
+    """The request line and headers, or an HTTP error: 408 past the deadline, 431 when too large,
+    -1 when the client closed the connection."""
+    deadline = time.monotonic() + timeout_s
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        if len(head) > MAX_HEAD_BYTES:
+            return b"", 431
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b"", 408
+        connection.settimeout(remaining)
+        try:
+            chunk = connection.recv(4096)
+        except TimeoutError:
+            return b"", 408
+        except OSError:
+            return b"", -1
+        if not chunk:
+            return b"", -1
+        head += chunk
+    if len(head) > MAX_HEAD_BYTES:
+        return b"", 431
+    connection.settimeout(timeout_s)  # for writing the response
+    return head, 0

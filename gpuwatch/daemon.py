@@ -1,0 +1,161 @@
+"""`gpuwatch serve` at run time: wire sampler, exporter and systemd together; stop and reload.
+
+Signals: SIGTERM and SIGINT stop the daemon; SIGHUP re-reads the config file, the environment and
+the web config file and applies what can change without a restart (poll and process intervals,
+log level, TLS and users). Polling and serving never pause, so a reload drops no metrics; a reload
+that fails validation keeps the running config and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gpuwatch import __version__, config, logsetup
+from gpuwatch.exporter.registry import build_registry
+from gpuwatch.exporter.web import WebServer
+from gpuwatch.host import Host
+from gpuwatch.sampler import Sampler
+from gpuwatch.sdnotify import Notifier, Watchdog, watchdog_interval_s
+from gpuwatch.webconfig import WebConfigError, WebConfigSource
+
+log = logging.getLogger("gpuwatch")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.ServeSettings]) -> int:
+    """Serve until SIGTERM/SIGINT; ``reread`` builds fresh settings on SIGHUP (may raise ConfigError).
+
+    ``settings.web_config_file`` must already have been checked (:func:`gpuwatch.webconfig.load`).
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
+        log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
+    notifier = Notifier()
+    sampler = Sampler(
+        host.reader_factory,
+        host.clock,
+        settings.poll_interval_s,
+        settings.process_interval_s,
+        health=settings.health,
+        event_thread=True,
+    )
+    registry = build_registry(lambda: sampler.latest)
+    web_config = WebConfigSource(settings.web_config_file)
+    try:
+        web = WebServer(
+            settings.listen_address,
+            registry,
+            lambda: sampler.latest,
+            sampler.ready.is_set,
+            web_config,
+            settings.limits,
+        )
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s: %s; choose another with --web.listen-address",
+            settings.listen_address,
+            exc.strerror,
+        )
+        return EXIT_FAILURE
+    current_web = web_config.current()
+    if current_web.users and current_web.ssl_context is None:
+        log.warning("basic auth without TLS: passwords cross the network in clear text; add tls_server_config")
+    stop, hangup, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            hangup.set()
+        else:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+        wake.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    sampler.start()
+    web.start()
+    log.info(
+        "gpuwatch %s on %s: serving %s/metrics every %gs",
+        __version__,
+        host.description,
+        web.url,
+        settings.poll_interval_s,
+    )
+    watchdog = _start_watchdog(notifier, sampler)
+    announced = False
+    while not stop.is_set():
+        wake.wait(0.5 if announced else 0.05)
+        wake.clear()
+        if not announced and sampler.ready.is_set():
+            notifier.send(READY=1, STATUS=_describe(sampler))
+            announced = True
+        if hangup.is_set() and not stop.is_set():
+            hangup.clear()
+            settings = _reload(settings, reread, sampler, web_config, notifier)
+    notifier.send(STOPPING=1)
+    if watchdog is not None:
+        watchdog.stop()
+    web.stop()
+    sampler.stop(timeout_s=1.0)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _start_watchdog(notifier: Notifier, sampler: Sampler) -> Watchdog | None:
+    interval_s = watchdog_interval_s()
+    if interval_s is None or not notifier.enabled:
+        return None
+    watchdog = Watchdog(notifier, interval_s, lambda: sampler.latest.polls_total, lambda: sampler.poll_interval_s)
+    watchdog.start()
+    log.debug("pinging the systemd watchdog while polls progress (WatchdogSec=%gs)", interval_s)
+    return watchdog
+
+
+def _describe(sampler: Sampler) -> str:
+    latest = sampler.latest
+    if not latest.nvml_up:
+        return f"NVML unavailable ({latest.nvml_error}); retrying"
+    up = sum(1 for gpu in latest.gpus if gpu.up)
+    return f"polling {len(latest.gpus)} GPUs ({up} up) every {sampler.poll_interval_s:g}s"
+
+
+def _reload(
+    current: config.ServeSettings,
+    reread: Callable[[], config.ServeSettings],
+    sampler: Sampler,
+    web_config: WebConfigSource,
+    notifier: Notifier,
+) -> config.ServeSettings:
+    """Apply new settings where they can change live; on any error keep ``current``."""
+    notifier.reloading()
+    try:
+        new = reread()
+        web_config.reload(new.web_config_file)
+    except (config.ConfigError, WebConfigError) as exc:
+        log.error("reload failed, keeping the running config: %s", exc)
+        notifier.send(READY=1, STATUS=f"reload failed: {exc}")
+        return current
+    for name in config.RESTART_FIELDS:
+        if getattr(new, name) != getattr(current, name):
+            key = config.key_for_field(name)
+            log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
+    new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
+    sampler.poll_interval_s = new.poll_interval_s
+    sampler.process_interval_s = new.process_interval_s
+    logsetup.set_level(new.log_level)
+    log.info(
+        "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",
+        new.poll_interval_s,
+        new.process_interval_s,
+        new.log_level,
+        new.web_config_file or "none",
+    )
+    notifier.send(READY=1, STATUS=_describe(sampler))
+    return new

@@ -1,0 +1,90 @@
+"""Start `gpuwatch serve` as a real process for end-to-end tests: environment, TLS, notify socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_for_log(self, text: str, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.stderr:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{self.stderr}")
+            time.sleep(0.05)
+
+
+@contextmanager
+def serve(
+    tmp_path: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    ready_context: ssl.SSLContext | None = None,
+    wait_ready: bool = True,
+) -> Iterator[Served]:
+    """Run ``gpuwatch serve --web.listen-address 127.0.0.1:<free> ARGS``; stop it with SIGTERM."""
+    port = free_port()
+    scheme = "https" if ready_context is not None else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    stderr = tmp_path / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "gpuwatch", "serve", "--web.listen-address", f"127.0.0.1:{port}", *args]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GPUWATCH_", "NOTIFY_", "WATCHDOG_"))}
+    environ.pop("JOURNAL_STREAM", None)
+    environ.update(env or {})
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=environ)
+    served = Served(proc, url, port, stderr)
+    try:
+        if wait_ready:
+            _wait_listening(served, ready_context)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_listening(served: Served, context: ssl.SSLContext | None) -> None:
+    started = time.monotonic()
+    while True:
+        try:
+            # any HTTP answer (even 401) means it is up
+            urllib.request.urlopen(served.url + "/-/healthy", timeout=2, context=context).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if served.proc.poll() is not None or time.monotonic() - started > 10:
+                raise AssertionError(f"daemon not listening within 10 s:\n{served.stderr}") from None
+            time.sleep(0.05)
