@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,13 +43,15 @@ class _EntryPoint:
     pynvml sets ``restype`` on some symbols (``nvmlErrorString``), so this must accept attributes.
     """
 
-    def __init__(self, name: str, impl: Callable[..., Any]) -> None:
+    def __init__(self, name: str, impl: Callable[..., Any], counts: Counter[str]) -> None:
         self.__name__ = name
         self._impl = impl
+        self._counts = counts
         self.restype: Any = None
         self.argtypes: Any = None
 
     def __call__(self, *args: Any) -> Any:
+        self._counts[self.__name__] += 1
         try:
             result = self._impl(*args)
         except SimulatedNvmlError as exc:
@@ -81,6 +84,7 @@ class SimulatedNvmlLibrary:
         self._event_sets: dict[int, dict[int, int]] = {}  # set id -> {gpu index: mask}
         self._event_cond = threading.Condition(self._lock)
         self.calls = 0
+        self.calls_by_symbol: Counter[str] = Counter()  # every entry point called, by C symbol name
 
     # -- the symbol table pynvml sees ------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class SimulatedNvmlLibrary:
         impl = getattr(type(self), "_" + name, None)
         if impl is None:
             raise AttributeError(name)
-        return _EntryPoint(name, impl.__get__(self))
+        return _EntryPoint(name, impl.__get__(self), self.calls_by_symbol)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
