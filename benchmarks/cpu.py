@@ -71,13 +71,14 @@ def _gpuwatch(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
 def _gpustat(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
     import gpustat.core
 
-    fleet.install(gpus)
+    _, clock = fleet.install(gpus)
     # gpustat sleeps 0.1 s per GPU to let psutil measure process CPU; sleeping costs no CPU, and
     # skipping it keeps the 64-GPU run short. Everything else runs as shipped.
     gpustat.core.time = _NoSleep()  # type: ignore[attr-defined]
     latest: list[Any] = []
 
     def poll() -> None:
+        clock.advance(1.0)  # every tool pays for the same simulated second of physics per poll
         latest[:] = [gpustat.core.GPUStatCollection.new_query()]
 
     def values() -> int:
@@ -92,11 +93,12 @@ def _gpustat(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
 def _nvitop(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
     from nvitop import Device
 
-    fleet.install(gpus)
+    _, clock = fleet.install(gpus)
     devices = Device.all()
     latest: list[Any] = []
 
     def poll() -> None:
+        clock.advance(1.0)
         latest[:] = [device.as_snapshot() for device in devices]
 
     def values() -> int:

@@ -117,7 +117,7 @@ class Sampler:
     def _poll_gpu(self, reader: NvmlReader, index: int, refresh_processes: bool) -> GpuStatus:
         identity = reader.identities[index]
         try:
-            reading = reader.read(index)
+            reading = reader.read(index, slow=refresh_processes)
         except (GpuLost, PollFailed) as exc:
             return GpuStatus(identity=identity, up=False, error=str(exc))
         counter = self._energy.get(index)

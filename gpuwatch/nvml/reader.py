@@ -11,6 +11,10 @@ Policy, per shared/research/nvml.md §4.4:
   ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
 * Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU; the ids
   are probed once and each element's own return code is checked.
+* A fast poll makes at most ten NVML calls per GPU (the field batch and a handful of direct calls).
+  Values that change slowly or cost more (fan, graphics and video clocks, encoder and decoder
+  utilisation, BAR1 use, PCIe link generation and width) are read only when the caller asks for a
+  slow read (the sampler's process loop) and carried between reads (research/nvml.md §7).
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only;
   ``Unknown`` fails that GPU's poll; other errors cost one value for one poll and are counted.
 """
@@ -99,6 +103,9 @@ def _data() -> list[_Datum]:
             pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
             pynvml.nvmlDeviceGetTotalEnergyConsumption,
         ),
+        # The 1 s average nvmlDeviceGetPowerUsage returns on Ampere and later (not GA100); older
+        # parts lack the field and keep the direct call, which reports their instant reading.
+        _Datum("power_mw", pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.nvmlDeviceGetPowerUsage),
         _Datum("power_instant_mw", pynvml.NVML_FI_DEV_POWER_INSTANT),
         _Datum("power_limit_mw", pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, pynvml.nvmlDeviceGetEnforcedPowerLimit),
         _Datum("memory_temperature", pynvml.NVML_FI_DEV_MEMORY_TEMP),
@@ -123,6 +130,22 @@ def _data() -> list[_Datum]:
 _DATA = _data()
 
 
+# Clocks read every poll; the graphics and video clocks follow the SM clock and move to the slow read.
+_FAST_CLOCKS = frozenset({"sm", "memory"})
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowValues:
+    """Values read on the slow loop and carried into every reading until the next slow read."""
+
+    fan: int | None = None
+    clocks_hertz: dict[str, float] = field(default_factory=dict)
+    utilization_ratio: dict[str, float] = field(default_factory=dict)
+    bar1_used_bytes: int | None = None
+    pcie_link_generation: int | None = None
+    pcie_link_width: int | None = None
+
+
 @dataclass(slots=True)
 class _Device:
     index: int
@@ -132,20 +155,23 @@ class _Device:
     field_data: list[_Datum] = field(default_factory=list)
     fallback_data: list[_Datum] = field(default_factory=list)
     lost: str | None = None
+    slow: _SlowValues = field(default_factory=_SlowValues)
+
+
+_DECODERS = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
 
 
 def _field_value(entry: Any) -> float:
     """Decode a ``c_nvmlFieldValue_t`` by its ``valueType`` (signed types use sllVal/siVal)."""
-    decoders = {
-        pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-    }
-    return float(getattr(entry.value, decoders.get(entry.valueType, "ullVal")))
+    return float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
 
 
 class NvmlReader:
@@ -335,12 +361,18 @@ class NvmlReader:
 
     # -- every poll -------------------------------------------------------------------------------
 
-    def read(self, index: int) -> GpuReading:
-        """Read one GPU now. Raises :class:`GpuLost`, or :class:`PollFailed` for this poll only."""
+    def read(self, index: int, slow: bool = True) -> GpuReading:
+        """Read one GPU now. Raises :class:`GpuLost`, or :class:`PollFailed` for this poll only.
+
+        With ``slow`` false only the fast values are read; the slow ones (see the module doc) are
+        those of the last slow read.
+        """
         d = self._devices[index]
         if d.lost is not None:
             raise GpuLost(d.lost)
         try:
+            if slow:
+                d.slow = self._read_slow(d)
             return self._read(d)
         except GpuLost as exc:
             d.lost = str(exc)
@@ -353,7 +385,6 @@ class NvmlReader:
         fallback = {datum.key: self._q(d, datum.key, datum.fallback, h) for datum in d.fallback_data if datum.fallback}
         values.update({k: float(v) for k, v in fallback.items() if v is not None})
 
-        power_mw = self._q(d, "power_usage", pynvml.nvmlDeviceGetPowerUsage, h)
         temperature = self._first(
             d,
             "temperature",
@@ -363,24 +394,19 @@ class NvmlReader:
             ],
         )
         margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
-        fan = self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h)
-        clocks = {}
-        for label, code in fields.CLOCKS.items():
-            value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, h, code)
-            if value is not None:
-                clocks[label] = value * MHZ
+        fast_clocks = self._clocks(d, _FAST_CLOCKS)
+        # Keep fields.CLOCKS order whichever loop read a clock, so the exposition order is stable.
+        clocks = {
+            label: hz
+            for label in fields.CLOCKS
+            if (hz := fast_clocks.get(label, d.slow.clocks_hertz.get(label))) is not None
+        }
         utilization: dict[str, float] = {}
         rates = self._q(d, "utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
         if rates is not None:
             utilization["gpu"] = rates.gpu / 100.0
             utilization["memory"] = rates.memory / 100.0
-        for engine, fn in (
-            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
-            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
-        ):
-            sample = self._q(d, f"utilization:{engine}", fn, h)
-            if sample is not None:
-                utilization[engine] = sample[0] / 100.0
+        utilization.update(d.slow.utilization_ratio)
         reasons = self._first(
             d,
             "clock_event_reasons",
@@ -390,26 +416,25 @@ class NvmlReader:
             ],
         )
         memory = self._memory_info(d)
-        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
 
         return GpuReading(
             timestamp=self._clock(),
-            power_watts=_scaled(power_mw, 1e3),
+            power_watts=_scaled(values.get("power_mw"), 1e3),
             power_instant_watts=_scaled(values.get("power_instant_mw"), 1e3),
             power_limit_watts=_scaled(values.get("power_limit_mw"), 1e3),
             energy_joules=_scaled(values.get("energy_mj"), 1e3),
             temperature_celsius=None if temperature is None else float(temperature),
             memory_temperature_celsius=values.get("memory_temperature"),
             temperature_margin_celsius=None if margin is None else float(margin),
-            fan_speed_ratio=_scaled(fan, 100),
+            fan_speed_ratio=_scaled(d.slow.fan, 100),
             performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
             clocks_hertz=clocks,
             utilization_ratio=utilization,
             memory_used_bytes=None if memory is None else int(memory.used),
             memory_free_bytes=None if memory is None else int(memory.free),
             memory_reserved_bytes=getattr(memory, "reserved", None),
-            bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
+            bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
             violation_seconds=_prefixed(values, "violation:", 1e9),
             ecc_errors={
@@ -422,11 +447,41 @@ class NvmlReader:
             remapped_rows={k: int(v) for k, v in _prefixed(values, "remapped:", 1).items()},
             row_remap_pending=_flag(values.get("remap_pending")),
             row_remap_failure=_flag(values.get("remap_failure")),
-            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
-            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            pcie_link_generation=d.slow.pcie_link_generation,
+            pcie_link_width=d.slow.pcie_link_width,
             pcie_replay_errors=_int(values.get("pcie_replay")),
             pcie_transmit_bytes=_int(values.get("pcie_tx_bytes")),
             pcie_receive_bytes=_int(values.get("pcie_rx_bytes")),
+        )
+
+    def _clocks(self, d: _Device, labels: frozenset[str]) -> dict[str, float]:
+        clocks = {}
+        for label, code in fields.CLOCKS.items():
+            if label in labels:
+                value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, d.handle, code)
+                if value is not None:
+                    clocks[label] = value * MHZ
+        return clocks
+
+    def _read_slow(self, d: _Device) -> _SlowValues:
+        """The slow-loop values: fan, graphics and video clocks, encoder/decoder, BAR1, PCIe link."""
+        h = d.handle
+        utilization: dict[str, float] = {}
+        for engine, fn in (
+            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
+            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
+        ):
+            sample = self._q(d, f"utilization:{engine}", fn, h)
+            if sample is not None:
+                utilization[engine] = sample[0] / 100.0
+        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        return _SlowValues(
+            fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
+            clocks_hertz=self._clocks(d, frozenset(fields.CLOCKS) - _FAST_CLOCKS),
+            utilization_ratio=utilization,
+            bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
+            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
         )
 
     def _batch(self, d: _Device) -> dict[str, float]:

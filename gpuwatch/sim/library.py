@@ -102,11 +102,15 @@ class SimulatedNvmlLibrary:
         """Step every GPU up to the clock's simulated time."""
         with self._lock:
             now = self._clock()
+            stepped = False
             while self._time_s + STEP_S <= now:
                 self._time_s += STEP_S
+                stepped = True
                 for gpu in self.gpus:
                     gpu.step()
-            if any(gpu.events for gpu in self.gpus):
+            # Events only arise in a step; checking every GPU on every call would make the
+            # simulator's own cost grow with the square of the GPU count.
+            if stepped and any(gpu.events for gpu in self.gpus):
                 self._event_cond.notify_all()
 
     def _check_init(self) -> None:
@@ -431,11 +435,12 @@ class SimulatedNvmlLibrary:
     def _nvmlDeviceGetFieldValues(self, handle: Any, count: Any, values: Any) -> None:
         gpu = self._gpu(handle)
         stamp_us = int(self._time_s * 1e6)
+        table = self._field_table(gpu)  # once per call, not per field: the batch is one driver call
         for entry in values._obj[: _val(count)]:
             entry.timestamp = stamp_us
             entry.latencyUsec = 0
             try:
-                value_type, value = self._field(gpu, entry.fieldId)
+                value_type, value = _field(table, entry.fieldId)
             except SimulatedNvmlError as exc:
                 entry.nvmlReturn = exc.code
                 continue
@@ -448,7 +453,8 @@ class SimulatedNvmlLibrary:
             else:
                 entry.value.ullVal = int(value)
 
-    def _field(self, gpu: SimGpu, field_id: int) -> tuple[int, float]:
+    def _field_table(self, gpu: SimGpu) -> dict[int, tuple[bool, int, float]]:
+        """Every field this GPU knows: id -> (supported, value type, value)."""
         s, p = gpu.state, gpu.profile
         uint, ull, sint = abi.VALUE_UNSIGNED_INT, abi.VALUE_UNSIGNED_LONG_LONG, abi.VALUE_SIGNED_INT
         ecc_on = bool(p.ecc)
@@ -460,10 +466,11 @@ class SimulatedNvmlLibrary:
             abi.FI_PERF_POLICY_LOW_UTILIZATION: abi.PERF_POLICY_LOW_UTILIZATION,
             abi.FI_PERF_POLICY_RELIABILITY: abi.PERF_POLICY_RELIABILITY,
         }
-        if field_id in policies:
-            return ull, s.violation_ns[policies[field_id]]
         t = p.thresholds
         table: dict[int, tuple[bool, int, float]] = {
+            field_id: (True, ull, s.violation_ns[policy]) for field_id, policy in policies.items()
+        }
+        table |= {
             abi.FI_ECC_CURRENT: (p.ecc is not None, uint, int(ecc_on)),
             abi.FI_ECC_PENDING: (p.ecc is not None, uint, int(ecc_on)),
             abi.FI_ECC_SBE_VOL_TOTAL: (ecc_on, ull, s.ecc_volatile[0]),
@@ -491,19 +498,24 @@ class SimulatedNvmlLibrary:
             abi.FI_PCIE_COUNT_TX_BYTES: (True, ull, s.pcie_tx_bytes),
             abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
         }
-        if field_id not in table:
-            # Retired pages (29-31) are a pre-Ampere mechanism: every profile here says N/A.
-            known = {
-                abi.FI_RETIRED_SBE,
-                abi.FI_RETIRED_DBE,
-                abi.FI_RETIRED_PENDING,
-                abi.FI_TEMPERATURE_MEM_MAX_TLIMIT,
-            }
-            code = abi.ERROR_NOT_SUPPORTED if field_id in known else abi.ERROR_INVALID_ARGUMENT
-            raise SimulatedNvmlError(code)
-        supported, value_type, value = table[field_id]
-        _require(supported)
-        return value_type, value
+        return table
+
+
+def _field(table: dict[int, tuple[bool, int, float]], field_id: int) -> tuple[int, float]:
+    """One field's (value type, value) from a GPU's field table, or the driver's per-field error."""
+    if field_id not in table:
+        # Retired pages (29-31) are a pre-Ampere mechanism: every profile here says N/A.
+        known = {
+            abi.FI_RETIRED_SBE,
+            abi.FI_RETIRED_DBE,
+            abi.FI_RETIRED_PENDING,
+            abi.FI_TEMPERATURE_MEM_MAX_TLIMIT,
+        }
+        code = abi.ERROR_NOT_SUPPORTED if field_id in known else abi.ERROR_INVALID_ARGUMENT
+        raise SimulatedNvmlError(code)
+    supported, value_type, value = table[field_id]
+    _require(supported)
+    return value_type, value
 
 
 # -- ctypes helpers -------------------------------------------------------------------------------
