@@ -11,6 +11,7 @@ missing (None / nvitop's ``N/A``), excluding the index; a clock-event mask count
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +22,25 @@ from typing import Any
 from benchmarks import fleet
 
 TOOLS = ("gpuwatch", "gpustat", "nvitop")
+
+
+def compare(gpu_counts: Iterable[int], repeats: int) -> list[dict[str, Any]]:
+    """Every tool at every GPU count, ``repeats`` times interleaved; the median of each.
+
+    Interleaving matters on shared machines, where CPU speed drifts over seconds: each tool sees
+    the same drift, so the ratios hold even when the absolute figures wander.
+    """
+    rows = []
+    for gpus in gpu_counts:
+        polls = 10 * max(1, round(80 / gpus))  # whole 10-poll cycles (gpuwatch's slow loop)
+        runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
+        for _ in range(repeats):
+            for tool in TOOLS:
+                runs[tool].append(measure(tool, gpus, polls))
+        for tool in TOOLS:
+            cpu = statistics.median(r["cpu_per_gpu_per_poll_us"] for r in runs[tool])
+            rows.append({**runs[tool][0], "polls": polls * repeats, "cpu_per_gpu_per_poll_us": cpu})
+    return rows
 
 
 def measure(tool: str, gpus: int, polls: int) -> dict[str, Any]:
