@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from gpuwatch import __version__
+from gpuwatch.exporter.exposition import CachedExposition
 from gpuwatch.model import Snapshot
 from gpuwatch.status import to_document
 
@@ -44,6 +44,9 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections when many scrapers arrive at once,
+    # and a dropped SYN costs the scraper a 1 s retransmit.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], dual_stack: bool) -> None:
         self._dual_stack = dual_stack
@@ -124,14 +127,16 @@ _LANDING = """<!doctype html>
 def _make_handler(
     registry: CollectorRegistry, latest: Callable[[], Snapshot], ready: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
+    exposition = CachedExposition(registry, latest)
+
     class Handler(BaseHTTPRequestHandler):
         server_version = f"gpuwatch/{__version__}"
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._send(200, content_type, encoder(registry))
+                body, content_type = exposition.render(self.headers.get("Accept", ""))
+                self._send(200, content_type, body)
             elif path == "/status":
                 body = json.dumps(to_document(latest()), indent=2).encode() + b"\n"
                 self._send(200, "application/json", body)
