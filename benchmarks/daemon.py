@@ -49,7 +49,9 @@ class Daemon:
         deadline = self.started_at + 30
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"gpuwatch serve exited: {self._proc.stderr.read().decode() if self._proc.stderr else ''}")
+                raise RuntimeError(
+                    f"gpuwatch serve exited: {self._proc.stderr.read().decode() if self._proc.stderr else ''}"
+                )
             try:
                 if get(self.port, "/-/ready")[0] == 200:
                     return self

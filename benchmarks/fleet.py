@@ -35,7 +35,13 @@ def scenario_text(gpus: int, hang_gpu: int | None = None, hang_at_s: float = 0.0
             "used_memory_mib = 40000",
         ]
         if i == hang_gpu:
-            lines += ["[[gpu.fault]]", 'kind = "hang"', f"at_s = {hang_at_s}", f"duration_s = {hang_for_s}", "hang_s = 5"]
+            lines += [
+                "[[gpu.fault]]",
+                'kind = "hang"',
+                f"at_s = {hang_at_s}",
+                f"duration_s = {hang_for_s}",
+                "hang_s = 5",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import statistics
 import tempfile
@@ -13,27 +14,42 @@ from typing import Any
 from benchmarks import fleet
 from benchmarks.daemon import Daemon, get
 
+SCRAPE_INTERVAL_S = 1.0
 _GPU_SERIES = re.compile(rb'^gpuwatch_gpu_\w+\{gpu="0",', re.M)
 
 
 def scrape_for(port: int, seconds: float, scrapers: int) -> list[float]:
-    """Scrape back to back from ``scrapers`` threads for ``seconds``; every latency in seconds."""
+    """Scrape from ``scrapers`` threads for ``seconds``; every latency in seconds.
+
+    One scraper scrapes back to back. Many scrapers model that many Prometheus servers, each
+    scraping once per ``SCRAPE_INTERVAL_S`` at its own fixed offset (Prometheus spreads targets
+    over the interval by a hash; here the offsets are random with a fixed seed).
+    """
     latencies: list[float] = []
     lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
+    start = time.monotonic()
+    stop_at = start + seconds
+    offsets = random.Random(8).sample(range(1000), scrapers)
 
-    def scraper() -> None:
+    def scraper(offset_s: float) -> None:
         mine = []
-        while time.monotonic() < stop_at:
+        next_at = start + offset_s
+        while next_at < stop_at:
+            time.sleep(max(0.0, next_at - time.monotonic()))
             started = time.perf_counter()
             status, _ = get(port, "/metrics")
             mine.append(time.perf_counter() - started)
             if status != 200:
                 raise RuntimeError(f"/metrics answered {status}")
+            next_at = next_at + SCRAPE_INTERVAL_S if scrapers > 1 else time.monotonic()
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=scraper) for _ in range(scrapers)]
+    paced = scrapers > 1
+    threads = [
+        threading.Thread(target=scraper, args=(offsets[i] / 1000 * SCRAPE_INTERVAL_S if paced else 0.0,))
+        for i in range(scrapers)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -51,7 +67,9 @@ def summary(latencies: list[float]) -> dict[str, Any]:
     }
 
 
-def latency_matrix(gpu_counts: list[int], poll_intervals: list[str], scraper_counts: list[int], seconds: float) -> list[dict[str, Any]]:
+def latency_matrix(
+    gpu_counts: list[int], poll_intervals: list[str], scraper_counts: list[int], seconds: float
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for gpus in gpu_counts:
