@@ -155,9 +155,7 @@ class _Device:
     unsupported: set[str] = field(default_factory=set)
     field_data: list[_Datum] = field(default_factory=list)
     fallback_data: list[_Datum] = field(default_factory=list)
-    # (field id, scope 0) for each of field_data. pynvml unpacks every id as an (id, scope) pair
-    # and takes a bare int through a caught TypeError, which cost more than the rest of the batch.
-    field_request: list[tuple[int, int]] = field(default_factory=list)
+    field_request: _FieldRequest | None = None
     lost: str | None = None
     slow: _SlowValues = field(default_factory=_SlowValues)
 
@@ -174,17 +172,34 @@ _DECODERS = {
 
 
 class _PlainFieldValue(ctypes.Structure):
-    """``c_nvmlFieldValue_t``'s layout without pynvml's per-attribute ``__getattribute__`` hook.
-
-    Reading the batch's results through this view skips a Python-level hook on each of the
-    ~100 attribute reads per GPU per poll; the memory is pynvml's array, not a copy.
-    """
+    """``c_nvmlFieldValue_t``'s layout without pynvml's per-attribute ``__getattribute__`` hook."""
 
     _fields_ = pynvml.c_nvmlFieldValue_t._fields_
 
-    @classmethod
-    def view(cls, entries: Any) -> Any:
-        return (cls * len(entries)).from_buffer(entries)
+
+class _FieldRequest:
+    """One GPU's ``nvmlDeviceGetFieldValues`` batch, built once and reused by every poll.
+
+    pynvml's wrapper builds a fresh array per call, setting each id through a Python-level hook
+    (and, for a bare int id, a caught TypeError); with ~20 ids that cost more than the rest of a
+    poll. Here the ids are written once into a template, copied over the result array in C before
+    each call, and the results are read without pynvml's hook. The symbol lookup and the error
+    mapping are still pynvml's.
+    """
+
+    def __init__(self, field_ids: list[int]) -> None:
+        array = _PlainFieldValue * len(field_ids)
+        self._template = array()
+        for entry, field_id in zip(self._template, field_ids, strict=True):
+            entry.fieldId = field_id
+        self._values = array()
+
+    def fetch(self, handle: Any) -> Any:
+        """Call NVML; raise its error as pynvml would; return the (reused) result array."""
+        ctypes.memmove(self._values, self._template, ctypes.sizeof(self._values))
+        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+        pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self._values)), ctypes.byref(self._values)))
+        return self._values
 
 
 def _field_value(entry: Any) -> float:
@@ -329,7 +344,7 @@ class NvmlReader:
                 d.fallback_data.append(datum)
             else:
                 d.unsupported.add(datum.key)
-        d.field_request = [(datum.field_id, 0) for datum in d.field_data]
+        d.field_request = _FieldRequest([datum.field_id for datum in d.field_data])
         missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
@@ -509,10 +524,10 @@ class NvmlReader:
 
     def _batch(self, d: _Device) -> dict[str, float]:
         """One nvmlDeviceGetFieldValues call for every probed field of this GPU."""
-        if not d.field_data:
+        if d.field_request is None or not d.field_data:
             return {}
         try:
-            entries = pynvml.nvmlDeviceGetFieldValues(d.handle, d.field_request)
+            entries = d.field_request.fetch(d.handle)
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
@@ -523,7 +538,7 @@ class NvmlReader:
             log.warning("GPU %d: field values failed: %s", d.index, _describe(exc))
             return {}
         out = {}
-        for datum, entry in zip(d.field_data, _PlainFieldValue.view(entries), strict=True):
+        for datum, entry in zip(d.field_data, entries, strict=True):
             if entry.nvmlReturn == pynvml.NVML_SUCCESS:
                 out[datum.key] = _field_value(entry)
             else:
