@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 
+from gpuwatch.exporter import text
 from gpuwatch.model import Snapshot
 
 
@@ -31,6 +32,8 @@ class CachedExposition:
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition body for an ``Accept`` header, and its content type."""
         encoder, content_type = choose_encoder(accept)
+        if encoder is generate_latest:  # the classic text format: gpuwatch's faster writer
+            encoder = text.generate
         with self._lock:
             snapshot = self._latest()
             if snapshot is not self._snapshot:
