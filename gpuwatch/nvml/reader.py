@@ -13,8 +13,9 @@ Policy, per shared/research/nvml.md §4.4:
   are probed once and each element's own return code is checked.
 * A fast poll makes at most ten NVML calls per GPU (the field batch and a handful of direct calls).
   Values that change slowly or cost more (fan, graphics and video clocks, encoder and decoder
-  utilisation, BAR1 use, PCIe link generation and width) are read only when the caller asks for a
-  slow read (the sampler's process loop) and carried between reads (research/nvml.md §7).
+  utilisation, BAR1 use, PCIe link generation and width, aggregate ECC counts and retired pages,
+  the last two in a second field batch) are read only when the caller asks for a slow read (the
+  sampler's process loop) and carried between reads (research/nvml.md §7).
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only;
   ``Unknown`` fails that GPU's poll; other errors cost one value for one poll and are counted.
 """
@@ -81,6 +82,7 @@ class _Datum:
     key: str
     field_id: int
     fallback: Callable[[Any], int] | None = None
+    slow: bool = False  # read on the slow loop (counts that move rarely and matter over hours)
 
 
 def _violation_getter(policy: int) -> Callable[[Any], int]:
@@ -113,16 +115,19 @@ def _data() -> list[_Datum]:
         _Datum("pcie_replay", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
         _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES),
         _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES),
-        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING),
+        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING, slow=True),
         _Datum("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING),
         _Datum("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE),
     ]
     for policy, fid in fields.VIOLATION_FIELDS.items():
         data.append(_Datum(f"violation:{policy}", fid, _violation_getter(fields.VIOLATION_POLICIES[policy])))
     for key, fid in fields.ECC_FIELDS.items():
-        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, _ecc_getter(*fields.ECC_ARGUMENTS[key])))
+        # Volatile counts every poll (an uncorrectable error is critical now); aggregates, which
+        # only restate them across driver loads, on the slow loop (research/nvml.md §7).
+        getter = _ecc_getter(*fields.ECC_ARGUMENTS[key])
+        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, getter, slow=key[1] == "aggregate"))
     for cause, fid in fields.RETIRED_PAGE_FIELDS.items():
-        data.append(_Datum(f"retired:{cause}", fid))
+        data.append(_Datum(f"retired:{cause}", fid, slow=True))
     for kind, fid in fields.REMAPPED_ROW_FIELDS.items():
         data.append(_Datum(f"remapped:{kind}", fid))
     return data
@@ -135,10 +140,20 @@ _DATA = _data()
 _FAST_CLOCKS = frozenset({"sm", "memory"})
 
 
+@dataclass(slots=True)
+class _FieldSet:
+    """The field values read together: one batch, plus direct calls where the driver lacks a field."""
+
+    data: list[_Datum] = field(default_factory=list)
+    fallbacks: list[_Datum] = field(default_factory=list)
+    request: _FieldRequest | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _SlowValues:
     """Values read on the slow loop and carried into every reading until the next slow read."""
 
+    values: dict[str, float] = field(default_factory=dict)  # from the slow field set
     fan: int | None = None
     clocks_hertz: dict[str, float] = field(default_factory=dict)
     utilization_ratio: dict[str, float] = field(default_factory=dict)
@@ -153,13 +168,13 @@ class _Device:
     handle: Any
     identity: GpuIdentity
     unsupported: set[str] = field(default_factory=set)
-    field_data: list[_Datum] = field(default_factory=list)
-    fallback_data: list[_Datum] = field(default_factory=list)
-    field_request: _FieldRequest | None = None
+    fast_fields: _FieldSet = field(default_factory=_FieldSet)
+    slow_fields: _FieldSet = field(default_factory=_FieldSet)
     lost: str | None = None
     slow: _SlowValues = field(default_factory=_SlowValues)
 
 
+# How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
 _DECODERS = {
     pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
     pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
@@ -200,11 +215,6 @@ class _FieldRequest:
         fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
         pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self._values)), ctypes.byref(self._values)))
         return self._values
-
-
-def _field_value(entry: Any) -> float:
-    """Decode a ``c_nvmlFieldValue_t`` by its ``valueType`` (signed types use sllVal/siVal)."""
-    return float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
 
 
 class NvmlReader:
@@ -338,13 +348,15 @@ class NvmlReader:
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         for datum in _DATA:
+            fs = d.slow_fields if datum.slow else d.fast_fields
             if datum.field_id in answered:
-                d.field_data.append(datum)
+                fs.data.append(datum)
             elif datum.fallback is not None and self._q(d, datum.key, datum.fallback, d.handle) is not None:
-                d.fallback_data.append(datum)
+                fs.fallbacks.append(datum)
             else:
                 d.unsupported.add(datum.key)
-        d.field_request = _FieldRequest([datum.field_id for datum in d.field_data])
+        for fs in (d.fast_fields, d.slow_fields):
+            fs.request = _FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
         missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
@@ -415,9 +427,8 @@ class NvmlReader:
 
     def _read(self, d: _Device) -> GpuReading:
         h = d.handle
-        values = self._batch(d)
-        fallback = {datum.key: self._q(d, datum.key, datum.fallback, h) for datum in d.fallback_data if datum.fallback}
-        values.update({k: float(v) for k, v in fallback.items() if v is not None})
+        values = self._field_values(d, d.fast_fields)
+        values.update(d.slow.values)
         groups: dict[str, dict[str, float]] = {"violation": {}, "ecc": {}, "retired": {}, "remapped": {}}
         for key, value in values.items():
             group, sep, label = key.partition(":")
@@ -514,6 +525,7 @@ class NvmlReader:
                 utilization[engine] = sample[0] / 100.0
         bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         return _SlowValues(
+            values=self._field_values(d, d.slow_fields),
             fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
             clocks_hertz=self._clocks(d, frozenset(fields.CLOCKS) - _FAST_CLOCKS),
             utilization_ratio=utilization,
@@ -522,12 +534,20 @@ class NvmlReader:
             pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
         )
 
-    def _batch(self, d: _Device) -> dict[str, float]:
-        """One nvmlDeviceGetFieldValues call for every probed field of this GPU."""
-        if d.field_request is None or not d.field_data:
+    def _field_values(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
+        """One field set: its batch, then direct calls for the fields this driver lacks."""
+        values = self._batch(d, fs)
+        for datum in fs.fallbacks:
+            if datum.fallback is not None and (value := self._q(d, datum.key, datum.fallback, d.handle)) is not None:
+                values[datum.key] = float(value)
+        return values
+
+    def _batch(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
+        """One nvmlDeviceGetFieldValues call for every probed field of the set."""
+        if fs.request is None:
             return {}
         try:
-            entries = d.field_request.fetch(d.handle)
+            entries = fs.request.fetch(d.handle)
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
@@ -538,9 +558,9 @@ class NvmlReader:
             log.warning("GPU %d: field values failed: %s", d.index, _describe(exc))
             return {}
         out = {}
-        for datum, entry in zip(d.field_data, entries, strict=True):
+        for datum, entry in zip(fs.data, entries, strict=True):
             if entry.nvmlReturn == pynvml.NVML_SUCCESS:
-                out[datum.key] = _field_value(entry)
+                out[datum.key] = float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
             else:
                 self.errors[datum.key] += 1
         return out
