@@ -162,6 +162,7 @@ def _serve(settings: config.ServeSettings) -> int:
             exc.strerror,
         )
         return 1
+    sampler.on_poll = web.exposition.prerender
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -67,6 +67,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self.latest = Snapshot(timestamp=clock.time(), nvml_up=False, nvml_error=self._nvml_error)
         self.ready = threading.Event()  # set after the first poll, whatever its outcome
+        self.on_poll: Callable[[Snapshot], None] | None = None  # after each poll, e.g. pre-render /metrics
 
     # -- one poll ---------------------------------------------------------------------------------
 
@@ -95,6 +96,8 @@ class Sampler:
         )
         self.latest = snapshot
         self.ready.set()
+        if self.on_poll is not None:
+            self.on_poll(snapshot)
         return snapshot
 
     def _ensure_reader(self, now: float) -> NvmlReader | None:

@@ -87,3 +87,32 @@ def test_the_fast_text_writer_matches_prometheus_client_byte_for_byte(sim, scena
     fixed = CollectorRegistry(auto_describe=False)
     fixed.register(Fixed())
     assert text.generate(fixed) == generate_latest(fixed)
+
+
+def test_the_poll_loop_prerenders_only_while_someone_scrapes():
+    renders = Counter[str]()
+
+    class Counting:
+        def collect(self):  # type: ignore[no-untyped-def]
+            renders["collect"] += 1
+            yield GaugeMetricFamily("x", "x", value=1)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Counting())
+    now = [0.0]
+    snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
+    exposition = CachedExposition(registry, lambda: snapshots[-1], monotonic=lambda: now[0])
+    exposition.prerender(snapshots[-1])
+    assert renders["collect"] == 0  # nobody has scraped: nothing rendered
+    exposition.render("")
+    assert renders["collect"] == 1
+    snapshots.append(Snapshot(timestamp=2.0, nvml_up=True))
+    now[0] = 1.0
+    exposition.prerender(snapshots[-1])
+    assert renders["collect"] == 2
+    exposition.render("")
+    assert renders["collect"] == 2  # the scrape found the poll already rendered
+    now[0] = 60.0
+    snapshots.append(Snapshot(timestamp=3.0, nvml_up=True))
+    exposition.prerender(snapshots[-1])
+    assert renders["collect"] == 2  # the last scrape is long past

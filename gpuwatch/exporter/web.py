@@ -69,7 +69,8 @@ class WebServer:
         ready: Callable[[], bool],
     ) -> None:
         host, port = parse_listen_address(listen_address)
-        handler = _make_handler(registry, latest, ready)
+        self.exposition = CachedExposition(registry, latest)  # the poll loop may call its prerender
+        handler = _make_handler(self.exposition, latest, ready)
         self._server = _bind(host, port, handler)
         self._thread: threading.Thread | None = None
 
@@ -125,10 +126,8 @@ _LANDING = """<!doctype html>
 
 
 def _make_handler(
-    registry: CollectorRegistry, latest: Callable[[], Snapshot], ready: Callable[[], bool]
+    exposition: CachedExposition, latest: Callable[[], Snapshot], ready: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
-    exposition = CachedExposition(registry, latest)
-
     class Handler(BaseHTTPRequestHandler):
         server_version = f"gpuwatch/{__version__}"
 
