@@ -94,7 +94,7 @@ def _gpustat(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
     _, clock = fleet.install(gpus)
     # gpustat sleeps 0.1 s per GPU to let psutil measure process CPU; sleeping costs no CPU, and
     # skipping it keeps the 64-GPU run short. Everything else runs as shipped.
-    gpustat.core.time = _NoSleep()  # type: ignore[attr-defined]
+    gpustat.core.time = _NoSleep()
     latest: list[Any] = []
 
     def poll() -> None:
