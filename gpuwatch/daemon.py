@@ -79,6 +79,7 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    sampler.on_poll = web.exposition.prerender
     sampler.start()
     web.start()
     log.info(

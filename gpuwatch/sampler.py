@@ -113,6 +113,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self.latest = Snapshot(timestamp=clock.time(), nvml_up=False, nvml_error=self._nvml_error)
         self.ready = threading.Event()  # set after the first poll, whatever its outcome
+        self.on_poll: Callable[[Snapshot], None] | None = None  # after each poll, e.g. pre-render /metrics
 
     # -- one poll ---------------------------------------------------------------------------------
 
@@ -145,6 +146,8 @@ class Sampler:
         )
         self.latest = snapshot
         self.ready.set()
+        if self.on_poll is not None:
+            self.on_poll(snapshot)
         return snapshot
 
     def _ensure_reader(self, now: float) -> NvmlReader | None:
@@ -191,7 +194,7 @@ class Sampler:
         history = self._history_of(index)
         xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
         try:
-            reading = reader.read(index)
+            reading = reader.read(index, slow=refresh_processes)
         except (GpuLost, PollFailed) as exc:
             return GpuStatus(identity, up=False, error=str(exc), xid_errors=xid_errors, recent_xids=recent_xids)
         sample = _throttle_sample(reading, identity.max_clocks_hertz.get("sm"))

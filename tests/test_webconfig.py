@@ -214,9 +214,16 @@ def test_slow_clients_cannot_starve_scrapes(tmp_path):
         hogs = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(2)]
         for hog in hogs:
             hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
-        time.sleep(0.3)
-        with pytest.raises(requests.exceptions.ConnectionError):
-            requests.get(d.url + "/metrics", timeout=5)  # both slots taken: refused at once
+        # Once the server has accepted both hogs, a third connection is refused at once. Under
+        # load the accepts can lag, so ask until it is refused rather than after a fixed sleep.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                requests.get(d.url + "/metrics", timeout=5)
+            except requests.exceptions.ConnectionError:
+                break
+            assert time.monotonic() < deadline, "a third connection was never refused"
+            time.sleep(0.1)
         for hog in hogs:  # at the read timeout the hogs are answered 408 and dropped
             hog.settimeout(5)
             assert hog.recv(100).startswith(b"HTTP/1.0 408")

@@ -14,7 +14,13 @@ def collect(snapshot: Snapshot) -> Families:
         if r is None:
             continue
         for clock, hertz in r.clocks_hertz.items():
-            f.gpu_gauge("gpuwatch_gpu_clock_hertz", "Current clock (nvmlDeviceGetClockInfo).", g, hertz, clock=clock)
+            f.gpu_gauge(
+                "gpuwatch_gpu_clock_hertz",
+                "Current clock (nvmlDeviceGetClockInfo): sm and memory every poll, graphics and video every --process-interval.",
+                g,
+                hertz,
+                clock=clock,
+            )
         for clock, hertz in g.max_clocks_hertz.items():
             f.gpu_gauge(
                 "gpuwatch_gpu_clock_max_hertz",

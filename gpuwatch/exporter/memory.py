@@ -35,7 +35,7 @@ def collect(snapshot: Snapshot) -> Families:
         )
         f.gpu_gauge(
             "gpuwatch_gpu_bar1_used_bytes",
-            "BAR1 aperture in use (nvmlDeviceGetBAR1MemoryInfo).",
+            "BAR1 aperture in use (nvmlDeviceGetBAR1MemoryInfo, read every --process-interval).",
             g,
             r.bar1_used_bytes,
         )
@@ -43,7 +43,8 @@ def collect(snapshot: Snapshot) -> Families:
             f.gpu_gauge(
                 "gpuwatch_gpu_utilization_ratio",
                 "Fraction of the driver's last sample period the engine was busy (nvmlDeviceGetUtilizationRates, "
-                "nvmlDeviceGetEncoderUtilization, nvmlDeviceGetDecoderUtilization).",
+                "nvmlDeviceGetEncoderUtilization, nvmlDeviceGetDecoderUtilization); gpu and memory every poll, encoder and "
+                "decoder every --process-interval.",
                 g,
                 ratio,
                 engine=engine,

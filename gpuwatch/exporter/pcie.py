@@ -14,7 +14,8 @@ def collect(snapshot: Snapshot) -> Families:
             continue
         f.gpu_gauge(
             "gpuwatch_gpu_pcie_link_generation",
-            "Current PCIe link generation (nvmlDeviceGetCurrPcieLinkGeneration); idle GPUs downshift.",
+            "Current PCIe link generation (nvmlDeviceGetCurrPcieLinkGeneration, read every --process-interval); "
+            "idle GPUs downshift.",
             g,
             r.pcie_link_generation,
         )
@@ -26,7 +27,7 @@ def collect(snapshot: Snapshot) -> Families:
         )
         f.gpu_gauge(
             "gpuwatch_gpu_pcie_link_width",
-            "Current PCIe link width in lanes (nvmlDeviceGetCurrPcieLinkWidth).",
+            "Current PCIe link width in lanes (nvmlDeviceGetCurrPcieLinkWidth, read every --process-interval).",
             g,
             r.pcie_link_width,
         )

@@ -14,7 +14,8 @@ def collect(snapshot: Snapshot) -> Families:
             continue
         f.gpu_gauge(
             "gpuwatch_gpu_power_watts",
-            "Board power draw from nvmlDeviceGetPowerUsage; a 1 s average on Ampere and newer (not GA100).",
+            "Board power draw: a 1 s average on Ampere and newer except GA100 (field NVML_FI_DEV_POWER_AVERAGE), "
+            "else nvmlDeviceGetPowerUsage (an instant reading on GA100 and older).",
             g,
             r.power_watts,
         )

@@ -61,7 +61,7 @@ class SnapshotCollector:
         )
         duration = GaugeMetricFamily(
             "gpuwatch_scrape_collector_duration_seconds",
-            "How long a collector took in this scrape.",
+            "How long a collector took to render the latest poll (scrapes of the same poll share one rendering).",
             labels=["collector"],
         )
         for name, collect in self._collectors.items():

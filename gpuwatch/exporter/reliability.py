@@ -30,8 +30,8 @@ def collect(snapshot: Snapshot) -> Families:
         for (kind, scope), count in r.ecc_errors.items():
             f.gpu_counter(
                 "gpuwatch_gpu_ecc_errors",
-                "ECC errors (NVML_FI_DEV_ECC_*_TOTAL): volatile counts reset at driver load, aggregate counts "
-                "persist for the board's life.",
+                "ECC errors (NVML_FI_DEV_ECC_*_TOTAL): volatile counts reset at driver load and are read every poll; "
+                "aggregate counts persist for the board's life and are read every --process-interval.",
                 g,
                 count,
                 type=kind,
@@ -40,14 +40,14 @@ def collect(snapshot: Snapshot) -> Families:
         for cause, pages in r.retired_pages.items():
             f.gpu_gauge(
                 "gpuwatch_gpu_retired_pages",
-                "Retired memory pages by cause (NVML_FI_DEV_RETIRED_*).",
+                "Retired memory pages by cause (NVML_FI_DEV_RETIRED_*, read every --process-interval).",
                 g,
                 pages,
                 cause=cause,
             )
         f.gpu_gauge(
             "gpuwatch_gpu_retired_pages_pending",
-            "1 when a page retirement waits for a GPU reset (NVML_FI_DEV_RETIRED_PENDING).",
+            "1 when a page retirement waits for a GPU reset (NVML_FI_DEV_RETIRED_PENDING, read every --process-interval).",
             g,
             _bit(r.retired_pages_pending),
         )

@@ -36,7 +36,8 @@ def collect(snapshot: Snapshot) -> Families:
         )
         f.gpu_gauge(
             "gpuwatch_gpu_fan_speed_ratio",
-            "Intended fan speed as a fraction of its maximum (nvmlDeviceGetFanSpeed); may exceed 1.",
+            "Intended fan speed as a fraction of its maximum (nvmlDeviceGetFanSpeed, read every --process-interval); "
+            "may exceed 1.",
             g,
             r.fan_speed_ratio,
         )

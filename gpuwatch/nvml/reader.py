@@ -11,12 +11,18 @@ Policy, per shared/research/nvml.md §4.4:
   ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
 * Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU; the ids
   are probed once and each element's own return code is checked.
+* A fast poll makes at most ten NVML calls per GPU (the field batch and a handful of direct calls).
+  Values that change slowly or cost more (fan, graphics and video clocks, encoder and decoder
+  utilisation, BAR1 use, PCIe link generation and width, aggregate ECC counts and retired pages,
+  the last two in a second field batch) are read only when the caller asks for a slow read (the
+  sampler's process loop) and carried between reads (research/nvml.md §7).
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only;
   ``Unknown`` fails that GPU's poll; other errors cost one value for one poll and are counted.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -77,6 +83,7 @@ class _Datum:
     key: str
     field_id: int
     fallback: Callable[[Any], int] | None = None
+    slow: bool = False  # read on the slow loop (counts that move rarely and matter over hours)
 
 
 def _violation_getter(policy: int) -> Callable[[Any], int]:
@@ -100,22 +107,28 @@ def _data() -> list[_Datum]:
             pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
             pynvml.nvmlDeviceGetTotalEnergyConsumption,
         ),
+        # The 1 s average nvmlDeviceGetPowerUsage returns on Ampere and later (not GA100); older
+        # parts lack the field and keep the direct call, which reports their instant reading.
+        _Datum("power_mw", pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.nvmlDeviceGetPowerUsage),
         _Datum("power_instant_mw", pynvml.NVML_FI_DEV_POWER_INSTANT),
         _Datum("power_limit_mw", pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, pynvml.nvmlDeviceGetEnforcedPowerLimit),
         _Datum("memory_temperature", pynvml.NVML_FI_DEV_MEMORY_TEMP),
         _Datum("pcie_replay", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
         _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES),
         _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES),
-        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING),
+        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING, slow=True),
         _Datum("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING),
         _Datum("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE),
     ]
     for policy, fid in fields.VIOLATION_FIELDS.items():
         data.append(_Datum(f"violation:{policy}", fid, _violation_getter(fields.VIOLATION_POLICIES[policy])))
     for key, fid in fields.ECC_FIELDS.items():
-        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, _ecc_getter(*fields.ECC_ARGUMENTS[key])))
+        # Volatile counts every poll (an uncorrectable error is critical now); aggregates, which
+        # only restate them across driver loads, on the slow loop (research/nvml.md §7).
+        getter = _ecc_getter(*fields.ECC_ARGUMENTS[key])
+        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, getter, slow=key[1] == "aggregate"))
     for cause, fid in fields.RETIRED_PAGE_FIELDS.items():
-        data.append(_Datum(f"retired:{cause}", fid))
+        data.append(_Datum(f"retired:{cause}", fid, slow=True))
     for kind, fid in fields.REMAPPED_ROW_FIELDS.items():
         data.append(_Datum(f"remapped:{kind}", fid))
     return data
@@ -124,29 +137,85 @@ def _data() -> list[_Datum]:
 _DATA = _data()
 
 
+# Clocks read every poll; the graphics and video clocks follow the SM clock and move to the slow read.
+_FAST_CLOCKS = frozenset({"sm", "memory"})
+
+
+@dataclass(slots=True)
+class _FieldSet:
+    """The field values read together: one batch, plus direct calls where the driver lacks a field."""
+
+    data: list[_Datum] = field(default_factory=list)
+    fallbacks: list[_Datum] = field(default_factory=list)
+    request: _FieldRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowValues:
+    """Values read on the slow loop and carried into every reading until the next slow read."""
+
+    values: dict[str, float] = field(default_factory=dict)  # from the slow field set
+    fan: int | None = None
+    clocks_hertz: dict[str, float] = field(default_factory=dict)
+    utilization_ratio: dict[str, float] = field(default_factory=dict)
+    bar1_used_bytes: int | None = None
+    pcie_link_generation: int | None = None
+    pcie_link_width: int | None = None
+
+
 @dataclass(slots=True)
 class _Device:
     index: int
     handle: Any
     identity: GpuIdentity
     unsupported: set[str] = field(default_factory=set)
-    field_data: list[_Datum] = field(default_factory=list)
-    fallback_data: list[_Datum] = field(default_factory=list)
+    fast_fields: _FieldSet = field(default_factory=_FieldSet)
+    slow_fields: _FieldSet = field(default_factory=_FieldSet)
     lost: str | None = None
+    slow: _SlowValues = field(default_factory=_SlowValues)
 
 
-def _field_value(entry: Any) -> float:
-    """Decode a ``c_nvmlFieldValue_t`` by its ``valueType`` (signed types use sllVal/siVal)."""
-    decoders = {
-        pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-    }
-    return float(getattr(entry.value, decoders.get(entry.valueType, "ullVal")))
+# How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
+_DECODERS = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+
+class _PlainFieldValue(ctypes.Structure):
+    """``c_nvmlFieldValue_t``'s layout without pynvml's per-attribute ``__getattribute__`` hook."""
+
+    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+
+
+class _FieldRequest:
+    """One GPU's ``nvmlDeviceGetFieldValues`` batch, built once and reused by every poll.
+
+    pynvml's wrapper builds a fresh array per call, setting each id through a Python-level hook
+    (and, for a bare int id, a caught TypeError); with ~20 ids that cost more than the rest of a
+    poll. Here the ids are written once into a template, copied over the result array in C before
+    each call, and the results are read without pynvml's hook. The symbol lookup and the error
+    mapping are still pynvml's.
+    """
+
+    def __init__(self, field_ids: list[int]) -> None:
+        array = _PlainFieldValue * len(field_ids)
+        self._template = array()
+        for entry, field_id in zip(self._template, field_ids, strict=True):
+            entry.fieldId = field_id
+        self._values = array()
+
+    def fetch(self, handle: Any) -> Any:
+        """Call NVML; raise its error as pynvml would; return the (reused) result array."""
+        ctypes.memmove(self._values, self._template, ctypes.sizeof(self._values))
+        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+        pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self._values)), ctypes.byref(self._values)))
+        return self._values
 
 
 class NvmlReader:
@@ -290,12 +359,15 @@ class NvmlReader:
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         for datum in _DATA:
+            fs = d.slow_fields if datum.slow else d.fast_fields
             if datum.field_id in answered:
-                d.field_data.append(datum)
+                fs.data.append(datum)
             elif datum.fallback is not None and self._q(d, datum.key, datum.fallback, d.handle) is not None:
-                d.fallback_data.append(datum)
+                fs.fallbacks.append(datum)
             else:
                 d.unsupported.add(datum.key)
+        for fs in (d.fast_fields, d.slow_fields):
+            fs.request = _FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
         missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
@@ -346,12 +418,18 @@ class NvmlReader:
 
     # -- every poll -------------------------------------------------------------------------------
 
-    def read(self, index: int) -> GpuReading:
-        """Read one GPU now. Raises :class:`GpuLost`, or :class:`PollFailed` for this poll only."""
+    def read(self, index: int, slow: bool = True) -> GpuReading:
+        """Read one GPU now. Raises :class:`GpuLost`, or :class:`PollFailed` for this poll only.
+
+        With ``slow`` false only the fast values are read; the slow ones (see the module doc) are
+        those of the last slow read.
+        """
         d = self._devices[index]
         if d.lost is not None:
             raise GpuLost(d.lost)
         try:
+            if slow:
+                d.slow = self._read_slow(d)
             return self._read(d)
         except GpuLost as exc:
             d.lost = str(exc)
@@ -360,11 +438,14 @@ class NvmlReader:
 
     def _read(self, d: _Device) -> GpuReading:
         h = d.handle
-        values = self._batch(d)
-        fallback = {datum.key: self._q(d, datum.key, datum.fallback, h) for datum in d.fallback_data if datum.fallback}
-        values.update({k: float(v) for k, v in fallback.items() if v is not None})
+        values = self._field_values(d, d.fast_fields)
+        values.update(d.slow.values)
+        groups: dict[str, dict[str, float]] = {"violation": {}, "ecc": {}, "retired": {}, "remapped": {}}
+        for key, value in values.items():
+            group, sep, label = key.partition(":")
+            if sep:
+                groups[group][label] = value
 
-        power_mw = self._q(d, "power_usage", pynvml.nvmlDeviceGetPowerUsage, h)
         temperature = self._first(
             d,
             "temperature",
@@ -374,24 +455,19 @@ class NvmlReader:
             ],
         )
         margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
-        fan = self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h)
-        clocks = {}
-        for label, code in fields.CLOCKS.items():
-            value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, h, code)
-            if value is not None:
-                clocks[label] = value * MHZ
+        fast_clocks = self._clocks(d, _FAST_CLOCKS)
+        # Keep fields.CLOCKS order whichever loop read a clock, so the exposition order is stable.
+        clocks = {
+            label: hz
+            for label in fields.CLOCKS
+            if (hz := fast_clocks.get(label, d.slow.clocks_hertz.get(label))) is not None
+        }
         utilization: dict[str, float] = {}
         rates = self._q(d, "utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
         if rates is not None:
             utilization["gpu"] = rates.gpu / 100.0
             utilization["memory"] = rates.memory / 100.0
-        for engine, fn in (
-            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
-            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
-        ):
-            sample = self._q(d, f"utilization:{engine}", fn, h)
-            if sample is not None:
-                utilization[engine] = sample[0] / 100.0
+        utilization.update(d.slow.utilization_ratio)
         reasons = self._first(
             d,
             "clock_event_reasons",
@@ -401,51 +477,88 @@ class NvmlReader:
             ],
         )
         memory = self._memory_info(d)
-        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
 
         return GpuReading(
             timestamp=self._clock(),
-            power_watts=_scaled(power_mw, 1e3),
+            power_watts=_scaled(values.get("power_mw"), 1e3),
             power_instant_watts=_scaled(values.get("power_instant_mw"), 1e3),
             power_limit_watts=_scaled(values.get("power_limit_mw"), 1e3),
             energy_joules=_scaled(values.get("energy_mj"), 1e3),
             temperature_celsius=None if temperature is None else float(temperature),
             memory_temperature_celsius=values.get("memory_temperature"),
             temperature_margin_celsius=None if margin is None else float(margin),
-            fan_speed_ratio=_scaled(fan, 100),
+            fan_speed_ratio=_scaled(d.slow.fan, 100),
             performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
             clocks_hertz=clocks,
             utilization_ratio=utilization,
             memory_used_bytes=None if memory is None else int(memory.used),
             memory_free_bytes=None if memory is None else int(memory.free),
             memory_reserved_bytes=getattr(memory, "reserved", None),
-            bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
+            bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
-            violation_seconds=_prefixed(values, "violation:", 1e9),
+            violation_seconds={k: v / 1e9 for k, v in groups["violation"].items()},
             ecc_errors={
-                tuple(k.split(":")[1:]): int(v)  # type: ignore[misc]
-                for k, v in values.items()
-                if k.startswith("ecc:")
+                tuple(k.split(":")): int(v)  # type: ignore[misc]
+                for k, v in groups["ecc"].items()
             },
-            retired_pages={k: int(v) for k, v in _prefixed(values, "retired:", 1).items()},
+            retired_pages={k: int(v) for k, v in groups["retired"].items()},
             retired_pages_pending=_flag(values.get("retired_pending")),
-            remapped_rows={k: int(v) for k, v in _prefixed(values, "remapped:", 1).items()},
+            remapped_rows={k: int(v) for k, v in groups["remapped"].items()},
             row_remap_pending=_flag(values.get("remap_pending")),
             row_remap_failure=_flag(values.get("remap_failure")),
-            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
-            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            pcie_link_generation=d.slow.pcie_link_generation,
+            pcie_link_width=d.slow.pcie_link_width,
             pcie_replay_errors=_int(values.get("pcie_replay")),
             pcie_transmit_bytes=_int(values.get("pcie_tx_bytes")),
             pcie_receive_bytes=_int(values.get("pcie_rx_bytes")),
         )
 
-    def _batch(self, d: _Device) -> dict[str, float]:
-        """One nvmlDeviceGetFieldValues call for every probed field of this GPU."""
-        if not d.field_data:
+    def _clocks(self, d: _Device, labels: frozenset[str]) -> dict[str, float]:
+        clocks = {}
+        for label, code in fields.CLOCKS.items():
+            if label in labels:
+                value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, d.handle, code)
+                if value is not None:
+                    clocks[label] = value * MHZ
+        return clocks
+
+    def _read_slow(self, d: _Device) -> _SlowValues:
+        """The slow-loop values: fan, graphics and video clocks, encoder/decoder, BAR1, PCIe link."""
+        h = d.handle
+        utilization: dict[str, float] = {}
+        for engine, fn in (
+            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
+            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
+        ):
+            sample = self._q(d, f"utilization:{engine}", fn, h)
+            if sample is not None:
+                utilization[engine] = sample[0] / 100.0
+        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        return _SlowValues(
+            values=self._field_values(d, d.slow_fields),
+            fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
+            clocks_hertz=self._clocks(d, frozenset(fields.CLOCKS) - _FAST_CLOCKS),
+            utilization_ratio=utilization,
+            bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
+            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+        )
+
+    def _field_values(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
+        """One field set: its batch, then direct calls for the fields this driver lacks."""
+        values = self._batch(d, fs)
+        for datum in fs.fallbacks:
+            if datum.fallback is not None and (value := self._q(d, datum.key, datum.fallback, d.handle)) is not None:
+                values[datum.key] = float(value)
+        return values
+
+    def _batch(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
+        """One nvmlDeviceGetFieldValues call for every probed field of the set."""
+        if fs.request is None:
             return {}
         try:
-            entries = pynvml.nvmlDeviceGetFieldValues(d.handle, [datum.field_id for datum in d.field_data])
+            entries = fs.request.fetch(d.handle)
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
@@ -456,9 +569,9 @@ class NvmlReader:
             log.warning("GPU %d: field values failed: %s", d.index, _describe(exc))
             return {}
         out = {}
-        for datum, entry in zip(d.field_data, entries, strict=True):
+        for datum, entry in zip(fs.data, entries, strict=True):
             if entry.nvmlReturn == pynvml.NVML_SUCCESS:
-                out[datum.key] = _field_value(entry)
+                out[datum.key] = float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
             else:
                 self.errors[datum.key] += 1
         return out
@@ -522,7 +635,3 @@ def _int(value: float | None) -> int | None:
 
 def _flag(value: float | None) -> bool | None:
     return None if value is None else bool(value)
-
-
-def _prefixed(values: dict[str, float], prefix: str, divisor: float) -> dict[str, float]:
-    return {k.removeprefix(prefix): v / divisor for k, v in values.items() if k.startswith(prefix)}

@@ -1,0 +1,98 @@
+"""The /metrics body, rendered once per poll and format and shared by every scrape until the next.
+
+Encoding thousands of series is the dominant cost of a scrape, while the snapshot it encodes
+changes only once per poll. So:
+
+* scrapes between two polls, and concurrent scrapes of the same poll, reuse one rendering;
+* while scrapers are active (a scrape since the last rendering, within the last
+  ``ACTIVE_WINDOW_S``), the poll loop renders the classic text format right after each poll
+  (:meth:`CachedExposition.prerender`), and scrapes arriving during that rendering get the last
+  rendering (normally the previous poll's) instead of waiting for it; with no active scraper
+  nothing is rendered until a scrape asks, so an idle daemon spends nothing on it;
+* a scrape that finds no rendering of the latest poll in progress renders it itself, and
+  concurrent scrapes wait for that one rendering instead of each starting their own.
+
+The daemon's own process metrics in a rendering are as old as the poll (at most one interval).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
+
+from gpuwatch.exporter import text
+from gpuwatch.model import Snapshot
+
+ACTIVE_WINDOW_S = 5.0
+_TEXT = choose_encoder("")[1]  # the classic text format's content type
+
+
+class CachedExposition:
+    """Renders ``registry`` at most once per (snapshot, format)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        latest: Callable[[], Snapshot],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._latest = latest
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # guards the fields below
+        self._render_lock = threading.Lock()  # one rendering at a time
+        self._snapshot: Snapshot | None = None  # held, not its id(): an id can be reused
+        self._bodies: dict[str, bytes] = {}
+        self._prerendering: Snapshot | None = None
+        self._scraped_since_render = False
+        self._last_scrape = float("-inf")
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition body for an ``Accept`` header, and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        if encoder is generate_latest:  # the classic text format: gpuwatch's faster writer
+            encoder = text.generate
+        snapshot = self._latest()
+        with self._lock:
+            self._scraped_since_render, self._last_scrape = True, self._monotonic()
+            body = self._cached(snapshot, content_type)
+            if body is None and self._prerendering is snapshot and content_type == _TEXT:
+                body = self._bodies.get(_TEXT)  # the poll loop is rendering this poll; the last rendering will do
+        if body is None:
+            with self._render_lock:
+                body = self._cached(snapshot, content_type) or self._store(snapshot, content_type, encoder, True)
+        return body, content_type
+
+    def prerender(self, snapshot: Snapshot) -> None:
+        """After a poll: render the text format now if scrapers are active (see the module doc)."""
+        with self._lock:
+            active = self._scraped_since_render and self._monotonic() - self._last_scrape < ACTIVE_WINDOW_S
+            if not active:
+                return
+            self._prerendering = snapshot
+        try:
+            with self._render_lock:
+                if self._cached(snapshot, _TEXT) is None:
+                    self._store(snapshot, _TEXT, text.generate, False)
+        finally:
+            with self._lock:
+                self._prerendering = None
+
+    def _cached(self, snapshot: Snapshot, content_type: str) -> bytes | None:
+        return self._bodies.get(content_type) if snapshot is self._snapshot else None
+
+    def _store(
+        self, snapshot: Snapshot, content_type: str, encoder: Callable[[CollectorRegistry], bytes], scraped: bool
+    ) -> bytes:
+        """Render (under the render lock) and publish; ``scraped`` when a scrape asked for it."""
+        body = encoder(self._registry)
+        with self._lock:
+            if snapshot is not self._snapshot:
+                self._snapshot, self._bodies = snapshot, {}
+            self._bodies[content_type] = body
+            self._scraped_since_render = scraped
+        return body
