@@ -207,13 +207,32 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tmp_path, 
 # -- bounded request handling ----------------------------------------------------------------------
 
 
+def _hog(port: int) -> socket.socket:
+    """A connection that holds a request slot: it sends half a request head and never finishes.
+
+    A slot can still be held for a moment by an earlier request (the readiness probe); a hog
+    refused for that reason is closed at once, so try again until one is held.
+    """
+    for _ in range(50):
+        hog = socket.create_connection(("127.0.0.1", port))
+        hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        hog.settimeout(0.2)
+        try:
+            if hog.recv(1) == b"":
+                hog.close()
+                time.sleep(0.05)
+                continue
+        except TimeoutError:
+            return hog  # still waiting for the rest of its head: it holds a slot
+        raise AssertionError("a half-sent request head was answered before the read timeout")
+    raise AssertionError("no request slot came free")
+
+
 @pytest.mark.slow
 def test_slow_clients_cannot_starve_scrapes(tmp_path):
     args = ("--simulate", "--web.max-requests", "2", "--web.read-timeout", "3s")
     with serve(tmp_path, *args) as d:
-        hogs = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(2)]
-        for hog in hogs:
-            hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
+        hogs = [_hog(d.port) for _ in range(2)]
         # Once the server has accepted both hogs, a third connection is refused at once. Under
         # load the accepts can lag, so ask until it is refused (well inside the hogs' 3 s timeout).
         deadline = time.monotonic() + 2.5
