@@ -105,3 +105,30 @@ def test_reason_seconds_accumulate_for_every_active_reason():
     totals = accumulate_reason_seconds(totals, {"hw_thermal", "hw_slowdown"}, 0.5)
     totals = accumulate_reason_seconds(totals, set(), 2.0)
     assert totals == {"sw_power_cap": 1.0, "hw_thermal": 0.5, "hw_slowdown": 0.5}
+
+
+def test_running_totals_match_a_recount_over_a_long_random_run():
+    import random
+
+    rng = random.Random(3)
+    w = ThrottleWindow(length_seconds=60, max_gap_seconds=5)
+    polls: list[tuple[float, float, str]] = []
+    reasons_pool = [(), ("sw_power_cap",), ("sw_thermal",), ("idle",), ("hw_power_brake",)]
+    t, last = 0.0, None
+    for _ in range(2000):
+        t += rng.choice([0.5, 1.0, 1.0, 2.0, 7.0])
+        reasons = rng.choice(reasons_pool)
+        s = sample(t, *reasons, busy="idle" not in reasons, ratio=rng.uniform(0.5, 1.0))
+        span = w.add(s)
+        polls.append((t - span, t, classify(s)))
+        last = t
+    start = last - 60
+    recount: dict[str, float] = {}
+    for begin, end, cls in polls:
+        if end > start:
+            recount[cls] = recount.get(cls, 0.0) + end - max(begin, start)
+    covered = sum(recount.values())
+    summary = w.summary()
+    assert summary.window_seconds == pytest.approx(covered)
+    for cls, time_in in recount.items():
+        assert summary.ratios[cls] == pytest.approx(time_in / covered)

@@ -80,8 +80,12 @@ class ThrottleWindow:
     length_seconds: float = 60.0
     max_gap_seconds: float = 5.0
     low_clock_ratio: float = LOW_CLOCK_RATIO
-    _polls: deque[tuple[float, float, str, ThrottleSample]] = field(default_factory=deque)
+    _polls: deque[tuple[float, float, str, float | None]] = field(default_factory=deque)  # begin, end, class, loss
     _last_timestamp: float | None = None
+    # Running totals over the polls held, so a summary costs the same however long the window is.
+    _time_in: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
+    _loss_sum: float = 0.0
+    _loss_count: int = 0
 
     def add(self, sample: ThrottleSample) -> float:
         """Add one poll; returns the span it stands for (0 for the first poll)."""
@@ -90,20 +94,32 @@ class ThrottleWindow:
         else:
             span = min(max(0.0, sample.timestamp - self._last_timestamp), self.max_gap_seconds)
         self._last_timestamp = sample.timestamp
-        self._polls.append((sample.timestamp - span, sample.timestamp, classify(sample, self.low_clock_ratio), sample))
+        cls = classify(sample, self.low_clock_ratio)
+        loss = 1.0 - sample.sm_clock_ratio if sample.busy and sample.sm_clock_ratio is not None else None
+        self._polls.append((sample.timestamp - span, sample.timestamp, cls, loss))
+        self._count(span, cls, loss, +1)
         start = sample.timestamp - self.length_seconds
         while self._polls and self._polls[0][1] <= start:
-            self._polls.popleft()
+            begin, end, old_cls, old_loss = self._polls.popleft()
+            self._count(end - begin, old_cls, old_loss, -1)
         return span
+
+    def _count(self, span: float, cls: str, loss: float | None, sign: int) -> None:
+        self._time_in[cls] += sign * span
+        if loss is not None:
+            self._loss_sum += sign * loss
+            self._loss_count += sign
 
     def summary(self) -> ThrottleSummary:
         if not self._polls:
-            return ThrottleSummary(0.0, {c: 0.0 for c in CLASSES}, None, None)
-        end = self._polls[-1][1]
-        start = end - self.length_seconds
-        time_in = dict.fromkeys(CLASSES, 0.0)
-        for begin, finish, cls, _ in self._polls:
-            time_in[cls] += finish - max(begin, start)
+            return ThrottleSummary(0.0, dict.fromkeys(CLASSES, 0.0), None, None)
+        start = self._polls[-1][1] - self.length_seconds
+        time_in = dict(self._time_in)
+        begin, _, first_cls, _ = self._polls[0]
+        if begin < start:  # only the oldest poll can straddle the start: clip it
+            time_in[first_cls] -= start - begin
+        # Adding and taking away floats leaves dust where a class has left the window.
+        time_in = {c: t if t > 1e-9 else 0.0 for c, t in time_in.items()}
         covered = sum(time_in.values())
         if covered <= 0:  # a single poll: its class, for no measurable time yet
             only = self._polls[-1][2]
@@ -111,13 +127,8 @@ class ThrottleWindow:
         else:
             ratios = {c: t / covered for c, t in time_in.items()}
         dominant = max(_PRECEDENCE, key=lambda c: (ratios[c], -_PRECEDENCE.index(c)))
-        return ThrottleSummary(covered, ratios, dominant, _clock_loss(s for *_, s in self._polls))
-
-
-def _clock_loss(samples: Iterable[ThrottleSample]) -> float | None:
-    """Mean of 1 - SM clock / max over busy polls; idle polls are left out."""
-    losses = [1.0 - s.sm_clock_ratio for s in samples if s.busy and s.sm_clock_ratio is not None]
-    return sum(losses) / len(losses) if losses else None
+        clock_loss = self._loss_sum / self._loss_count if self._loss_count else None
+        return ThrottleSummary(covered, ratios, dominant, clock_loss)
 
 
 def accumulate_reason_seconds(totals: Mapping[str, float], reasons: Iterable[str], span: float) -> dict[str, float]:
