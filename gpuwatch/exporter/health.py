@@ -5,6 +5,7 @@ from __future__ import annotations
 from gpuwatch.analysis.health import STATES
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import Snapshot
+from gpuwatch.status import EXIT_CODES
 
 
 def collect(snapshot: Snapshot) -> Families:
@@ -27,13 +28,12 @@ def collect(snapshot: Snapshot) -> Families:
                 state=state,
             )
         for check, check_state in sorted(verdict.checks.items()):
-            for state in STATES:
-                f.gpu_gauge(
-                    "gpuwatch_gpu_health_check",
-                    "1 for each check's state, else 0; a check that does not apply to a GPU is absent.",
-                    g,
-                    int(check_state == state),
-                    check=check,
-                    state=state,
-                )
+            f.gpu_gauge(
+                "gpuwatch_gpu_health_check",
+                "State of each health check as its Nagios code: 0 ok, 1 warning, 2 critical, 3 unknown; "
+                "a check that does not apply to a GPU is absent.",
+                g,
+                EXIT_CODES[check_state],
+                check=check,
+            )
     return f

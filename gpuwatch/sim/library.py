@@ -478,7 +478,9 @@ class SimulatedNvmlLibrary:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return abi.ERROR_TIMEOUT
-                self._event_cond.wait(min(remaining, 0.05))
+                # Events only arise as simulated time advances; a quarter second of wall time is
+                # soon enough to notice one, and keeps an idle waiter from spinning the simulator.
+                self._event_cond.wait(min(remaining, 0.25))
 
     def _nvmlEventSetFree(self, event_set: Any) -> None:
         with self._lock:
