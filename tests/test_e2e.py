@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from serving import Served, serve
 
 pytestmark = pytest.mark.slow
 
@@ -68,55 +69,37 @@ def per_gpu(samples: dict, name: str, **labels: str) -> dict[str, float]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
 
 
 class Daemon:
-    def __init__(self, proc: subprocess.Popen, url: str, stderr: Path) -> None:
-        self.proc, self.url, self.stderr_path = proc, url, stderr
+    def __init__(self, served: Served) -> None:
+        self.proc, self.url, self._served = served.proc, served.url, served
 
     def metrics(self) -> dict:
         return parse(get(self.url + "/metrics"))
 
     @property
     def stderr(self) -> str:
-        return self.stderr_path.read_text()
+        return self._served.stderr
 
 
 @contextmanager
 def daemon(tmp_path: Path, *args: str) -> Iterator[Daemon]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    stderr = tmp_path / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "gpuwatch", "serve", "--web.listen-address", f"127.0.0.1:{port}", *args]
-    with stderr.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    """`gpuwatch serve ARGS` on a free loopback port, ready (first poll done) within 5 s."""
     started = time.monotonic()
-    try:
+    with serve(tmp_path, *args) as served:
         while True:
             try:
-                get(url + "/-/ready")
+                get(served.url + "/-/ready")
                 break
             except OSError:
-                if proc.poll() is not None or time.monotonic() - started > 5:
-                    raise AssertionError(f"daemon not ready within 5 s:\n{stderr.read_text()}") from None
+                if served.proc.poll() is not None or time.monotonic() - started > 5:
+                    raise AssertionError(f"daemon not ready within 5 s:\n{served.stderr}") from None
                 time.sleep(0.05)
-        yield Daemon(proc, url, stderr)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        yield Daemon(served)
 
 
 def test_simulated_inference_host_over_http(tmp_path, promtool):
