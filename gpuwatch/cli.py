@@ -317,6 +317,7 @@ def status(
     0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing could be read).
     """
     _setup_logging("critical")  # what went wrong is printed below, once
+    url_given = click.get_current_context().get_parameter_source("url") is not click.core.ParameterSource.DEFAULT
     health = HealthThresholds()
     if config_file:
         try:
@@ -325,7 +326,7 @@ def status(
             raise click.UsageError(str(exc)) from exc
 
     def read() -> dict[str, Any]:
-        doc = _fetch(url, timeout_s) if simulate is None and not direct else None
+        doc = _fetch(url, timeout_s, url_given) if simulate is None and not direct else None
         return doc if doc is not None else _sample_directly(simulate, sim_at_s, health)
 
     def show(doc: dict[str, Any]) -> None:
@@ -354,15 +355,25 @@ def status(
         sys.exit(exit_code(doc) if doc else EXIT_UNKNOWN)
 
 
-def _fetch(url: str, timeout_s: float) -> dict[str, Any] | None:
+def _fetch(url: str, timeout_s: float, say_why: bool) -> dict[str, Any] | None:
+    """The daemon's ``/status`` document, or None to sample NVML directly.
+
+    A daemon that answers with an HTTP error (401 from a secured endpoint, say) is always
+    reported on stderr, since the direct sample that follows is not what the daemon sees; a
+    daemon that is not there is reported only when ``--url`` was given.
+    """
     target = url.rstrip("/") + "/status"
     try:
         with urllib.request.urlopen(target, timeout=timeout_s) as response:
             doc: dict[str, Any] = json.load(response)
             return doc
+    except urllib.error.HTTPError as exc:
+        click.echo(f"gpuwatch: {target} answered {exc.code} {exc.reason}; sampling NVML directly", err=True)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        log.debug("no daemon at %s (%s); sampling NVML directly", target, exc)
-        return None
+        reason = getattr(exc, "reason", exc)
+        if say_why:
+            click.echo(f"gpuwatch: no daemon at {target} ({reason}); sampling NVML directly", err=True)
+    return None
 
 
 def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresholds) -> dict[str, Any]:

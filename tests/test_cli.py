@@ -102,6 +102,7 @@ def test_status_with_no_daemon_and_no_driver_exits_unknown():
     result = run("status", "--url", f"http://127.0.0.1:{_closed_port()}")
     assert result.exit_code == 3
     assert "LibraryNotFound" in result.stderr and "--simulate" in result.stderr
+    assert "no daemon at http://127.0.0.1:" in result.stderr  # --url was given: say why it fell back
 
 
 def test_serve_refuses_a_bad_config_naming_file_key_and_value(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,6 +268,11 @@ def test_basic_auth_over_plain_http_works_and_is_warned_about(tmp_path):
         assert requests.get(d.url + "/metrics", auth=("prometheus", "s3cret"), timeout=5).status_code == 200
         assert requests.get(d.url + "/status", auth=("prometheus", "nope"), timeout=5).status_code == 401
         assert "basic auth without TLS" in d.stderr
+        # `gpuwatch status` cannot log in; it says so rather than pass off a direct sample as the daemon's
+        status = subprocess.run(
+            [sys.executable, "-m", "gpuwatch", "status", "--url", d.url, "--json"], capture_output=True, text=True
+        )
+        assert "answered 401 Unauthorized; sampling NVML directly" in status.stderr
 
 
 @pytest.mark.slow
