@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -25,6 +26,7 @@ from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import exit_code, render_nagios, render_table, to_document
 
 log = logging.getLogger("gpuwatch")
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 3  # Nagios plugin convention: could not read anything
@@ -65,6 +67,19 @@ def _config_error(message: str) -> NoReturn:
     """A config that cannot be used: one line on stderr, no traceback, exit 78."""
     click.echo(f"gpuwatch: {message}", err=True)
     sys.exit(EXIT_CONFIG)
+
+
+def _simulate_option(help_text: str) -> Callable[[F], F]:
+    """``--simulate [SCENARIO]``: a flag that takes an optional scenario name or path."""
+    return click.option(
+        "--simulate",
+        "simulate",
+        is_flag=False,
+        flag_value=scenarios.DEFAULT_SCENARIO,
+        default=None,
+        metavar="[SCENARIO]",
+        help=help_text,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -132,14 +147,8 @@ def main() -> None:
     show_default=True,
     help="How often to list GPU processes (a slow NVML call, kept off the fast loop).",
 )
-@click.option(
-    "--simulate",
-    "simulate",
-    is_flag=False,
-    flag_value=scenarios.DEFAULT_SCENARIO,
-    default=None,
-    metavar="[SCENARIO]",
-    help=f"Run on simulated GPUs: a built-in scenario name or a TOML path (default {scenarios.DEFAULT_SCENARIO}).",
+@_simulate_option(
+    f"Run on simulated GPUs: a built-in scenario name or a TOML path (default {scenarios.DEFAULT_SCENARIO})."
 )
 @click.option(
     "--sim-speed",
@@ -264,15 +273,7 @@ def _open_host(simulate: str | None, speed: float) -> Host:
     help="The running daemon to read; if it does not answer, NVML is sampled directly.",
 )
 @click.option("--direct", is_flag=True, help="Sample NVML in this process; do not ask a daemon.")
-@click.option(
-    "--simulate",
-    "simulate",
-    is_flag=False,
-    flag_value=scenarios.DEFAULT_SCENARIO,
-    default=None,
-    metavar="[SCENARIO]",
-    help="Sample a simulated host in this process (implies --direct).",
-)
+@_simulate_option("Sample a simulated host in this process (implies --direct).")
 @click.option(
     "--sim-at",
     "sim_at_s",

@@ -51,7 +51,8 @@ def test_slow_values_are_carried_into_fast_polls_and_refreshed_by_the_slow_loop(
     assert (run.host.library.calls_by_symbol - before)["nvmlDeviceGetFanSpeed"] == len(run.host.library.gpus)
 
 
-def test_scrapes_of_one_poll_share_one_rendering():
+def _counting_registry() -> tuple[Counter[str], CollectorRegistry]:
+    """A registry whose one collector counts how often a scrape renders it."""
     renders = Counter[str]()
 
     class Counting:
@@ -61,6 +62,11 @@ def test_scrapes_of_one_poll_share_one_rendering():
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Counting())
+    return renders, registry
+
+
+def test_scrapes_of_one_poll_share_one_rendering():
+    renders, registry = _counting_registry()
     snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
     exposition = CachedExposition(registry, lambda: snapshots[-1])
     first, _ = exposition.render("")
@@ -90,15 +96,7 @@ def test_the_fast_text_writer_matches_prometheus_client_byte_for_byte(sim, scena
 
 
 def test_the_poll_loop_prerenders_only_while_someone_scrapes():
-    renders = Counter[str]()
-
-    class Counting:
-        def collect(self):  # type: ignore[no-untyped-def]
-            renders["collect"] += 1
-            yield GaugeMetricFamily("x", "x", value=1)
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Counting())
+    renders, registry = _counting_registry()
     now = [0.0]
     snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
     exposition = CachedExposition(registry, lambda: snapshots[-1], monotonic=lambda: now[0])
