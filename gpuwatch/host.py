@@ -9,7 +9,9 @@ from gpuwatch.nvml import NvmlReader, use_library
 from gpuwatch.sampler import Clock, WallClock
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock, SimClock
+from gpuwatch.sim.inference import InferenceEndpoint
 from gpuwatch.sim.library import SimulatedNvmlLibrary
+from gpuwatch.tokens.source import SourceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,7 @@ class Host:
     reader_factory: Callable[[], NvmlReader]
     description: str
     library: SimulatedNvmlLibrary | None = None
+    sim_clock: SimClock | ManualClock | None = None
 
 
 def real_host() -> Host:
@@ -43,4 +46,18 @@ def simulated_host(scenario_name: str | None, speed: float = 1.0, clock: SimCloc
         reader_factory=lambda: NvmlReader(sim_clock.time),
         description=f"simulated host {scenario.name!r} ({len(scenario.gpus)} GPUs)",
         library=library,
+        sim_clock=sim_clock,
     )
+
+
+def start_simulated_servers(host: Host) -> list[tuple[InferenceEndpoint, SourceConfig]]:
+    """Start the scenario's simulated inference servers on free local ports; each comes with the
+    token source that reads it (preset recognised and GPUs found automatically, as for a real one)."""
+    if host.library is None or host.sim_clock is None:
+        return []
+    started = []
+    for server in host.library.servers:
+        endpoint = InferenceEndpoint(server, host.library, host.sim_clock)
+        endpoint.start()
+        started.append((endpoint, SourceConfig(url=endpoint.url, name=server.spec.name)))
+    return started

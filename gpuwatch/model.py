@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpuwatch.analysis.efficiency import Efficiency
 from gpuwatch.analysis.health import Verdict
 from gpuwatch.analysis.throttle import ThrottleSummary
 
@@ -92,6 +93,7 @@ class GpuStatus:
     reading: GpuReading | None = None  # None when the GPU did not answer this poll
     error: str | None = None
     energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
+    energy_resets: int = 0  # times the driver's energy counter went back (driver reload, GPU reset)
     violation_seconds_total: Mapping[str, float] = field(default_factory=dict)  # reset-safe
     processes: tuple[GpuProcess, ...] = ()
     throttle: ThrottleSummary | None = None  # over the health window
@@ -100,6 +102,23 @@ class GpuStatus:
     xid_errors: Mapping[int, int] = field(default_factory=dict)  # Xid -> count since gpuwatch started
     recent_xids: tuple[tuple[float, int], ...] = ()  # (timestamp, Xid), newest last
     verdict: Verdict = UNKNOWN_VERDICT
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """A token source (an inference server's counters) as the latest poll left it."""
+
+    name: str
+    url: str
+    up: bool  # its latest scrape gave token counts
+    error: str | None = None  # why not, when not up
+    preset: str | None = None  # recognised or configured; None before the first good scrape
+    gpus: tuple[int, ...] = ()  # the GPUs serving it; empty while unknown
+    gpus_from: str = "config"  # "config" or "auto"
+    tokens_total: Mapping[str, float] = field(default_factory=dict)  # kind -> reset-safe count
+    efficiency: Efficiency | None = None  # over the window; None until a window is complete
+    last_scrape_timestamp: float | None = None
+    scrape_duration_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +135,4 @@ class Snapshot:
     polls_total: int = 0
     nvml_errors_total: Mapping[str, int] = field(default_factory=dict)
     verdict: Verdict = UNKNOWN_VERDICT  # the host's: the worst GPU, or unknown without NVML
+    sources: tuple[SourceStatus, ...] = ()  # token sources, in configured order

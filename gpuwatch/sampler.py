@@ -20,6 +20,7 @@ from gpuwatch.analysis.health import GpuFacts, HealthThresholds, gpu_verdict, ho
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds, classify
 from gpuwatch.model import GpuProcess, GpuReading, GpuStatus, Snapshot
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlUnavailable, PollFailed, XidWatcher
+from gpuwatch.tokens.tracker import TokenTracker
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Sampler:
         process_interval_s: float = 10.0,
         health: HealthThresholds | None = None,
         event_thread: bool = False,
+        tokens: TokenTracker | None = None,
     ) -> None:
         self._reader_factory = reader_factory
         self._clock = clock
@@ -101,6 +103,7 @@ class Sampler:
         self.process_interval_s = process_interval_s
         self.health = health or HealthThresholds()
         self._event_thread = event_thread
+        self.tokens = tokens
         self._reader: NvmlReader | None = None
         self._events: XidWatcher | None = None
         self._nvml_error: str | None = "not polled yet"
@@ -132,6 +135,7 @@ class Sampler:
         self._polls += 1
         now = self._clock.time()
         gpus = tuple(replace(g, verdict=gpu_verdict(self._facts(g, now), self.health)) for g in gpus)
+        sources = self.tokens.observe(gpus) if self.tokens is not None else ()
         snapshot = Snapshot(
             timestamp=now,
             nvml_up=reader is not None,
@@ -143,6 +147,7 @@ class Sampler:
             polls_total=self._polls,
             nvml_errors_total=dict(reader.errors) if reader else {},
             verdict=host_verdict(reader is not None, self._nvml_error, [g.verdict for g in gpus]),
+            sources=sources,
         )
         self.latest = snapshot
         self.ready.set()
@@ -211,6 +216,7 @@ class Sampler:
             up=True,
             reading=reading,
             energy_joules_total=None if history.energy is None else history.energy.total,
+            energy_resets=0 if history.energy is None else history.energy.resets,
             violation_seconds_total={p: c.total for p, c in history.violations.items()},
             processes=history.processes,
             throttle=history.throttle.summary(),

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from gpuwatch.host import Host, simulated_host
+from gpuwatch.host import Host, simulated_host, start_simulated_servers
 from gpuwatch.nvml import use_library
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock
+from gpuwatch.sim.inference import InferenceEndpoint
+from gpuwatch.tokens.tracker import TokenTracker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,28 +31,46 @@ class SimRun:
     host: Host
     clock: ManualClock
     sampler: Sampler
+    tokens: TokenTracker | None = None
 
     def at(self, seconds: float):  # type: ignore[no-untyped-def]
-        """Advance simulated time to ``seconds`` and poll once."""
+        """Advance simulated time to ``seconds``, poll once, then scrape the token sources once."""
         self.clock.advance(seconds - self.clock.sim_seconds())
-        return self.sampler.poll_once()
+        snapshot = self.sampler.poll_once()
+        if self.tokens is not None:
+            self.tokens.scrape_all()
+        return snapshot
+
+    def through(self, start: float, end: float, step: float = 1.0):  # type: ignore[no-untyped-def]
+        """Poll (and scrape) every ``step`` simulated seconds from ``start`` to ``end``; the last snapshot."""
+        snapshot = None
+        for i in range(round((end - start) / step) + 1):
+            snapshot = self.at(start + i * step)
+        return snapshot
 
 
 @pytest.fixture
 def sim() -> Iterator[Callable[..., SimRun]]:
     """Factory: ``sim("inference-host")`` installs that scenario beneath pynvml."""
     samplers: list[Sampler] = []
+    endpoints: list[InferenceEndpoint] = []
 
     def make(scenario: str, poll_interval_s: float = 1.0, process_interval_s: float = 10.0) -> SimRun:
+        """The scenario's simulated inference servers are scraped as token sources after each poll."""
         clock = ManualClock()
         host = simulated_host(scenario, clock=clock)
-        sampler = Sampler(host.reader_factory, host.clock, poll_interval_s, process_interval_s)
+        servers = start_simulated_servers(host)
+        endpoints.extend(endpoint for endpoint, _ in servers)
+        tokens = TokenTracker([source for _, source in servers], clock.time) if servers else None
+        sampler = Sampler(host.reader_factory, host.clock, poll_interval_s, process_interval_s, tokens=tokens)
         samplers.append(sampler)
-        return SimRun(host, clock, sampler)
+        return SimRun(host, clock, sampler, tokens)
 
     yield make
     for sampler in samplers:
         sampler.stop()
+    for endpoint in endpoints:
+        endpoint.stop()
     use_library(None)
 
 

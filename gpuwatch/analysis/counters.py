@@ -16,6 +16,7 @@ class ResetSafeCounter:
 
     last_raw: float
     offset: float = 0.0
+    resets: int = 0  # how many times the driver's counter went back
 
     @property
     def total(self) -> float:
@@ -24,5 +25,5 @@ class ResetSafeCounter:
     def advance(self, raw: float) -> ResetSafeCounter:
         """The counter after the driver reported ``raw``."""
         if raw < self.last_raw:
-            return ResetSafeCounter(last_raw=raw, offset=self.offset + self.last_raw)
-        return ResetSafeCounter(last_raw=raw, offset=self.offset)
+            return ResetSafeCounter(last_raw=raw, offset=self.offset + self.last_raw, resets=self.resets + 1)
+        return ResetSafeCounter(last_raw=raw, offset=self.offset, resets=self.resets)

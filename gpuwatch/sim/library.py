@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gpuwatch.sim import abi
+from gpuwatch.sim.inference import SimInferenceServer
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
 from gpuwatch.sim.scenario import Scenario
@@ -75,6 +76,7 @@ class SimulatedNvmlLibrary:
     ) -> None:
         self.scenario = scenario
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
+        self.servers = [SimInferenceServer(spec, [self.gpus[i] for i in spec.gpus]) for spec in scenario.servers]
         self._clock = clock
         self._sleep = sleep
         self._hidden = frozenset(hidden_symbols)
@@ -107,6 +109,13 @@ class SimulatedNvmlLibrary:
                 self._time_s += STEP_S
                 for gpu in self.gpus:
                     gpu.step()
+                for server in self.servers:
+                    server.step(self._time_s)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while the simulated state changes; hold it to read GPUs and servers consistently."""
+        return self._lock
 
     def _check_init(self) -> None:
         if self._initialized <= 0:
@@ -167,7 +176,7 @@ class SimulatedNvmlLibrary:
     def _nvmlSystemGetProcessName(self, pid: Any, buf: Any, size: Any) -> None:
         self._check_init()
         for gpu in self.gpus:
-            for proc in gpu.spec.processes:
+            for proc in gpu.processes:
                 if proc.pid == _val(pid):
                     _write_str(buf, proc.name)
                     return
@@ -353,7 +362,7 @@ class SimulatedNvmlLibrary:
     def _nvmlDeviceGetBAR1MemoryInfo(self, handle: Any, out: Any) -> None:
         gpu = self._gpu(handle)
         total = gpu.profile.bar1_total_mib * MIB
-        used = (2 + 8 * len(gpu.spec.processes)) * MIB
+        used = (2 + 8 * len(gpu.processes)) * MIB
         out._obj.bar1Total = total
         out._obj.bar1Used = used
         out._obj.bar1Free = total - used
@@ -402,7 +411,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
         gpu = self._gpu(handle)
-        procs = gpu.spec.processes
+        procs = gpu.processes
         capacity = _val(count._obj)
         count._obj.value = len(procs)
         if not procs:

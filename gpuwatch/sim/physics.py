@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from gpuwatch.sim import abi
 from gpuwatch.sim.profiles import PROFILES, DeviceProfile
-from gpuwatch.sim.scenario import Fault, GpuSpec
+from gpuwatch.sim.scenario import Fault, GpuSpec, SimProcess
 
 STEP_S = 0.25
 _POWER_EXPONENT = 2.5
@@ -72,11 +72,15 @@ class SimGpu:
         self.serial = f"13{self.rng.randrange(10**10, 10**11)}"
         self.pci_bus = 0x1B + index * 0x20
         self.pci_bus_id = f"00000000:{self.pci_bus:02X}:00.0"
+        self.load = 0.0  # the work asked of it in the latest step, 0..1
         self._sw_thermal_scale = 1.0
         self._hw_thermal = False
         self._avg_window: deque[float] = deque(maxlen=round(1.0 / STEP_S))
         self._pending_faults = sorted(spec.faults, key=lambda f: f.at_s)
         self._active: list[Fault] = []
+        self.processes: list[SimProcess] = list(spec.processes)  # a simulated server adds its own
+        self._burst_rng = random.Random(seed * 7919 + index)
+        self._burst_on = True
         self.event_log: list[tuple[int, int]] = []  # (event type, data), append-only; readers keep cursors
         self.time_s = 0.0
         start_power = self.profile.idle_power_w
@@ -138,6 +142,16 @@ class SimGpu:
                 level = value
         return level
 
+    def _bursty(self, load: float) -> float:
+        """Bursty work (decode waves as requests come and go): on and off spells of random length."""
+        spec = self.spec
+        if spec.burst_on_s is None or spec.burst_off_s is None:
+            return load
+        mean_s = spec.burst_on_s if self._burst_on else spec.burst_off_s
+        if self._burst_rng.random() < STEP_S / mean_s:
+            self._burst_on = not self._burst_on
+        return load if self._burst_on else load * spec.burst_low
+
     def ambient_at(self, t: float) -> float:
         spec = self.spec
         rising = spec.ambient_celsius + spec.ambient_rise_celsius_per_minute * t / 60.0
@@ -151,7 +165,8 @@ class SimGpu:
         if s.lost:
             return
         thresholds = p.thresholds
-        load = self.load_at(self.time_s)
+        load = self._bursty(self.load_at(self.time_s))
+        self.load = load
         busy = load > _BUSY_LOAD
         dynamic_full_w = load * (p.demand_power_w - p.idle_power_w)
 
@@ -232,7 +247,7 @@ class SimGpu:
     # -- derived readings -----------------------------------------------------------------------
 
     def used_memory_bytes(self) -> int:
-        return sum(p.used_memory_bytes for p in self.spec.processes) + 1024 * 1024
+        return sum(p.used_memory_bytes for p in self.processes) + 1024 * 1024
 
     def memory_temperature_c(self) -> float:
         return self.state.temperature_c + (6.0 if self.state.pstate == 0 else 2.0)

@@ -32,6 +32,18 @@ FAULT_KINDS = frozenset(
 )
 
 
+SERVER_FAULT_KINDS = frozenset(
+    {
+        "restart",  # the server restarts: its endpoint is down for `duration_s`, then its counters start at 0
+        "down",  # connections are dropped without a response for `duration_s`
+        "slow",  # each response waits `delay_s` wall seconds, for `duration_s`
+        "garbage",  # responses are not an exposition, for `duration_s`
+        "huge",  # responses are `size_mib` MiB long, for `duration_s`
+    }
+)
+SERVER_KINDS = ("vllm",)
+
+
 class ScenarioError(ValueError):
     """A scenario file that cannot be used; the message names file, key and value."""
 
@@ -58,6 +70,36 @@ class SimProcess:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerFault:
+    """Something that goes wrong with a simulated inference server at simulated time ``at_s``."""
+
+    kind: str
+    at_s: float
+    duration_s: float = float("inf")
+    delay_s: float = 5.0
+    size_mib: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A simulated inference server: which GPUs it runs on and how fast it makes tokens there.
+
+    Rates are at full clocks and full load; decode is memory-bound (it follows the memory clock
+    more than the SM clock), prefill is compute-bound (it follows the SM clock).
+    """
+
+    name: str
+    kind: str
+    model: str
+    gpus: tuple[int, ...]
+    port: int
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float
+    used_memory_bytes: int
+    faults: tuple[ServerFault, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GpuSpec:
     """One simulated GPU: its profile, its workload over time, its cooling and its faults."""
 
@@ -71,6 +113,10 @@ class GpuSpec:
     power_limit_w: float | None
     processes: tuple[SimProcess, ...]
     faults: tuple[Fault, ...]
+    # Bursty work: on and off spells of these mean lengths (s); off spells run at `burst_low` x load.
+    burst_on_s: float | None = None
+    burst_off_s: float | None = None
+    burst_low: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +129,7 @@ class Scenario:
     driver_version: str
     cuda_driver_version: int
     gpus: tuple[GpuSpec, ...]
+    servers: tuple[ServerSpec, ...] = ()
     source: str = field(default="", compare=False)
 
 
@@ -117,11 +164,19 @@ def parse(text: str, source: str = "<string>") -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
-    top = reader.table(doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu"})
+    top = reader.table(
+        doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server"}
+    )
     gpus_raw = top.get("gpu", [])
     if not isinstance(gpus_raw, list) or not gpus_raw:
         raise ScenarioError(f"{source}: key 'gpu': at least one [[gpu]] table is required")
     gpus = tuple(reader.gpu(g, f"gpu[{i}]") for i, g in enumerate(gpus_raw))
+    servers_raw = top.get("server", [])
+    if not isinstance(servers_raw, list):
+        raise ScenarioError(f"{source}: key 'server': expected [[server]] tables")
+    servers = tuple(reader.server(s, f"server[{i}]", len(gpus)) for i, s in enumerate(servers_raw))
+    if len({s.name for s in servers}) != len(servers):
+        raise ScenarioError(f"{source}: key 'server': two servers share a name")
     return Scenario(
         name=reader.string(top, "name", "", default=Path(source).stem),
         description=reader.string(top, "description", "", default=""),
@@ -129,6 +184,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         driver_version=reader.string(top, "driver_version", "", default="550.127.05"),
         cuda_driver_version=int(reader.number(top, "cuda_driver_version", "", default=12040)),
         gpus=gpus,
+        servers=servers,
         source=source,
     )
 
@@ -187,6 +243,9 @@ class _Reader:
             "power_limit_w",
             "process",
             "fault",
+            "burst_on_s",
+            "burst_off_s",
+            "burst_low",
         }
         g = self.table(raw, where, allowed)
         profile_key = self.string(g, "profile", where, default="rtx-a6000")
@@ -230,6 +289,55 @@ class _Reader:
             power_limit_w=power_limit,
             processes=tuple(self.process(p, _join(where, f"process[{i}]")) for i, p in enumerate(g.get("process", []))),
             faults=tuple(self.fault(f, _join(where, f"fault[{i}]")) for i, f in enumerate(g.get("fault", []))),
+            burst_on_s=self.number(g, "burst_on_s", where, minimum=0.25) if "burst_on_s" in g else None,
+            burst_off_s=self.number(g, "burst_off_s", where, minimum=0.25) if "burst_off_s" in g else None,
+            burst_low=self.number(g, "burst_low", where, default=0.05, minimum=0, maximum=1),
+        )
+
+    def server(self, raw: Any, where: str, gpu_count: int) -> ServerSpec:
+        allowed = {
+            "name",
+            "kind",
+            "model",
+            "gpus",
+            "port",
+            "decode_tokens_per_s",
+            "prefill_tokens_per_s",
+            "used_memory_mib",
+            "fault",
+        }
+        s = self.table(raw, where, allowed)
+        kind = self.string(s, "kind", where, default="vllm")
+        if kind not in SERVER_KINDS:
+            raise self.fail(_join(where, "kind"), f"{kind!r} is not a server kind (known: {', '.join(SERVER_KINDS)})")
+        gpus = s.get("gpus")
+        if not (isinstance(gpus, list) and gpus and all(isinstance(i, int) and 0 <= i < gpu_count for i in gpus)):
+            raise self.fail(_join(where, "gpus"), f"expected a list of GPU indices below {gpu_count}, got {gpus!r}")
+        return ServerSpec(
+            name=self.string(s, "name", where, default=kind),
+            kind=kind,
+            model=self.string(s, "model", where, default="meta-llama/Llama-3.1-8B-Instruct"),
+            gpus=tuple(sorted(set(gpus))),
+            port=int(self.number(s, "port", where, default=0, minimum=0, maximum=65535)),
+            decode_tokens_per_s=self.number(s, "decode_tokens_per_s", where, default=1400.0, minimum=0),
+            prefill_tokens_per_s=self.number(s, "prefill_tokens_per_s", where, default=2000.0, minimum=0),
+            used_memory_bytes=int(self.number(s, "used_memory_mib", where, default=40000, minimum=0) * MIB),
+            faults=tuple(self.server_fault(f, _join(where, f"fault[{i}]")) for i, f in enumerate(s.get("fault", []))),
+        )
+
+    def server_fault(self, raw: Any, where: str) -> ServerFault:
+        f = self.table(raw, where, {"kind", "at_s", "duration_s", "delay_s", "size_mib"})
+        kind = self.string(f, "kind", where)
+        if kind not in SERVER_FAULT_KINDS:
+            known = ", ".join(sorted(SERVER_FAULT_KINDS))
+            raise self.fail(_join(where, "kind"), f"{kind!r} is not a server fault (known: {known})")
+        default_duration = 2.0 if kind == "restart" else float("inf")
+        return ServerFault(
+            kind=kind,
+            at_s=self.number(f, "at_s", where, default=0.0, minimum=0),
+            duration_s=self.number(f, "duration_s", where, default=default_duration, minimum=0),
+            delay_s=self.number(f, "delay_s", where, default=5.0, minimum=0),
+            size_mib=self.number(f, "size_mib", where, default=100.0, minimum=0),
         )
 
     def process(self, raw: Any, where: str) -> SimProcess:

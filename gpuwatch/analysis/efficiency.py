@@ -1,0 +1,93 @@
+"""Tokens per joule over a sliding window: a token counter against the energy of the GPUs serving it.
+
+Pure functions over two series read on different rhythms: the energy sum of a source's GPUs at each
+poll, and the source's token counters at each scrape (stamped at the middle of the request). The
+energy at a scrape's instant is interpolated between the polls around it, so both deltas cover the
+same interval. Callers start both series afresh after a reset of either counter, which is how a
+window containing a reset is dropped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_WINDOW_S = 60.0
+MIN_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyPoint:
+    timestamp: float
+    joules: float  # summed over every GPU of the source
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPoint:
+    timestamp: float
+    tokens: Mapping[str, float]  # kind -> counter value
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved."""
+
+    window_seconds: float
+    joules: float
+    tokens: Mapping[str, float]
+    tokens_per_joule: Mapping[str, float]
+    joules_per_token: Mapping[str, float]
+
+
+def energy_at(points: Sequence[EnergyPoint], timestamp: float) -> float | None:
+    """The energy counter at ``timestamp``, linear between the polls around it; None outside them."""
+    if not points or not points[0].timestamp <= timestamp <= points[-1].timestamp:
+        return None
+    times = [p.timestamp for p in points]
+    i = bisect_left(times, timestamp)
+    after = points[i]
+    if after.timestamp == timestamp or i == 0:
+        return after.joules
+    before = points[i - 1]
+    share = (timestamp - before.timestamp) / (after.timestamp - before.timestamp)
+    return before.joules + share * (after.joules - before.joules)
+
+
+def window_efficiency(
+    tokens: Sequence[TokenPoint],
+    energy: Sequence[EnergyPoint],
+    window_s: float = DEFAULT_WINDOW_S,
+    min_window_s: float = MIN_WINDOW_S,
+) -> Efficiency | None:
+    """Δtokens ÷ Δenergy between the newest scrape the polls cover and the oldest one within
+    ``window_s`` of it; None until that span reaches ``min_window_s`` or when energy did not move.
+
+    Both series are in time order. An idle window gives 0 tokens per joule, not nothing.
+    """
+    if not energy:
+        return None
+    first, last = energy[0].timestamp, energy[-1].timestamp
+    covered = [p for p in tokens if first <= p.timestamp <= last]
+    if not covered:
+        return None
+    end = covered[-1]
+    start = next(p for p in covered if p.timestamp >= end.timestamp - window_s)
+    span = end.timestamp - start.timestamp
+    if span < min_window_s:
+        return None
+    joules_end, joules_start = energy_at(energy, end.timestamp), energy_at(energy, start.timestamp)
+    assert joules_end is not None and joules_start is not None  # both inside the polls
+    joules = joules_end - joules_start
+    if joules <= 0:
+        return None
+    moved = {kind: end.tokens[kind] - start.tokens[kind] for kind in end.tokens if kind in start.tokens}
+    if any(delta < 0 for delta in moved.values()):
+        return None  # a reset the caller missed; never report a negative rate
+    return Efficiency(
+        window_seconds=span,
+        joules=joules,
+        tokens=moved,
+        tokens_per_joule={kind: delta / joules for kind, delta in moved.items()},
+        joules_per_token={kind: joules / delta for kind, delta in moved.items() if delta > 0},
+    )

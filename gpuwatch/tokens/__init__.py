@@ -1,0 +1,1 @@
+"""Token sources: inference servers' token counters, joined with GPU energy into tokens per joule."""

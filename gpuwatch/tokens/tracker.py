@@ -1,0 +1,299 @@
+"""Token sources on the poll's rhythm: scrape each server, find its GPUs, join tokens with energy.
+
+Each source has a thread of its own that the sampler wakes after every poll, so a slow, dead or
+enormous endpoint delays nothing but its own next scrape. The sampler hands every poll's GPU
+statuses to :meth:`TokenTracker.observe`, which records the energy of each source's GPUs and
+returns the sources' statuses for the snapshot; no NVML call is made here.
+
+Both series of a source start again after a reset of either counter (server restart, driver
+reload), after a change of its GPUs, and while one of its GPUs does not report energy: a window
+never spans a discontinuity, so no negative or inflated rate can come out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gpuwatch.analysis.counters import ResetSafeCounter
+from gpuwatch.analysis.efficiency import (
+    DEFAULT_WINDOW_S,
+    MIN_WINDOW_S,
+    EnergyPoint,
+    TokenPoint,
+    window_efficiency,
+)
+from gpuwatch.model import GpuStatus, SourceStatus
+from gpuwatch.tokens import attribution, presets
+from gpuwatch.tokens.fetch import FetchError, Response, fetch
+from gpuwatch.tokens.parse import ExpositionError, TokenCounts, read_counts, sample_names
+from gpuwatch.tokens.source import SourceConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_ATTRIBUTION_S = 10.0
+
+Fetcher = Callable[[str, float, int], Response]
+Attributor = Callable[[str, Mapping[int, Sequence[int]]], attribution.Attribution]
+
+
+@dataclass(slots=True)
+class _Source:
+    """What the tracker remembers about one source."""
+
+    config: SourceConfig
+    metrics: presets.TokenMetrics | None
+    preset: str | None
+    gpus: tuple[int, ...] | None  # None: not yet attributed
+    tokens: deque[TokenPoint] = field(default_factory=deque)
+    energy: deque[EnergyPoint] = field(default_factory=deque)
+    counters: dict[str, ResetSafeCounter] = field(default_factory=dict)
+    start_marker: float | str | None = None
+    energy_resets: tuple[int, ...] | None = None
+    pids: frozenset[int] = frozenset()  # the server's process tree, when attributed automatically
+    reattribute: bool = False
+    next_attribution_at: float = float("-inf")
+    up: bool = False
+    error: str | None = "not scraped yet"
+    logged_error: str | None = None
+    break_reason: str | None = None
+    last_scrape: float | None = None
+    scrape_duration: float | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class TokenTracker:
+    """Scrapes token sources and computes their tokens per joule from the GPUs' energy counters."""
+
+    def __init__(
+        self,
+        sources: Sequence[SourceConfig],
+        clock: Callable[[], float],
+        window_s: float = DEFAULT_WINDOW_S,
+        min_window_s: float = MIN_WINDOW_S,
+        fetcher: Fetcher = fetch,
+        attributor: Attributor = attribution.attribute,
+    ) -> None:
+        self._sources = [
+            _Source(config=c, metrics=c.metrics, preset=None if c.metrics is None else c.preset, gpus=c.gpus)
+            for c in sources
+        ]
+        self._clock = clock
+        self.window_s = window_s
+        self._min_window_s = min(min_window_s, window_s)
+        self._fetch = fetcher
+        self._attribute = attributor
+        self._lock = threading.Lock()
+        self._gpu_pids: dict[int, tuple[int, ...]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def names(self) -> list[str]:
+        return [s.config.name for s in self._sources]
+
+    # -- from the poll loop -------------------------------------------------------------------------
+
+    def observe(self, gpus: Sequence[GpuStatus]) -> tuple[SourceStatus, ...]:
+        """Record this poll's energy for every source, wake the scrapers, return the sources' statuses."""
+        by_index = {g.identity.index: g for g in gpus}
+        with self._lock:
+            self._gpu_pids = {g.identity.index: tuple(p.pid for p in g.processes) for g in gpus if g.up}
+            for source in self._sources:
+                self._record_energy(source, by_index)
+                if source.pids and not any(source.pids & set(p) for p in self._gpu_pids.values()):
+                    source.reattribute = True  # its processes left every GPU: restarted elsewhere?
+            statuses = tuple(self._status(s) for s in self._sources)
+        for source in self._sources:
+            source.wake.set()
+        return statuses
+
+    def _record_energy(self, source: _Source, by_index: Mapping[int, GpuStatus]) -> None:
+        if not source.gpus:
+            return
+        statuses = [by_index.get(i) for i in source.gpus]
+        for index, status in zip(source.gpus, statuses, strict=True):
+            if status is None or not status.up or status.reading is None or status.energy_joules_total is None:
+                self._break(source, f"GPU {index} reports no energy")
+                return
+        ready = [s for s in statuses if s is not None and s.reading is not None and s.energy_joules_total is not None]
+        resets = tuple(s.energy_resets for s in ready)
+        if source.energy_resets is not None and resets != source.energy_resets:
+            self._break(source, "a GPU's energy counter went back (driver reload or GPU reset)")
+        source.energy_resets = resets
+        timestamp = sum(s.reading.timestamp for s in ready if s.reading) / len(ready)
+        source.energy.append(EnergyPoint(timestamp, sum(s.energy_joules_total or 0.0 for s in ready)))
+        source.break_reason = None
+        self._prune(source.energy, timestamp)
+
+    def _prune(self, series: deque[EnergyPoint] | deque[TokenPoint], newest: float) -> None:
+        # Keep one window and a little more: the newest scrape may lie a poll or two behind the energy.
+        while len(series) > 2 and series[1].timestamp < newest - self.window_s - 10.0:
+            series.popleft()
+
+    def _break(self, source: _Source, reason: str) -> None:
+        """Start both series again: no window may span ``reason``."""
+        source.tokens.clear()
+        source.energy.clear()
+        if reason != source.break_reason:
+            log.info("token source %s: efficiency window starts again: %s", source.config.name, reason)
+            source.break_reason = reason
+
+    def _status(self, source: _Source) -> SourceStatus:
+        efficiency = None
+        if source.up:
+            efficiency = window_efficiency(list(source.tokens), list(source.energy), self.window_s, self._min_window_s)
+        return SourceStatus(
+            name=source.config.name,
+            url=source.config.url,
+            up=source.up,
+            error=source.error,
+            preset=source.preset,
+            gpus=source.gpus or (),
+            gpus_from="config" if source.config.gpus is not None else "auto",
+            tokens_total={kind: c.total for kind, c in source.counters.items()},
+            efficiency=efficiency,
+            last_scrape_timestamp=source.last_scrape,
+            scrape_duration_seconds=source.scrape_duration,
+        )
+
+    # -- scraping -----------------------------------------------------------------------------------
+
+    def scrape_all(self) -> None:
+        """Scrape every source once, one after the other (tests, one-shot use)."""
+        for source in self._sources:
+            self._scrape(source)
+
+    def _scrape(self, source: _Source) -> None:
+        config = source.config
+        started = self._clock()
+        counts: TokenCounts | None = None
+        marker: float | str | None = None
+        try:
+            response = self._fetch(config.url, config.timeout_s, config.max_bytes)
+            metrics = source.metrics or _recognise(response.text)
+            counts = read_counts(response.text, metrics, config.labels)
+            marker = counts.start_time if counts.start_time is not None else response.start_time_header
+            error = None
+        except (FetchError, ExpositionError) as exc:
+            metrics, error = source.metrics, str(exc)
+        finished = self._clock()
+        with self._lock:
+            source.last_scrape, source.scrape_duration = finished, finished - started
+            if counts is None or metrics is None:
+                self._down(source, error or "no token counts")
+            else:
+                self._take(source, metrics, counts, marker, (started + finished) / 2)
+            due = (
+                source.config.gpus is None
+                and (source.gpus is None or source.reattribute)
+                and finished >= source.next_attribution_at
+                and source.up
+            )
+            gpu_pids = dict(self._gpu_pids)
+        if due:
+            self._attribute_gpus(source, gpu_pids, finished)
+
+    def _down(self, source: _Source, error: str) -> None:
+        source.up, source.error = False, error
+        if error != source.logged_error:
+            log.warning("token source %s (%s): %s", source.config.name, source.config.url, error)
+            source.logged_error = error
+
+    def _take(
+        self,
+        source: _Source,
+        metrics: presets.TokenMetrics,
+        counts: TokenCounts,
+        marker: float | str | None,
+        timestamp: float,
+    ) -> None:
+        if source.metrics is None:
+            source.metrics = metrics
+            source.preset = next((name for name, m in presets.PRESETS.items() if m == metrics), "custom")
+            log.info("token source %s: recognised %s counters", source.config.name, source.preset)
+        went_back = [k for k, v in counts.tokens.items() if k in source.counters and v < source.counters[k].last_raw]
+        restarted = marker is not None and source.start_marker is not None and marker != source.start_marker
+        if went_back or restarted:
+            why = "its start time changed" if restarted else f"its {went_back[0]} counter went back"
+            self._break(source, f"the server restarted ({why})")
+            source.reattribute = source.config.gpus is None
+        source.start_marker = marker
+        for kind, value in counts.tokens.items():
+            counter = source.counters.get(kind)
+            source.counters[kind] = ResetSafeCounter(value) if counter is None else counter.advance(value)
+        source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
+        self._prune(source.tokens, timestamp)
+        if not source.up and source.logged_error is not None:
+            log.info("token source %s answers again", source.config.name)
+        source.up, source.error, source.logged_error = True, None, None
+
+    def _attribute_gpus(self, source: _Source, gpu_pids: Mapping[int, Sequence[int]], now: float) -> None:
+        """Find the source's GPUs from its listening process (psutil work, outside the lock)."""
+        try:
+            found = self._attribute(source.config.url, gpu_pids)
+        except attribution.AttributionError as exc:
+            with self._lock:
+                source.next_attribution_at = now + RETRY_ATTRIBUTION_S
+                if source.gpus is None and str(exc) != source.logged_error:
+                    log.warning("token source %s: cannot find its GPUs: %s", source.config.name, exc)
+                    source.logged_error = str(exc)
+            return
+        tree = frozenset(attribution.process_tree(found.pid))
+        with self._lock:
+            source.reattribute = False
+            if not found.gpus:
+                source.next_attribution_at = now + RETRY_ATTRIBUTION_S
+                return  # NVML lists processes on the slow loop; the server may not be listed yet
+            source.pids = tree
+            if found.gpus != source.gpus:
+                log.info(
+                    "token source %s runs on GPU %s (process %d listening on port %d, and its children)",
+                    source.config.name,
+                    ", ".join(map(str, found.gpus)),
+                    found.pid,
+                    attribution.port_of(source.config.url),
+                )
+                source.tokens.clear()
+                source.energy.clear()
+                source.gpus, source.energy_resets = found.gpus, None
+
+    # -- threads --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """One scraping thread per source, woken by :meth:`observe`."""
+        for source in self._sources:
+            thread = threading.Thread(
+                target=self._run, args=(source,), name=f"gpuwatch-tokens-{source.config.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self, source: _Source) -> None:
+        while True:
+            source.wake.wait()
+            source.wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._scrape(source)
+            except Exception:  # a bug in one scrape must not end scraping
+                log.exception("token source %s: scrape failed", source.config.name)
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        self._stop.set()
+        for source in self._sources:
+            source.wake.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+
+def _recognise(text: str) -> presets.TokenMetrics:
+    preset = presets.detect(sample_names(text))
+    if preset is None:
+        known = ", ".join(f"{name} ({m.generation})" for name, m in presets.PRESETS.items())
+        raise ExpositionError(f"cannot tell which server this is; set its preset (known: {known})")
+    return presets.PRESETS[preset]
