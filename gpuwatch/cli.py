@@ -19,7 +19,10 @@ import click
 from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
-from gpuwatch.host import Host, real_host, simulated_host
+from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
+from gpuwatch.tokens.source import SourceConfig
+from gpuwatch.tokens.source import from_url as source_from_url
+from gpuwatch.tokens.tracker import TokenTracker
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
@@ -159,6 +162,23 @@ def main() -> None:
     help="With --simulate: simulated seconds per wall-clock second.",
 )
 @click.option(
+    "--tokens",
+    "tokens",
+    multiple=True,
+    metavar="URL",
+    callback=lambda ctx, param, urls: _token_sources(urls),
+    help="An inference server's metrics URL to count tokens from (repeatable); its kind and GPUs are found "
+    "automatically. [[tokens]] tables in the config file say more.",
+)
+@click.option(
+    "--tokens-window",
+    "tokens_window_s",
+    type=_Duration(),
+    default="60s",
+    show_default=True,
+    help="Window of the tokens-per-joule figures (10s or more).",
+)
+@click.option(
     "--log.level",
     "log_level",
     type=click.Choice(config.LOG_LEVELS, case_sensitive=False),
@@ -251,6 +271,13 @@ def install_service(root: str, executable: str | None, force: bool) -> None:
     for path, action in written:
         click.echo(f"{action:>9} {path}")
     click.echo("\nnext: systemd-sysusers && systemctl daemon-reload && systemctl enable --now gpuwatch")
+
+
+def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
+    try:
+        return tuple(source_from_url(url) for url in urls)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tokens") from exc
 
 
 def _open_host(simulate: str | None, speed: float) -> Host:
@@ -391,12 +418,20 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
             host = simulated_host(simulate, clock=clock)
         except scenarios.ScenarioError as exc:
             raise click.UsageError(str(exc)) from exc
-    sampler = Sampler(host.reader_factory, host.clock, health=health)
+    servers = start_simulated_servers(host)
+    tokens = TokenTracker([source for _, source in servers], clock.time) if servers else None
+    sampler = Sampler(host.reader_factory, host.clock, health=health, tokens=tokens)
     snapshot = sampler.poll_once()
     if simulate is not None:
         clock.advance(max(0.0, sim_at_s - health.window_seconds))
         while clock.sim_seconds() < sim_at_s:
             clock.advance(min(sampler.poll_interval_s, sim_at_s - clock.sim_seconds()))
             snapshot = sampler.poll_once()
+            if tokens is not None:
+                tokens.scrape_all()
+        if tokens is not None:  # one last poll takes in the last scrape
+            snapshot = sampler.poll_once()
     sampler.stop()
+    for endpoint, _ in servers:
+        endpoint.stop()
     return to_document(snapshot)

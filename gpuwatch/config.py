@@ -18,6 +18,11 @@ refused whole, with an error that names the file (or variable), the key and the 
     speed = 1.0                   # --sim-speed
     [log]
     level = "info"                # --log.level
+    tokens_window = "60s"         # --tokens-window: the tokens-per-joule window (10 s or more)
+    [[tokens]]                    # --tokens URL: an inference server to count tokens from
+    url = "http://127.0.0.1:8000/metrics"
+    preset = "vllm"               # or auto; more keys in gpuwatch/tokens/source.py and the README
+    gpus = "auto"
     [health]                      # thresholds of the health verdicts (no flags)
     window = "60s"
     sustained_ratio = 0.5
@@ -39,7 +44,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.tokens import source
 from gpuwatch.exporter.web import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
@@ -70,6 +77,8 @@ class ServeSettings:
     max_requests: int = DEFAULT_MAX_REQUESTS
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     health: HealthThresholds = field(default_factory=HealthThresholds)
+    tokens: tuple[source.SourceConfig, ...] = ()
+    tokens_window_s: float = DEFAULT_WINDOW_S
 
     @property
     def limits(self) -> Limits:
@@ -87,6 +96,8 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "simulate.scenario": ("simulate", "string", 0, 0),
     "simulate.speed": ("sim_speed", "positive", 0, 1e6),
     "log.level": ("log_level", "log_level", 0, 0),
+    "tokens": ("tokens", "tokens", 0, 0),
+    "tokens_window": ("tokens_window_s", "duration", MIN_WINDOW_S, 86400),
     "health.window": ("health.window_seconds", "duration", 1, 86400),
     "health.sustained_ratio": ("health.sustained_ratio", "ratio", 0, 1),
     "health.hw_slowdown_critical_ratio": ("health.hw_slowdown_critical_ratio", "ratio", 0, 1),
@@ -108,9 +119,11 @@ FLAG_FOR_KEY = {
     "simulate.scenario": "--simulate",
     "simulate.speed": "--sim-speed",
     "log.level": "--log.level",
+    "tokens": "--tokens",
+    "tokens_window": "--tokens-window",
 }
 # Changing these needs a restart; everything else is applied on SIGHUP.
-RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed")
+RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
 ENV_PREFIX = "GPUWATCH_"
 
 
@@ -151,6 +164,8 @@ def _convert(key: str, value: Any) -> Any:
         return number
     if kind == "xids":
         return _xids(value)
+    if kind == "tokens":
+        return _token_sources(value)
     if kind in ("duration", "positive", "integer"):
         number = _number(kind, value)
         if not lowest <= number <= highest:
@@ -189,6 +204,31 @@ def _xids(value: Any) -> tuple[int, ...]:
     if not items or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in items):
         raise ValueError("expected a list of Xid numbers, e.g. [48, 79]")
     return tuple(items)
+
+
+def _token_sources(value: Any) -> tuple[source.SourceConfig, ...]:
+    """``[[tokens]]`` tables from the file, or comma-separated URLs from the environment or flags."""
+    if isinstance(value, str):
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        sources = tuple(source.from_url(url) for url in urls)
+    elif isinstance(value, list | tuple) and all(isinstance(t, source.SourceConfig) for t in value):
+        sources = tuple(value)
+    elif isinstance(value, list) and all(isinstance(t, dict) for t in value):
+        parsed = []
+        for n, table in enumerate(value, start=1):
+            try:
+                parsed.append(source.from_table(table, parse_duration))
+            except KeyError as exc:
+                key, message = exc.args
+                raise ValueError(f"[[tokens]] table {n}: key {key!r}: {message}") from None
+        sources = tuple(parsed)
+    else:
+        raise ValueError("expected [[tokens]] tables, each with a url")
+    names = [s.name for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two token sources are named {twice[0]!r}; give each a distinct name")
+    return sources
 
 
 def _number(kind: str, value: Any) -> float | int:
@@ -236,7 +276,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
         try:
             values[_KEYS[key][0]] = _convert(key, value)
         except ValueError as exc:
-            raise ConfigError(f"config file {path}: key {key!r}: value {value!r}: {exc}") from exc
+            shown = "" if key == "tokens" else f" value {value!r}:"  # the tables are long; the error names the key
+            raise ConfigError(f"config file {path}: key {key!r}:{shown} {exc}") from exc
     if isinstance(values.get("web_config_file"), str):
         values["web_config_file"] = str(path.parent / values["web_config_file"])  # relative to this file
     return values

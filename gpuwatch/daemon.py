@@ -19,9 +19,10 @@ from typing import Any
 from gpuwatch import __version__, config, logsetup
 from gpuwatch.exporter.registry import build_registry
 from gpuwatch.exporter.web import WebServer
-from gpuwatch.host import Host
+from gpuwatch.host import Host, start_simulated_servers
 from gpuwatch.sampler import Sampler
 from gpuwatch.sdnotify import Notifier, Watchdog, watchdog_interval_s
+from gpuwatch.tokens.tracker import TokenTracker
 from gpuwatch.webconfig import WebConfigError, WebConfigSource
 
 log = logging.getLogger("gpuwatch")
@@ -38,6 +39,11 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
     if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
         log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
     notifier = Notifier()
+    simulated_servers = start_simulated_servers(host)
+    sources = settings.tokens or tuple(source for _, source in simulated_servers)
+    for endpoint, _ in simulated_servers:
+        log.info("simulated %s server on %s", endpoint.server.spec.kind, endpoint.url)
+    tokens = TokenTracker(sources, host.clock.time, settings.tokens_window_s) if sources else None
     sampler = Sampler(
         host.reader_factory,
         host.clock,
@@ -45,6 +51,7 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
         settings.process_interval_s,
         health=settings.health,
         event_thread=True,
+        tokens=tokens,
     )
     registry = build_registry(lambda: sampler.latest)
     web_config = WebConfigSource(settings.web_config_file)
@@ -58,6 +65,8 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
             settings.limits,
         )
     except OSError as exc:
+        for endpoint, _ in simulated_servers:
+            endpoint.stop()
         log.error(
             "cannot listen on %s: %s; choose another with --web.listen-address",
             settings.listen_address,
@@ -80,6 +89,8 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     sampler.on_poll = web.exposition.prerender
+    if tokens is not None:
+        tokens.start()
     sampler.start()
     web.start()
     log.info(
@@ -105,6 +116,10 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
         watchdog.stop()
     web.stop()
     sampler.stop(timeout_s=1.0)
+    if tokens is not None:
+        tokens.stop(timeout_s=0.5)
+    for endpoint, _ in simulated_servers:
+        endpoint.stop()
     log.info("stopped")
     return EXIT_OK
 
@@ -150,6 +165,8 @@ def _reload(
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
     sampler.poll_interval_s = new.poll_interval_s
     sampler.process_interval_s = new.process_interval_s
+    if sampler.tokens is not None:
+        sampler.tokens.window_s = new.tokens_window_s
     logsetup.set_level(new.log_level)
     log.info(
         "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",

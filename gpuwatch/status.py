@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpuwatch import __version__
-from gpuwatch.model import GpuStatus, Snapshot
+from gpuwatch.model import GpuStatus, Snapshot, SourceStatus
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +30,26 @@ def to_document(snapshot: Snapshot) -> dict[str, Any]:
         "verdict": snapshot.verdict.state,
         "reasons": list(snapshot.verdict.reasons),
         "gpus": [_gpu(status) for status in snapshot.gpus],
+        "sources": [_source(source) for source in snapshot.sources],
+    }
+
+
+def _source(source: SourceStatus) -> dict[str, Any]:
+    efficiency = source.efficiency
+    return {
+        "name": source.name,
+        "url": source.url,
+        "up": source.up,
+        "error": source.error,
+        "preset": source.preset,
+        "gpus": list(source.gpus),
+        "gpus_from": source.gpus_from,
+        "tokens_total": dict(source.tokens_total),
+        # Generated tokens per joule over the window; null until a window is complete.
+        "tokens_per_joule": None if efficiency is None else efficiency.tokens_per_joule.get("generation"),
+        "window_seconds": None if efficiency is None else efficiency.window_seconds,
+        "tokens_per_joule_by_kind": {} if efficiency is None else dict(efficiency.tokens_per_joule),
+        "joules_per_token_by_kind": {} if efficiency is None else dict(efficiency.joules_per_token),
     }
 
 
@@ -141,7 +161,41 @@ def render_table(doc: dict[str, Any], colour: bool = False) -> str:
         if n:
             cells[2] = _paint(cells[2], doc["gpus"][n - 1].get("verdict"), colour)
         lines.append("  ".join(cells).rstrip())
+    if doc.get("sources"):
+        lines.append("")
+        lines.extend(_columns([list(_SOURCE_COLUMNS)] + [_source_row(s) for s in doc["sources"]]))
     return "\n".join(lines)
+
+
+_SOURCE_COLUMNS = ("SOURCE", "GPUS", "UP", "TOKENS/J", "J/TOKEN", "WINDOW", "NOTE")
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def _source_row(source: dict[str, Any]) -> list[str]:
+    gpus = ",".join(map(str, source.get("gpus") or [])) or "?"
+    if source.get("gpus_from") == "auto":
+        gpus += " (auto)"
+    per_token = (source.get("joules_per_token_by_kind") or {}).get("generation")
+    window = source.get("window_seconds")
+    if not source.get("up"):
+        note = source.get("error") or "down"
+    elif source.get("tokens_per_joule") is None:
+        note = "window not complete yet" if source.get("gpus") else "looking for its GPUs"
+    else:
+        note = f"{source.get('preset') or ''} {source.get('url')}".strip()
+    return [
+        source["name"],
+        gpus,
+        "yes" if source.get("up") else "no",
+        "n/a" if source.get("tokens_per_joule") is None else f"{source['tokens_per_joule']:.3g}",
+        "n/a" if per_token is None else f"{per_token:.3g}",
+        "n/a" if window is None else f"{window:.0f} s",
+        note,
+    ]
 
 
 def _row(gpu: dict[str, Any]) -> list[str]:
@@ -213,6 +267,8 @@ def render_nagios(doc: dict[str, Any]) -> str:
         _perf(perf, f"gpu{n}_temperature_margin_celsius", gpu["temperature_margin_celsius"])
         _perf(perf, f"gpu{n}_power_watts", gpu["power_watts"], minimum=0, maximum=gpu["power_limit_watts"])
         _perf(perf, f"gpu{n}_power_limit_watts", gpu["power_limit_watts"])
+    for source in doc.get("sources", []):
+        _perf(perf, f"{source['name']}_tokens_per_joule", source.get("tokens_per_joule"), minimum=0)
     return f"GPUWATCH {state} - {reasons}" + (" | " + " ".join(perf) if perf else "")
 
 

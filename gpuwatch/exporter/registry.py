@@ -22,6 +22,7 @@ from gpuwatch.exporter import (
     self_metrics,
     thermal,
     throttle,
+    tokens,
 )
 from gpuwatch.model import Snapshot
 
@@ -40,6 +41,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "reliability": reliability.collect,
     "pcie": pcie.collect,
     "processes": processes.collect,
+    "tokens": tokens.collect,
     "self": self_metrics.collect,
 }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuwatch.tokens.presets import TokenMetrics
+from gpuwatch.tokens.presets import KINDS, TokenMetrics
 
 START_TIME_SAMPLE = "process_start_time_seconds"
 
@@ -78,4 +78,5 @@ def read_counts(text: str, metrics: TokenMetrics, labels: Mapping[str, str] | No
             raise ExpositionError(f"no {metrics.generation} in the response (wrong preset or metric name?)")
         wanted_labels = ",".join(f'{k}="{v}"' for k, v in labels.items())
         raise ExpositionError(f"no {metrics.generation} series with {{{wanted_labels}}} (check the label filter)")
-    return TokenCounts(tokens=totals, start_time=start_time)
+    ordered = {kind: totals[kind] for kind in KINDS if kind in totals}
+    return TokenCounts(tokens=ordered, start_time=start_time)

@@ -1,0 +1,69 @@
+"""Token sources: whether each answers, its tokens, its GPUs, and its tokens per joule."""
+
+from __future__ import annotations
+
+from gpuwatch.exporter.families import Families
+from gpuwatch.model import Snapshot
+
+
+def collect(snapshot: Snapshot) -> Families:
+    f = Families()
+    uuids = {g.identity.index: g.identity.uuid for g in snapshot.gpus}
+    for source in snapshot.sources:
+        name = source.name
+        f.gauge(
+            "gpuwatch_source_up",
+            "Whether the token source's latest scrape gave token counts (1) or failed (0; the log says why).",
+            1.0 if source.up else 0.0,
+            source=name,
+        )
+        for kind, total in source.tokens_total.items():
+            f.counter(
+                "gpuwatch_tokens",
+                "Tokens the source's server reported (kind generation or prompt), carried across server restarts.",
+                total,
+                source=name,
+                kind=kind,
+            )
+        for gpu in source.gpus:
+            f.gauge(
+                "gpuwatch_source_gpu_info",
+                "A GPU that serves the token source (from the config, or found from the server's processes).",
+                1.0,
+                source=name,
+                gpu=str(gpu),
+                uuid=uuids.get(gpu, ""),
+            )
+        f.gauge(
+            "gpuwatch_source_scrape_duration_seconds",
+            "How long the latest scrape of the token source took.",
+            source.scrape_duration_seconds,
+            source=name,
+        )
+        efficiency = source.efficiency
+        if efficiency is None:
+            continue
+        f.gauge(
+            "gpuwatch_tokens_window_seconds",
+            "Span of the window behind gpuwatch_tokens_per_joule (up to the configured tokens_window).",
+            efficiency.window_seconds,
+            source=name,
+        )
+        for kind, value in efficiency.tokens_per_joule.items():
+            f.gauge(
+                "gpuwatch_tokens_per_joule",
+                "Tokens over the window divided by the energy counters' increase on all of the source's GPUs "
+                "(0 when no tokens were made).",
+                value,
+                source=name,
+                kind=kind,
+            )
+        for kind, value in efficiency.joules_per_token.items():
+            f.gauge(
+                "gpuwatch_joules_per_token",
+                "Energy on all of the source's GPUs over the window divided by its tokens (absent when none).",
+                value,
+                source=name,
+                kind=kind,
+            )
+    return f
