@@ -5,9 +5,10 @@ enormous endpoint delays nothing but its own next scrape. The sampler hands ever
 statuses to :meth:`TokenTracker.observe`, which records the energy of each source's GPUs and
 returns the sources' statuses for the snapshot; no NVML call is made here.
 
-Both series of a source start again after a reset of either counter (server restart, driver
-reload), after a change of its GPUs, and while one of its GPUs does not report energy: a window
-never spans a discontinuity, so no negative or inflated rate can come out.
+A source's token series starts again when its server restarts, and its energy series when a GPU's
+energy counter resets (driver reload), when its GPUs change, or while one of them reports no
+energy. A window needs both series across its whole span, so it never spans a discontinuity of
+either, and no negative or inflated rate can come out.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class _Source:
     up: bool = False
     error: str | None = "not scraped yet"
     logged_error: str | None = None
+    attribution_error: str | None = None  # the last one logged
     break_reason: str | None = None
     last_scrape: float | None = None
     scrape_duration: float | None = None
@@ -117,12 +119,12 @@ class TokenTracker:
         statuses = [by_index.get(i) for i in source.gpus]
         for index, status in zip(source.gpus, statuses, strict=True):
             if status is None or not status.up or status.reading is None or status.energy_joules_total is None:
-                self._break(source, f"GPU {index} reports no energy")
+                self._break(source, f"GPU {index} reports no energy", tokens=False)
                 return
         ready = [s for s in statuses if s is not None and s.reading is not None and s.energy_joules_total is not None]
         resets = tuple(s.energy_resets for s in ready)
         if source.energy_resets is not None and resets != source.energy_resets:
-            self._break(source, "a GPU's energy counter went back (driver reload or GPU reset)")
+            self._break(source, "a GPU's energy counter went back (driver reload or GPU reset)", tokens=False)
         source.energy_resets = resets
         timestamp = sum(s.reading.timestamp for s in ready if s.reading) / len(ready)
         source.energy.append(EnergyPoint(timestamp, sum(s.energy_joules_total or 0.0 for s in ready)))
@@ -134,10 +136,9 @@ class TokenTracker:
         while len(series) > 2 and series[1].timestamp < newest - self.window_s - 10.0:
             series.popleft()
 
-    def _break(self, source: _Source, reason: str) -> None:
-        """Start both series again: no window may span ``reason``."""
-        source.tokens.clear()
-        source.energy.clear()
+    def _break(self, source: _Source, reason: str, tokens: bool = True) -> None:
+        """Start the token series (``tokens``) or the energy series again: no window may span ``reason``."""
+        (source.tokens if tokens else source.energy).clear()
         if reason != source.break_reason:
             log.info("token source %s: efficiency window starts again: %s", source.config.name, reason)
             source.break_reason = reason
@@ -238,15 +239,15 @@ class TokenTracker:
         except attribution.AttributionError as exc:
             with self._lock:
                 source.next_attribution_at = now + RETRY_ATTRIBUTION_S
-                if source.gpus is None and str(exc) != source.logged_error:
+                if source.gpus is None and str(exc) != source.attribution_error:
                     log.warning("token source %s: cannot find its GPUs: %s", source.config.name, exc)
-                    source.logged_error = str(exc)
+                    source.attribution_error = str(exc)
             return
         tree = frozenset(attribution.process_tree(found.pid))
         with self._lock:
             source.reattribute = False
+            source.next_attribution_at = now + RETRY_ATTRIBUTION_S  # never more often, whatever happens
             if not found.gpus:
-                source.next_attribution_at = now + RETRY_ATTRIBUTION_S
                 return  # NVML lists processes on the slow loop; the server may not be listed yet
             source.pids = tree
             if found.gpus != source.gpus:
@@ -257,8 +258,7 @@ class TokenTracker:
                     found.pid,
                     attribution.port_of(source.config.url),
                 )
-                source.tokens.clear()
-                source.energy.clear()
+                source.energy.clear()  # energy of other GPUs
                 source.gpus, source.energy_resets = found.gpus, None
 
     # -- threads --------------------------------------------------------------------------------------
