@@ -102,7 +102,9 @@ def daemon(tmp_path: Path, *args: str) -> Iterator[Daemon]:
         yield Daemon(served)
 
 
-def test_simulated_inference_host_over_http(tmp_path, promtool):
+def test_simulated_inference_host_over_http(tmp_path, promtool, sim):
+    run = sim("inference-host")  # the same scenario stepped in this process: the reference tokens/J
+    reference = run.through(1, 180).sources[0].efficiency.tokens_per_joule["generation"]
     started = time.monotonic()
     with daemon(tmp_path, "--simulate", "--sim-speed", "60") as d:
         first_text = get(d.url + "/metrics")
@@ -130,6 +132,11 @@ def test_simulated_inference_host_over_http(tmp_path, promtool):
             assert 15 < temp < 100, gpu
         for gpu, ratio in per_gpu(second, "gpuwatch_gpu_utilization_ratio", engine="gpu").items():
             assert 0 <= ratio <= 1, gpu
+        # The simulated vLLM server on GPUs 0-1, found and scraped by the daemon's own threads.
+        assert second["gpuwatch_source_up"] == {frozenset({("source", "vllm")}): 1.0}
+        assert {dict(k)["gpu"] for k in second["gpuwatch_source_gpu_info"]} == {"0", "1"}
+        measured = second["gpuwatch_tokens_per_joule"][frozenset({("source", "vllm"), ("kind", "generation")})]
+        assert measured == pytest.approx(reference, rel=0.03)
 
         status = subprocess.run(
             [sys.executable, "-m", "gpuwatch", "status", "--url", d.url, "--json"], capture_output=True, text=True
@@ -138,6 +145,9 @@ def test_simulated_inference_host_over_http(tmp_path, promtool):
         doc = json.loads(status.stdout)
         assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
         assert {g["uuid"] for g in doc["gpus"]} == {dict(k)["uuid"] for k in second["gpuwatch_gpu_up"]}
+        (source,) = doc["sources"]
+        assert (source["name"], source["gpus"], source["up"]) == ("vllm", [0, 1], True)
+        assert source["tokens_per_joule"] == pytest.approx(reference, rel=0.03)
 
         d.proc.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
