@@ -423,7 +423,8 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
     sampler = Sampler(host.reader_factory, host.clock, health=health, tokens=tokens)
     snapshot = sampler.poll_once()
     if simulate is not None:
-        clock.advance(max(0.0, sim_at_s - health.window_seconds))
+        # Two polls more than the window, so the token sources' window is complete too.
+        clock.advance(max(0.0, sim_at_s - health.window_seconds - 2 * sampler.poll_interval_s))
         while clock.sim_seconds() < sim_at_s:
             clock.advance(min(sampler.poll_interval_s, sim_at_s - clock.sim_seconds()))
             snapshot = sampler.poll_once()

@@ -45,11 +45,17 @@ def test_status_of_a_simulated_host_prints_the_verdict_then_one_row_per_gpu():
     assert lines[0] == "OK: 4 GPU(s) ok"
     assert lines[1].startswith("gpuwatch ") and "driver 550.127.05" in lines[1]
     assert lines[2].split()[:3] == ["GPU", "NAME", "VERDICT"]
-    rows = lines[3:]
-    assert len(rows) == 4 and all("NVIDIA RTX A6000" in row for row in rows)
+    rows = lines[3:7]
+    assert all("NVIDIA RTX A6000" in row for row in rows)
     assert "power_cap" in rows[0] and "/93°C" in rows[0] and "/300 W" in rows[0]
     assert "normal under load" in rows[0]
     assert "idle" in rows[3]
+    # Then the token sources: the simulated vLLM server, its GPUs found, a full 60 s window replayed.
+    assert lines[7] == ""
+    assert lines[8].split() == ["SOURCE", "GPUS", "UP", "TOKENS/J", "J/TOKEN", "WINDOW", "NOTE"]
+    source = lines[9].split()
+    assert source[:4] == ["vllm", "0,1", "(auto)", "yes"] and 1 < float(source[4]) < 5 and source[6:8] == ["60", "s"]
+    assert len(lines) == 10
     assert "\033[" not in result.stdout  # no colour when stdout is not a terminal
 
 

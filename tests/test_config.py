@@ -156,3 +156,75 @@ def test_flags_are_held_to_the_same_ranges():
         config.ConfigError, match=r"flag --poll-interval \(key 'poll_interval'\): value 0.001: out of range"
     ):
         config.load(None, {"poll_interval_s": 0.001}, {})
+
+
+TOKENS = """
+tokens_window = "2m"
+[[tokens]]
+url = "http://127.0.0.1:8000/metrics"
+preset = "vllm"
+labels = { model_name = "llama" }
+gpus = [1, 0]
+timeout = "500ms"
+[[tokens]]
+url = "http://127.0.0.1:9000/metrics"
+generation_metric = "my_generated_total"
+[[tokens]]
+url = "http://127.0.0.1:8080/metrics"
+"""
+
+
+def test_token_sources_from_the_file(tmp_path):
+    settings = config.build(config.load_file(write(tmp_path, TOKENS)), {})
+    vllm, custom, auto = settings.tokens
+    assert settings.tokens_window_s == 120.0
+    assert (vllm.name, vllm.preset, vllm.gpus, vllm.timeout_s) == ("vllm", "vllm", (0, 1), 0.5)
+    assert vllm.labels == {"model_name": "llama"} and vllm.metrics is not None
+    assert (custom.name, custom.preset, custom.metrics.generation, custom.metrics.prompt) == (  # type: ignore[union-attr]
+        "127.0.0.1:9000",
+        "custom",
+        "my_generated_total",
+        None,
+    )
+    assert (auto.name, auto.preset, auto.metrics, auto.gpus) == ("127.0.0.1:8080", "auto", None, None)
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('preset = "vllm"', "[[tokens]] table 1: key 'url': required"),
+        ('url = "localhost:8000"', "[[tokens]] table 1: key 'url': value 'localhost:8000': expected a URL"),
+        ('url = "http://h/metrics"\npreset = "ollama"', "key 'preset': 'ollama' is not a preset (known: vllm,"),
+        ('url = "http://h/metrics"\ngpus = [0, 0]', "key 'gpus': value [0, 0]: a GPU is listed twice"),
+        ('url = "http://h/metrics"\ngpus = "all"', "key 'gpus': value 'all': expected \"auto\" or a list"),
+        ('url = "http://h/metrics"\ntimeout = "2h"', "key 'timeout': value '2h': out of range"),
+        ('url = "http://h/metrics"\nmodel = "x"', "key 'model': unknown key (known: url, name,"),
+        (
+            'url = "http://h/metrics"\npreset = "vllm"\ngeneration_metric = "x"',
+            "key 'preset': give either a preset or generation_metric/prompt_metric",
+        ),
+        ('url = "http://h/metrics"\nlabels = { engine = 0 }', "key 'labels': value {'engine': 0}: expected a table"),
+    ],
+)
+def test_bad_token_tables_name_the_table_and_key(tmp_path, table, expected):
+    path = write(tmp_path, f"[[tokens]]\n{table}\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_file(path)
+    assert str(caught.value).startswith(f"config file {path}: key 'tokens': ")
+    assert expected in str(caught.value)
+
+
+def test_two_sources_with_one_name_are_refused(tmp_path):
+    text = '[[tokens]]\nurl = "http://a:1/metrics"\npreset = "vllm"\n[[tokens]]\nurl = "http://b:1/metrics"\npreset = "vllm"\n'
+    with pytest.raises(config.ConfigError, match="two token sources are named 'vllm'; give each a distinct name"):
+        config.load_file(write(tmp_path, text))
+
+
+def test_token_sources_from_the_environment():
+    values = config.load_env({"GPUWATCH_TOKENS": "http://127.0.0.1:8000/metrics, http://127.0.0.1:8001/metrics"})
+    assert [s.name for s in values["tokens"]] == ["127.0.0.1:8000", "127.0.0.1:8001"]
+
+
+def test_a_short_token_window_is_refused(tmp_path):
+    with pytest.raises(config.ConfigError, match="key 'tokens_window': value '5s': out of range: must be between 10 s"):
+        config.load_file(write(tmp_path, 'tokens_window = "5s"\n'))
