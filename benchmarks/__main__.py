@@ -1,8 +1,9 @@
 """``python -m benchmarks [--quick] [--json PATH]``: measure gpuwatch's overhead and print a table.
 
 Everything runs on the simulated driver library (no GPU needed): NVML calls per poll, CPU per GPU
-per poll against gpustat and nvitop, ``/metrics`` latency (also during an NVML hang), and the
-steady-state CPU and memory of ``gpuwatch serve``. ``--quick`` runs each part briefly, to check that
+per poll against gpustat and nvitop, ``/metrics`` latency (also during an NVML hang), the
+steady-state CPU and memory of ``gpuwatch serve``, and the accuracy of tokens per joule against
+1 Hz power polling (:mod:`benchmarks.efficiency`). ``--quick`` runs each part briefly, to check that
 the benchmark works (CI), not how fast anything is.
 """
 
@@ -14,10 +15,11 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import calls, cpu, report, scrape, steady
+from benchmarks import calls, cpu, efficiency, report, scrape, steady
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     results["hang"] = [scrape.during_hang(gpus, seconds=2.0 if q else 8.0) for gpus in ([8] if q else [8, 64])]
     _step("steady-state daemon CPU and memory")
     results["steady"] = steady.measure(8, seconds=3.0 if q else 60.0, warm_up_s=1.0 if q else steady.WARM_UP_S)
+    _step("tokens per joule under bursty decode: energy counter vs 1 Hz power polling")
+    with tempfile.TemporaryDirectory() as folder:
+        results["efficiency"] = efficiency.compare(180 if q else 1200, Path(folder))
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

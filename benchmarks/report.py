@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks import efficiency
+
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header, *[[_fmt(c) for c in row] for row in rows]]
@@ -87,6 +89,10 @@ def render(r: dict[str, Any]) -> str:
         ),
         "",
     ]
+
+    if "efficiency" in r:
+        out += ["Tokens per joule under bursty decode, against the simulator's truth", ""]
+        out += [efficiency.render(r["efficiency"]), ""]
 
     out += ["Targets (issue 8)", "", _table(["target", "measured", "met"], targets(r))]
     return "\n".join(out)

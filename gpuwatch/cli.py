@@ -20,13 +20,13 @@ from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
-from gpuwatch.tokens.source import SourceConfig
-from gpuwatch.tokens.source import from_url as source_from_url
-from gpuwatch.tokens.tracker import TokenTracker
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import exit_code, render_nagios, render_table, to_document
+from gpuwatch.tokens.source import SourceConfig
+from gpuwatch.tokens.source import from_url as source_from_url
+from gpuwatch.tokens.tracker import TokenTracker
 
 log = logging.getLogger("gpuwatch")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -46,7 +46,6 @@ from typing import Any
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
-from gpuwatch.tokens import source
 from gpuwatch.exporter.web import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
@@ -55,6 +54,7 @@ from gpuwatch.exporter.web import (
     ListenAddressError,
     parse_listen_address,
 )
+from gpuwatch.tokens import source
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

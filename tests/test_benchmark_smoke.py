@@ -44,6 +44,8 @@ def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> Non
         "/metrics latency",
         "hangs 5 s",
         "Steady state",
+        "Tokens per joule under bursty decode",
+        "1 Hz power polling",
         "Targets",
     ):
         assert heading in result.stdout
@@ -54,3 +56,5 @@ def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> Non
     assert all(row["scrapes"] > 0 and row["series_per_gpu"] > 0 for row in results["scrape"])
     assert results["hang"][0]["scrapes"] > 0
     assert results["steady"]["rss_mib"] > 0
+    assert [row["profile"] for row in results["efficiency"]] == ["rtx-a6000", "a100"]
+    assert all(row["windows"] > 0 for row in results["efficiency"])

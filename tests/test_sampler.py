@@ -41,7 +41,7 @@ def test_energy_total_survives_a_counter_reset(tmp_path, sim):
 def test_processes_are_refreshed_on_their_own_interval(sim):
     run = sim("inference-host", poll_interval_s=1.0, process_interval_s=10.0)
     first = run.at(1)
-    assert [p.name for p in first.gpus[0].processes] == ["vllm"]
+    assert [p.name for p in first.gpus[2].processes] == ["python3"]
     calls = run.host.library.calls
     run.at(2)
     per_poll_without_processes = run.host.library.calls - calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pynvml
 import pytest
@@ -108,9 +109,13 @@ def test_hidden_symbols_look_like_an_older_driver(nvml):
 
 def test_processes_come_back_through_pynvmls_two_call_protocol(nvml):
     nvml("inference-host")
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(2))
+    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(4194507, 38000 * 2**20)]
+    assert pynvml.nvmlSystemGetProcessName(4194507) == "python3"
+    # The simulated vLLM server on GPUs 0-1 runs in this process, which NVML lists there.
     procs = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
-    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(4194401, 41200 * 2**20)]
-    assert pynvml.nvmlSystemGetProcessName(4194401) == "vllm"
+    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(os.getpid(), 41200 * 2**20)]
+    assert pynvml.nvmlSystemGetProcessName(os.getpid()) == "vllm"
     assert pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(3)) == []
 
 

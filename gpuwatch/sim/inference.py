@@ -142,7 +142,8 @@ class SimInferenceServer:
 class _Library(Protocol):
     """What the endpoint needs of the simulated driver library."""
 
-    lock: threading.RLock
+    @property
+    def lock(self) -> threading.RLock: ...
 
     def advance(self) -> None: ...
 
@@ -172,10 +173,10 @@ class InferenceEndpoint:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
 
-            def do_GET(self) -> None:  # noqa: N802 - the name http.server looks for
+            def do_GET(self) -> None:
                 endpoint.answer(self)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._library, self._clock, self._sleep = library, clock, sleep

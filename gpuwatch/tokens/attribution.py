@@ -46,7 +46,7 @@ def listening_pid(port: int) -> int:
             f"the process listening on port {port} belongs to another user and gpuwatch may not see it; "
             "set gpus = [...] for this source"
         )
-    return min(pid for pid in owners if pid is not None)
+    return int(min(pid for pid in owners if pid is not None))
 
 
 def process_tree(pid: int) -> set[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
 import time
 import urllib.parse
@@ -59,7 +58,7 @@ def fetch(url: str, timeout_s: float, max_bytes: int) -> Response:
             if len(body) > max_bytes:
                 raise FetchError(f"response over the {max_bytes}-byte limit")
         header = response.getheader("Process-Start-Time-Unix")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise FetchError(f"no complete response within {timeout_s:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise FetchError(_describe(exc)) from None

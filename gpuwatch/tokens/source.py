@@ -86,7 +86,8 @@ def from_table(table: Mapping[str, Any], parse_duration: Any) -> SourceConfig:
             raise KeyError("generation_metric", "required with prompt_metric: the sample counting generated tokens")
         if prompt is not None and (not isinstance(prompt, str) or not prompt):
             raise KeyError("prompt_metric", "expected a sample name")
-        preset, metrics = "custom", TokenMetrics(generation, prompt)
+        preset = "custom"
+        metrics: TokenMetrics | None = TokenMetrics(generation, prompt)
     else:
         preset = table.get("preset", AUTO)
         if preset != AUTO and preset not in PRESETS:

@@ -172,15 +172,16 @@ class TokenTracker:
         config = source.config
         started = self._clock()
         counts: TokenCounts | None = None
+        metrics: presets.TokenMetrics | None = source.metrics
         marker: float | str | None = None
         try:
             response = self._fetch(config.url, config.timeout_s, config.max_bytes)
-            metrics = source.metrics or _recognise(response.text)
+            metrics = metrics or _recognise(response.text)
             counts = read_counts(response.text, metrics, config.labels)
             marker = counts.start_time if counts.start_time is not None else response.start_time_header
             error = None
         except (FetchError, ExpositionError) as exc:
-            metrics, error = source.metrics, str(exc)
+            error = str(exc)
         finished = self._clock()
         with self._lock:
             source.last_scrape, source.scrape_duration = finished, finished - started
