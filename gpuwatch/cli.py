@@ -238,7 +238,11 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         _config_error(str(exc))
     click.echo(f"{config_file}: OK")
     for key, flag in config.FLAG_FOR_KEY.items():
-        click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
+        if key != "tokens":
+            click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
+    for source in settings.tokens:
+        gpus = "auto" if source.gpus is None else ", ".join(map(str, source.gpus))
+        click.echo(f"  token source {source.name!r}: {source.url}, preset {source.preset}, GPUs {gpus}")
     if web is not None:
         tls = "TLS" if web.ssl_context else "plain HTTP"
         click.echo(f"  web config: {tls}, {len(web.users)} basic-auth users")

@@ -9,7 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
+from gpuwatch.exporter.registry import build_registry
 from gpuwatch.host import simulated_host, start_simulated_servers
 from gpuwatch.nvml import use_library
 from gpuwatch.sampler import Sampler
@@ -101,7 +103,7 @@ def test_server_faults_and_a_driver_reload_never_give_a_bad_figure(tmp_path: Pat
         sources = [replace(source, timeout_s=0.1) for _, source in servers]
         tracker = TokenTracker(sources, clock.time)
         sampler = Sampler(host.reader_factory, host.clock, tokens=tracker)
-        statuses, totals, energy = {}, [], []
+        statuses, totals, energy, expositions = {}, [], [], {}
         with caplog.at_level(logging.INFO, logger="gpuwatch"):
             for t in range(1, 241):
                 clock.advance(1.0)
@@ -109,6 +111,7 @@ def test_server_faults_and_a_driver_reload_never_give_a_bad_figure(tmp_path: Pat
                 tracker.scrape_all()
                 source = snapshot.sources[0]
                 statuses[t] = source
+                expositions[t] = generate_latest(build_registry(lambda s=snapshot: s, include_process=False)).decode()
                 totals.append(source.tokens_total.get("generation", 0.0))
                 energy.append(snapshot.gpus[0].energy_joules_total)
                 for value in (source.efficiency.tokens_per_joule if source.efficiency else {}).values():
@@ -122,6 +125,8 @@ def test_server_faults_and_a_driver_reload_never_give_a_bad_figure(tmp_path: Pat
         # The status of a poll reflects the scrape after the poll before it.
         assert not statuses[t + 1].up and error in (statuses[t + 1].error or ""), (t, statuses[t + 1])
         assert statuses[t + 1].efficiency is None
+        assert 'gpuwatch_source_up{source="vllm"} 0.0' in expositions[t + 1]
+        assert "gpuwatch_tokens_per_joule" not in expositions[t + 1]
     assert totals == sorted(totals), "gpuwatch_tokens_total went back"
     assert energy == sorted(energy), "gpuwatch_gpu_energy_joules_total went back"
     assert "the server restarted" in caplog.text
