@@ -6,6 +6,7 @@ Prometheus (every expression returns data) walk the same list, so neither can mi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -115,10 +116,11 @@ def dashboard_queries() -> list[Query]:
     return queries
 
 
-def rules() -> list[dict[str, Any]]:
-    return [
+@functools.cache
+def rules() -> tuple[dict[str, Any], ...]:
+    return tuple(
         rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
-    ]
+    )
 
 
 def rule_queries() -> list[Query]:
