@@ -132,7 +132,11 @@ def _gpuwatch(stack: ExitStack, tmp: Path, host: Host, port: int) -> Served:
 @pytest.fixture(scope="module")
 def fleet(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("fleet")
-    ports = {h.name: free_port() for h in [*SIMULATED, NO_DRIVER, GONE]}
+    ports: dict[str, int] = {}
+    for host in [*SIMULATED, NO_DRIVER, GONE]:
+        while (port := free_port()) in ports.values():  # a port freed once can come back
+            pass
+        ports[host.name] = port
     with ExitStack() as stack:
         first_boot = stack.enter_context(ExitStack())  # gpu-missing before its "reboot"
         daemons: dict[str, Served] = {}
