@@ -89,6 +89,11 @@ def promtool() -> str:
     return required_tool("promtool", "prometheus")
 
 
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    return required_tool("prometheus", "prometheus")
+
+
 @pytest.fixture
 def systemd_analyze() -> str:
     return required_tool("systemd-analyze", "systemd")

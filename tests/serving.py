@@ -48,9 +48,11 @@ def serve(
     env: Mapping[str, str] | None = None,
     ready_context: ssl.SSLContext | None = None,
     wait_ready: bool = True,
+    port: int | None = None,
 ) -> Iterator[Served]:
-    """Run ``gpuwatch serve --web.listen-address 127.0.0.1:<free> ARGS``; stop it with SIGTERM."""
-    port = free_port()
+    """Run ``gpuwatch serve --web.listen-address 127.0.0.1:<port> ARGS`` (a free port unless given);
+    stop it with SIGTERM."""
+    port = port or free_port()
     scheme = "https" if ready_context is not None else "http"
     url = f"{scheme}://127.0.0.1:{port}"
     stderr = tmp_path / f"serve-{port}.log"
