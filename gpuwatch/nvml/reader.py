@@ -311,6 +311,14 @@ class NvmlReader:
     def identities(self) -> list[GpuIdentity]:
         return [d.identity for d in self._devices]
 
+    @property
+    def gpu_count(self) -> int:
+        return len(self._devices)
+
+    def identity(self, index: int) -> GpuIdentity:
+        """One GPU's identity; read anew when a lost GPU comes back."""
+        return self._devices[index].identity
+
     def lost_reason(self, index: int) -> str | None:
         return self._devices[index].lost
 
