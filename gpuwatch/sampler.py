@@ -75,7 +75,8 @@ class _GpuHistory:
     throttle: ThrottleWindow
     energy: ResetSafeCounter | None = None
     violations: dict[str, ResetSafeCounter] = field(default_factory=dict)
-    counters: dict[str, ResetSafeCounter] = field(default_factory=dict)  # ECC and PCIe counts
+    ecc: dict[tuple[str, str], ResetSafeCounter] = field(default_factory=dict)
+    pcie: dict[str, ResetSafeCounter] = field(default_factory=dict)
     reason_seconds: dict[str, float] = field(default_factory=dict)
     processes: tuple[GpuProcess, ...] = ()
     xid_counts: Counter[int] = field(default_factory=Counter)
@@ -101,17 +102,13 @@ def _history_key(identity: GpuIdentity) -> str:
     return identity.uuid or f"#{identity.index}"
 
 
-_PCIE_COUNTERS = ("replay_errors", "transmit_bytes", "receive_bytes")
-
-
 def _pcie_counts(reading: GpuReading) -> Iterator[tuple[str, int]]:
-    for name, raw in zip(
-        _PCIE_COUNTERS,
-        (reading.pcie_replay_errors, reading.pcie_transmit_bytes, reading.pcie_receive_bytes),
-        strict=True,
-    ):
-        if raw is not None:
-            yield name, raw
+    if reading.pcie_replay_errors is not None:
+        yield "replay_errors", reading.pcie_replay_errors
+    if reading.pcie_transmit_bytes is not None:
+        yield "transmit_bytes", reading.pcie_transmit_bytes
+    if reading.pcie_receive_bytes is not None:
+        yield "receive_bytes", reading.pcie_receive_bytes
 
 
 def _throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> ThrottleSample:
@@ -208,7 +205,9 @@ class Sampler:
         self._polls += 1
         now = self._clock.time()
         gpus = tuple(replace(g, verdict=gpu_verdict(self._facts(g, now), self.health)) for g in gpus)
-        errors = self._errors_before + Counter(reader.error_counts()) if reader else self._errors_before
+        errors = reader.error_counts() if reader else {}
+        if self._errors_before:  # only after a driver reload
+            errors = dict(self._errors_before + Counter(errors))
         snapshot = Snapshot(
             timestamp=now,
             nvml_up=reader is not None,
@@ -218,7 +217,7 @@ class Sampler:
             gpus=gpus,
             poll_duration_seconds=time.perf_counter() - wall_started,
             polls_total=self._polls,
-            nvml_errors_total=dict(errors),
+            nvml_errors_total=errors,
             verdict=host_verdict(reader is not None, self._nvml_error, [g.verdict for g in gpus]),
         )
         self.latest = snapshot
@@ -385,16 +384,11 @@ class Sampler:
             history.energy = _advance(history.energy, reading.energy_joules)
         for policy, seconds in reading.violation_seconds.items():
             history.violations[policy] = _advance(history.violations.get(policy), seconds)
-        counters = history.counters
-        ecc_totals = {}
+        ecc, pcie = history.ecc, history.pcie
         for key, count in reading.ecc_errors.items():
-            name = "ecc:" + ":".join(key)
-            counter = counters[name] = _advance(counters.get(name), count)
-            ecc_totals[key] = counter.total
-        pcie_totals = {}
+            ecc[key] = _advance(ecc.get(key), count)
         for name, count in _pcie_counts(reading):
-            counter = counters[name] = _advance(counters.get(name), count)
-            pcie_totals[name] = counter.total
+            pcie[name] = _advance(pcie.get(name), count)
         if processes is not None:
             history.processes = processes
         return GpuStatus(
@@ -403,8 +397,8 @@ class Sampler:
             reading=reading,
             energy_joules_total=None if history.energy is None else history.energy.total,
             violation_seconds_total={p: c.total for p, c in history.violations.items()},
-            ecc_errors_total=ecc_totals,
-            pcie_counters_total=pcie_totals,
+            ecc_errors_total={key: c.total for key, c in ecc.items()},
+            pcie_counters_total={name: c.total for name, c in pcie.items()},
             processes=history.processes,
             throttle=history.throttle.summary(),
             throttle_class=classify(sample),

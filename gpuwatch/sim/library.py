@@ -141,22 +141,20 @@ class SimulatedNvmlLibrary:
     def _handle(self, index: int) -> int:
         return _HANDLE_BASE + self._generation * _GENERATION_STRIDE + index * _HANDLE_STRIDE
 
-    def _index(self, handle: Any) -> int:
-        """The GPU a handle of this driver load names; a handle from an earlier load is invalid."""
+    def _gpu(self, handle: Any) -> SimGpu:
+        """Resolve a device handle, advance time, and apply the GPU's call faults.
+
+        A handle from an earlier driver load is invalid."""
+        self._check_init()
         address = ctypes.cast(handle, ctypes.c_void_p).value or 0
-        index, rest = divmod(address - self._handle(0), _HANDLE_STRIDE)
+        index, rest = divmod(address - _HANDLE_BASE - self._generation * _GENERATION_STRIDE, _HANDLE_STRIDE)
         if rest or not 0 <= index < len(self.gpus):
             raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
-        return index
-
-    def _gpu(self, handle: Any) -> SimGpu:
-        """Resolve a device handle, advance time, and apply the GPU's call faults."""
-        self._check_init()
-        gpu = self.gpus[self._index(handle)]
+        gpu = self.gpus[index]
         self.calls += 1
-        hang = gpu.fault_active("hang")
-        if hang is not None:
-            self._sleep(hang.hang_s)
+        hang_s = gpu.hang_s()
+        if hang_s:
+            self._sleep(hang_s)
         if gpu.state.lost:
             raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
         code = gpu.failing_call()

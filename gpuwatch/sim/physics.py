@@ -104,11 +104,20 @@ class SimGpu:
 
     def failing_call(self) -> int | None:
         """The error a driver call for this GPU answers now under an unknown_error or not_supported fault."""
+        if not self._active:  # the common case, once per driver call: no fault has struck
+            return None
         for kind, code in (("unknown_error", abi.ERROR_UNKNOWN), ("not_supported", abi.ERROR_NOT_SUPPORTED)):
             fault = self.fault_active(kind)
             if fault is not None and (fault.ratio >= 1 or self._call_rng.random() < fault.ratio):
                 return code
         return None
+
+    def hang_s(self) -> float:
+        """Wall seconds a driver call for this GPU blocks now (a ``hang`` fault), or 0."""
+        if not self._active:
+            return 0.0
+        fault = self.fault_active("hang")
+        return 0.0 if fault is None else fault.hang_s
 
     def driver_reloaded(self) -> None:
         """The driver was reloaded: every count "since driver load" starts again from zero."""
