@@ -110,6 +110,10 @@ class _Server(ThreadingHTTPServer):
             return
         try:
             super().process_request(request, client_address)
+        except RuntimeError as exc:  # no thread to be had (systemd's TasksMax=, say)
+            self._connections.release()
+            log.warning("cannot serve a connection from %s: %s", client_address[0], exc)
+            self.shutdown_request(request)
         except BaseException:
             self._connections.release()
             raise
