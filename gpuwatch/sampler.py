@@ -7,12 +7,12 @@ with a manual clock.
 How one fault stays one GPU's problem (README, "Failure behaviour"):
 
 * A GPU read that has not returned after :attr:`Sampler.stuck_after_s` (one poll interval of wall
-  time, at least 0.25 s and at most 5 s) is left behind: a watcher thread marks that GPU stale
-  (its last values stay, with ``stale_since``), and a fresh loop thread polls on without it. The
-  thread left behind ends as soon as its call returns, and frees the GPU for the next poll. So one
-  thread at most waits on each hung GPU, and a fast poll makes the same calls as before. Only a
-  loop stuck outside a GPU read (in ``nvmlInit``, or a bug) stops polling, and with it the systemd
-  watchdog pings.
+  time, at least 0.25 s and at most 5 s) is left behind (:mod:`gpuwatch.stalls`): a watcher
+  thread marks that GPU stale (its last values stay, with ``stale_since``), and a fresh loop
+  thread polls on without it. The thread left behind ends as soon as its call returns, and frees
+  the GPU for the next poll. So one thread at most waits on each hung GPU, and a poll makes the
+  same calls as before, with no hand-off between threads. Only a loop stuck outside a GPU read
+  (in ``nvmlInit``, or a bug) stops polling, and with it the systemd watchdog pings.
 * A lost GPU is the reader's to look for again (on a backoff, by UUID).
 * NVML gone as a whole (the driver unloaded or reloaded): the reader is closed and opened again
   on the same backoff as at start. Counters are kept per GPU UUID and made reset-safe, so they
@@ -35,15 +35,12 @@ from gpuwatch.analysis.health import GpuFacts, HealthThresholds, gpu_verdict, ho
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds, classify
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus, Snapshot
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, PollFailed, XidWatcher
+from gpuwatch.stalls import PollSuperseded, StallWatch
 
 log = logging.getLogger(__name__)
 
 _STUCK_MIN_S = 0.25
 _STUCK_MAX_S = 5.0
-
-
-class PollSuperseded(Exception):
-    """This poll was left behind in a hung GPU read; another thread polls in its place."""
 
 
 class Clock(Protocol):
@@ -81,16 +78,6 @@ class _GpuHistory:
     processes: tuple[GpuProcess, ...] = ()
     xid_counts: Counter[int] = field(default_factory=Counter)
     recent_xids: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_RECENT_XIDS))
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    """A GPU read in progress, for the stall watcher."""
-
-    generation: int  # of the loop thread making it
-    index: int
-    started: float  # monotonic
-    started_at: float  # daemon time
 
 
 def _advance(counter: ResetSafeCounter | None, raw: float) -> ResetSafeCounter:
@@ -143,7 +130,6 @@ class Sampler:
     ) -> None:
         self._reader_factory = reader_factory
         self._clock = clock
-        self._monotonic = monotonic
         self._poll_interval_s = poll_interval_s
         self.process_interval_s = process_interval_s
         self.health = health or HealthThresholds()
@@ -156,11 +142,7 @@ class Sampler:
         self._history: dict[str, _GpuHistory] = {}
         self._next_processes_at = float("-inf")
         self._polls = 0
-        # The stall watcher and the loop threads share these, under _lock:
-        self._lock = threading.Lock()
-        self._generation = 0  # of the loop thread allowed to publish
-        self._reading: _Read | None = None
-        self._stuck: dict[int, float] = {}  # GPU index -> daemon time its hung read began
+        self._stalls = StallWatch(monotonic, clock.time)
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the wait between polls short: stop, or a new interval
         self._thread: threading.Thread | None = None
@@ -191,7 +173,7 @@ class Sampler:
 
         Raises :class:`PollSuperseded` when the stall watcher left this poll behind in a hung read.
         """
-        generation = self._generation
+        generation = self._stalls.generation
         started = self._clock.time()
         wall_started = time.perf_counter()
         reader = self._ensure_reader(started)
@@ -289,7 +271,7 @@ class Sampler:
             self._next_processes_at = started + self.process_interval_s
         statuses = []
         for index in range(reader.gpu_count):
-            stuck_since = self._stuck.get(index)
+            stuck_since = self._stalls.stuck_since(index)
             if stuck_since is not None:
                 statuses.append(self._stale(reader.identity(index), stuck_since))
                 continue
@@ -301,8 +283,7 @@ class Sampler:
         self, reader: NvmlReader, index: int, slow: bool, generation: int
     ) -> tuple[GpuReading, tuple[GpuProcess, ...] | None] | GpuLost | PollFailed:
         """Every NVML call for one GPU in one poll, watched for stalls (see the module doc)."""
-        with self._lock:
-            self._reading = _Read(generation, index, self._monotonic(), self._clock.time())
+        self._stalls.begin(generation, index)
         try:
             reading = reader.read(index, slow=slow)
             outcome: tuple[GpuReading, tuple[GpuProcess, ...] | None] | GpuLost | PollFailed = (
@@ -312,20 +293,15 @@ class Sampler:
         except (GpuLost, PollFailed) as exc:
             outcome = exc
         finally:
-            self._end_read(index, generation)
+            self._end_read(generation, index)
         return outcome
 
-    def _end_read(self, index: int, generation: int) -> None:
-        with self._lock:
-            superseded = generation != self._generation
-            if superseded:
-                hung_since = self._stuck.pop(index, None)
-            else:
-                self._reading = None
-        if superseded:
-            took = "" if hung_since is None else f" after {self._clock.time() - hung_since:.1f} s"
-            log.warning("GPU %d: the hung NVML call returned%s; polling it again", index, took)
-            raise PollSuperseded(f"GPU {index}")
+    def _end_read(self, generation: int, index: int) -> None:
+        try:
+            self._stalls.end(generation, index)
+        except PollSuperseded as exc:
+            log.warning("%s; polling it again", exc)
+            raise
 
     def check_stalled(self) -> bool:
         """Leave behind a read that has run past :attr:`stuck_after_s`; True when it did.
@@ -333,21 +309,14 @@ class Sampler:
         The stall watcher calls this a few times per threshold; after True it starts a new loop
         thread. The GPU read is marked stuck until the call returns.
         """
-        with self._lock:
-            read = self._reading
-            if read is None or read.generation != self._generation:
-                return False
-            stuck_for = self._monotonic() - read.started
-            if stuck_for < self.stuck_after_s:
-                return False
-            self._stuck[read.index] = read.started_at
-            self._generation += 1
-            self._reading = None
+        stuck = self._stalls.leave_behind(self.stuck_after_s)
+        if stuck is None:
+            return False
         log.error(
             "GPU %d: an NVML call has not returned for %.1f s; showing its last values as stale "
             "and polling the other GPUs without it until the call returns",
-            read.index,
-            stuck_for,
+            stuck.index,
+            stuck.for_s,
         )
         return True
 
@@ -478,5 +447,5 @@ class Sampler:
         for thread in (self._thread, self._watcher):
             if thread is not None:
                 thread.join(timeout_s)
-        if (self._thread is None or not self._thread.is_alive()) and not self._stuck:
+        if (self._thread is None or not self._thread.is_alive()) and not self._stalls.any_stuck:
             self._close_reader()

@@ -21,10 +21,11 @@ from gpuwatch.exporter.registry import build_registry
 from gpuwatch.logsetup import RateLimit
 from gpuwatch.model import Snapshot
 from gpuwatch.nvml import NvmlReader, use_library
-from gpuwatch.sampler import PollSuperseded, Sampler
+from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
+from gpuwatch.stalls import PollSuperseded
 
 _LOADED_GPU = '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
 
