@@ -253,7 +253,8 @@ def test_a_verdict_is_its_worst_check_and_always_says_why_when_not_ok(facts):
     assert all(reason.startswith(f"GPU {facts.index}: ") for reason in verdict.reasons)
     if not facts.up:
         assert set(verdict.checks) == {"up", "xid"}
-        assert verdict.checks["up"] == ("warning" if facts.stale_seconds is not None else "critical")
+        hung_briefly = facts.stale_seconds is not None and facts.stale_seconds < HealthThresholds().window_seconds
+        assert verdict.checks["up"] == ("warning" if hung_briefly else "critical")
 
 
 @PROPERTIES
