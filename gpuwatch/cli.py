@@ -124,7 +124,8 @@ def main() -> None:
     type=click.IntRange(1, 1024),
     default=DEFAULT_MAX_REQUESTS,
     show_default=True,
-    help="Connections served at once; more are closed at once.",
+    help="Requests served at once; more wait for a slot (503 after --web.read-timeout). "
+    "At most 10x this many connections are open at once; more are closed at once.",
 )
 @click.option(
     "--web.read-timeout",

@@ -39,11 +39,6 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
     if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
         log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
     notifier = Notifier()
-    simulated_servers = start_simulated_servers(host)
-    sources = settings.tokens or tuple(source for _, source in simulated_servers)
-    for endpoint, _ in simulated_servers:
-        log.info("simulated %s server on %s", endpoint.server.spec.kind, endpoint.url)
-    tokens = TokenTracker(sources, host.clock.time, settings.tokens_window_s) if sources else None
     sampler = Sampler(
         host.reader_factory,
         host.clock,
@@ -51,7 +46,6 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
         settings.process_interval_s,
         health=settings.health,
         event_thread=True,
-        tokens=tokens,
     )
     registry = build_registry(lambda: sampler.latest)
     web_config = WebConfigSource(settings.web_config_file)
@@ -65,8 +59,6 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
             settings.limits,
         )
     except OSError as exc:
-        for endpoint, _ in simulated_servers:
-            endpoint.stop()
         log.error(
             "cannot listen on %s: %s; choose another with --web.listen-address",
             settings.listen_address,
@@ -88,6 +80,13 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    # Token sources: the configured ones, or else the simulated servers of the scenario.
+    simulated_servers = start_simulated_servers(host)
+    for endpoint, _ in simulated_servers:
+        log.info("simulated %s server on %s", endpoint.server.spec.kind, endpoint.url)
+    sources = settings.tokens or tuple(source for _, source in simulated_servers)
+    tokens = TokenTracker(sources, host.clock.time, settings.tokens_window_s) if sources else None
+    sampler.tokens = tokens
     sampler.on_poll = web.exposition.prerender
     if tokens is not None:
         tokens.start()

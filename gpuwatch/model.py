@@ -90,11 +90,15 @@ class GpuStatus:
 
     identity: GpuIdentity
     up: bool
-    reading: GpuReading | None = None  # None when the GPU did not answer this poll
+    # None when the GPU did not answer; while a read hangs (stale_since set), the last poll's that did
+    reading: GpuReading | None = None
     error: str | None = None
+    stale_since: float | None = None  # when the read that has not returned began; the values are older
     energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
     energy_resets: int = 0  # times the driver's energy counter went back (driver reload, GPU reset)
     violation_seconds_total: Mapping[str, float] = field(default_factory=dict)  # reset-safe
+    ecc_errors_total: Mapping[tuple[str, str], float] = field(default_factory=dict)  # reset-safe
+    pcie_counters_total: Mapping[str, float] = field(default_factory=dict)  # replay_errors, *_bytes; reset-safe
     processes: tuple[GpuProcess, ...] = ()
     throttle: ThrottleSummary | None = None  # over the health window
     throttle_class: str | None = None  # this poll's own class

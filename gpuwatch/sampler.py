@@ -1,8 +1,22 @@
 """The poll loop: reads every GPU on a fixed interval into immutable snapshots.
 
-Scrapes and `gpuwatch status` read :attr:`Sampler.latest`; nothing but this loop calls NVML, so
-a hung driver call delays the next snapshot (visible through ``gpuwatch_last_poll_timestamp_seconds``)
-but never a scrape. Time is injected: tests step :meth:`Sampler.poll_once` with a manual clock.
+Scrapes and `gpuwatch status` read :attr:`Sampler.latest`; nothing but this loop calls NVML, so a
+hung driver call never delays a scrape. Time is injected: tests step :meth:`Sampler.poll_once`
+with a manual clock.
+
+How one fault stays one GPU's problem (README, "Failure behaviour"):
+
+* A GPU read that has not returned after :attr:`Sampler.stuck_after_s` (one poll interval of wall
+  time, at least 0.25 s and at most 5 s) is left behind (:mod:`gpuwatch.stalls`): a watcher
+  thread marks that GPU stale (its last values stay, with ``stale_since``), and a fresh loop
+  thread polls on without it. The thread left behind ends as soon as its call returns, and frees
+  the GPU for the next poll. So one thread at most waits on each hung GPU, and a poll makes the
+  same calls as before, with no hand-off between threads. Only a loop stuck outside a GPU read
+  (in ``nvmlInit``, or a bug) stops polling, and with it the systemd watchdog pings.
+* A lost GPU is the reader's to look for again (on a backoff, by UUID).
+* NVML gone as a whole (the driver unloaded or reloaded): the reader is closed and opened again
+  on the same backoff as at start. Counters are kept per GPU UUID and made reset-safe, so they
+  carry on across the reload.
 """
 
 from __future__ import annotations
@@ -11,21 +25,23 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.analysis.counters import ResetSafeCounter
 from gpuwatch.analysis.health import GpuFacts, HealthThresholds, gpu_verdict, host_verdict
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds, classify
-from gpuwatch.model import GpuProcess, GpuReading, GpuStatus, Snapshot
-from gpuwatch.nvml import GpuLost, NvmlReader, NvmlUnavailable, PollFailed, XidWatcher
+from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus, Snapshot
+from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, PollFailed, XidWatcher
+from gpuwatch.stalls import PollSuperseded, StallWatch
 from gpuwatch.tokens.tracker import TokenTracker
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START_S = 1.0
-_BACKOFF_MAX_S = 60.0
+_STUCK_MIN_S = 0.25
+_STUCK_MAX_S = 5.0
 
 
 class Clock(Protocol):
@@ -52,11 +68,13 @@ _BUSY_UTILIZATION = 0.05
 
 @dataclass(slots=True)
 class _GpuHistory:
-    """What the sampler remembers about one GPU between polls."""
+    """What the sampler remembers about one GPU between polls (and across NVML sessions)."""
 
     throttle: ThrottleWindow
     energy: ResetSafeCounter | None = None
     violations: dict[str, ResetSafeCounter] = field(default_factory=dict)
+    ecc: dict[tuple[str, str], ResetSafeCounter] = field(default_factory=dict)
+    pcie: dict[str, ResetSafeCounter] = field(default_factory=dict)
     reason_seconds: dict[str, float] = field(default_factory=dict)
     processes: tuple[GpuProcess, ...] = ()
     xid_counts: Counter[int] = field(default_factory=Counter)
@@ -65,6 +83,20 @@ class _GpuHistory:
 
 def _advance(counter: ResetSafeCounter | None, raw: float) -> ResetSafeCounter:
     return ResetSafeCounter(raw) if counter is None else counter.advance(raw)
+
+
+def _history_key(identity: GpuIdentity) -> str:
+    # By UUID, so a GPU keeps its counters even if a driver reload numbers the GPUs differently.
+    return identity.uuid or f"#{identity.index}"
+
+
+def _pcie_counts(reading: GpuReading) -> Iterator[tuple[str, int]]:
+    if reading.pcie_replay_errors is not None:
+        yield "replay_errors", reading.pcie_replay_errors
+    if reading.pcie_transmit_bytes is not None:
+        yield "transmit_bytes", reading.pcie_transmit_bytes
+    if reading.pcie_receive_bytes is not None:
+        yield "receive_bytes", reading.pcie_receive_bytes
 
 
 def _throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> ThrottleSample:
@@ -95,11 +127,12 @@ class Sampler:
         process_interval_s: float = 10.0,
         health: HealthThresholds | None = None,
         event_thread: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
         tokens: TokenTracker | None = None,
     ) -> None:
         self._reader_factory = reader_factory
         self._clock = clock
-        self.poll_interval_s = poll_interval_s
+        self._poll_interval_s = poll_interval_s
         self.process_interval_s = process_interval_s
         self.health = health or HealthThresholds()
         self._event_thread = event_thread
@@ -107,34 +140,59 @@ class Sampler:
         self._reader: NvmlReader | None = None
         self._events: XidWatcher | None = None
         self._nvml_error: str | None = "not polled yet"
-        self._next_open_at = float("-inf")
-        self._backoff_s = _BACKOFF_START_S
-        self._history: dict[int, _GpuHistory] = {}
+        self._open_backoff = Backoff()
+        self._errors_before: Counter[str] = Counter()  # of readers closed since start
+        self._history: dict[str, _GpuHistory] = {}
         self._next_processes_at = float("-inf")
         self._polls = 0
+        self._stalls = StallWatch(monotonic, clock.time)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # cuts the wait between polls short: stop, or a new interval
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self.latest = Snapshot(timestamp=clock.time(), nvml_up=False, nvml_error=self._nvml_error)
         self.ready = threading.Event()  # set after the first poll, whatever its outcome
         self.on_poll: Callable[[Snapshot], None] | None = None  # after each poll, e.g. pre-render /metrics
 
+    @property
+    def poll_interval_s(self) -> float:
+        return self._poll_interval_s
+
+    @poll_interval_s.setter
+    def poll_interval_s(self, seconds: float) -> None:
+        """A new interval (SIGHUP) applies to the wait already under way, not only the next one."""
+        self._poll_interval_s = seconds
+        self._wake.set()
+
+    @property
+    def stuck_after_s(self) -> float:
+        """Wall time after which a GPU read counts as hung: one poll interval, within 0.25-5 s."""
+        return min(max(self._clock.to_wall(self._poll_interval_s), _STUCK_MIN_S), _STUCK_MAX_S)
+
     # -- one poll ---------------------------------------------------------------------------------
 
     def poll_once(self) -> Snapshot:
-        """Poll every GPU once, publish and return the snapshot."""
+        """Poll every GPU once, publish and return the snapshot.
+
+        Raises :class:`PollSuperseded` when the stall watcher left this poll behind in a hung read.
+        """
+        generation = self._stalls.generation
         started = self._clock.time()
         wall_started = time.perf_counter()
         reader = self._ensure_reader(started)
         gpus: tuple[GpuStatus, ...] = ()
         if reader is not None:
-            self._take_events()
-            refresh_processes = started >= self._next_processes_at
-            if refresh_processes:
-                self._next_processes_at = started + self.process_interval_s
-            gpus = tuple(self._poll_gpu(reader, i, refresh_processes) for i in range(len(reader.identities)))
+            try:
+                gpus = self._poll_gpus(reader, started, generation)
+            except NvmlSessionLost as exc:
+                self._drop_reader(reader, exc)
+                reader = None
         self._polls += 1
         now = self._clock.time()
         gpus = tuple(replace(g, verdict=gpu_verdict(self._facts(g, now), self.health)) for g in gpus)
+        errors = reader.error_counts() if reader else {}
+        if self._errors_before:  # only after a driver reload
+            errors = dict(self._errors_before + Counter(errors))
         sources = self.tokens.observe(gpus) if self.tokens is not None else ()
         snapshot = Snapshot(
             timestamp=now,
@@ -145,7 +203,7 @@ class Sampler:
             gpus=gpus,
             poll_duration_seconds=time.perf_counter() - wall_started,
             polls_total=self._polls,
-            nvml_errors_total=dict(reader.errors) if reader else {},
+            nvml_errors_total=errors,
             verdict=host_verdict(reader is not None, self._nvml_error, [g.verdict for g in gpus]),
             sources=sources,
         )
@@ -158,50 +216,141 @@ class Sampler:
     def _ensure_reader(self, now: float) -> NvmlReader | None:
         if self._reader is not None:
             return self._reader
-        if now < self._next_open_at:
+        if not self._open_backoff.due(now):
             return None
         reader = self._reader_factory()
         try:
             reader.open()
         except NvmlUnavailable as exc:
             self._nvml_error = str(exc)
-            self._next_open_at = now + self._backoff_s
-            log.error("%s; retrying in %.0f s", exc, self._backoff_s)
-            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            self._open_backoff = self._open_backoff.failed(now)
+            log.error("%s; retrying in %.0f s", exc, self._open_backoff.next_at - now)
             return None
-        self._reader, self._nvml_error, self._backoff_s = reader, None, _BACKOFF_START_S
+        self._reader, self._nvml_error, self._open_backoff = reader, None, Backoff()
         self._events = reader.open_events()
         if self._events is not None and self._event_thread:
             self._events.start()
         return reader
 
-    def _history_of(self, index: int) -> _GpuHistory:
-        history = self._history.get(index)
+    def _drop_reader(self, reader: NvmlReader, exc: NvmlSessionLost) -> None:
+        """NVML went away under us: close this session and open a new one from the next poll on."""
+        log.error("NVML stopped answering (%s): the driver was unloaded or reloaded; opening NVML again", exc)
+        self._errors_before += Counter(reader.error_counts())
+        self._close_reader()
+        self._nvml_error = f"NVML session lost ({exc}); opening it again"
+        self._open_backoff = Backoff()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        events, self._events = self._events, None
+        if events is not None:
+            events.close()
+        if reader is not None:
+            reader.close()
+
+    def _history_of(self, identity: GpuIdentity) -> _GpuHistory:
+        key = _history_key(identity)
+        history = self._history.get(key)
         if history is None:
             window = ThrottleWindow(
-                length_seconds=self.health.window_seconds, max_gap_seconds=max(5.0, 3 * self.poll_interval_s)
+                length_seconds=self.health.window_seconds, max_gap_seconds=max(5.0, 3 * self._poll_interval_s)
             )
-            history = self._history[index] = _GpuHistory(throttle=window)
+            history = self._history[key] = _GpuHistory(throttle=window)
         return history
 
-    def _take_events(self) -> None:
+    def _take_events(self, reader: NvmlReader) -> None:
         if self._events is None:
             return
         if not self._event_thread:
             self._events.pump(0)
         for event in self._events.drain():
-            history = self._history_of(event.gpu_index)
-            history.xid_counts[event.xid] += 1
-            history.recent_xids.append((event.timestamp, event.xid))
+            if event.gpu_index < reader.gpu_count:
+                history = self._history_of(reader.identity(event.gpu_index))
+                history.xid_counts[event.xid] += 1
+                history.recent_xids.append((event.timestamp, event.xid))
 
-    def _poll_gpu(self, reader: NvmlReader, index: int, refresh_processes: bool) -> GpuStatus:
-        identity = reader.identities[index]
-        history = self._history_of(index)
-        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
+    def _poll_gpus(self, reader: NvmlReader, started: float, generation: int) -> tuple[GpuStatus, ...]:
+        self._take_events(reader)
+        refresh_processes = started >= self._next_processes_at
+        if refresh_processes:
+            self._next_processes_at = started + self.process_interval_s
+        statuses = []
+        for index in range(reader.gpu_count):
+            stuck_since = self._stalls.stuck_since(index)
+            if stuck_since is not None:
+                statuses.append(self._stale(reader.identity(index), stuck_since))
+                continue
+            outcome = self._read(reader, index, refresh_processes, generation)
+            statuses.append(self._status(reader.identity(index), outcome, refresh_processes))
+        return tuple(statuses)
+
+    def _read(
+        self, reader: NvmlReader, index: int, slow: bool, generation: int
+    ) -> tuple[GpuReading, tuple[GpuProcess, ...] | None] | GpuLost | PollFailed:
+        """Every NVML call for one GPU in one poll, watched for stalls (see the module doc)."""
+        self._stalls.begin(generation, index)
         try:
-            reading = reader.read(index, slow=refresh_processes)
+            reading = reader.read(index, slow=slow)
+            outcome: tuple[GpuReading, tuple[GpuProcess, ...] | None] | GpuLost | PollFailed = (
+                reading,
+                reader.processes(index) if slow else None,
+            )
         except (GpuLost, PollFailed) as exc:
-            return GpuStatus(identity, up=False, error=str(exc), xid_errors=xid_errors, recent_xids=recent_xids)
+            outcome = exc
+        finally:
+            self._end_read(generation, index)
+        return outcome
+
+    def _end_read(self, generation: int, index: int) -> None:
+        try:
+            self._stalls.end(generation, index)
+        except PollSuperseded as exc:
+            log.warning("%s; polling it again", exc)
+            raise
+
+    def check_stalled(self) -> bool:
+        """Leave behind a read that has run past :attr:`stuck_after_s`; True when it did.
+
+        The stall watcher calls this a few times per threshold; after True it starts a new loop
+        thread. The GPU read is marked stuck until the call returns.
+        """
+        stuck = self._stalls.leave_behind(self.stuck_after_s)
+        if stuck is None:
+            return False
+        log.error(
+            "GPU %d: an NVML call has not returned for %.1f s; showing its last values as stale "
+            "and polling the other GPUs without it until the call returns",
+            stuck.index,
+            stuck.for_s,
+        )
+        return True
+
+    def _stale(self, identity: GpuIdentity, since: float) -> GpuStatus:
+        """A GPU whose read hangs: the last poll's values, marked stale (or down if it had none)."""
+        history = self._history_of(identity)
+        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
+        error = f"NVML call not returning for {self._clock.time() - since:.0f} s"
+        gpus = self.latest.gpus
+        previous = gpus[identity.index] if identity.index < len(gpus) else None
+        if previous is None or previous.reading is None or previous.identity.uuid != identity.uuid:
+            return GpuStatus(identity, up=False, error=error, xid_errors=xid_errors, recent_xids=recent_xids)
+        return replace(
+            previous, up=False, error=error, stale_since=since, xid_errors=xid_errors, recent_xids=recent_xids
+        )
+
+    def _status(
+        self,
+        identity: GpuIdentity,
+        outcome: tuple[GpuReading, tuple[GpuProcess, ...] | None] | GpuLost | PollFailed,
+        refresh_processes: bool,
+    ) -> GpuStatus:
+        history = self._history_of(identity)
+        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
+        if isinstance(outcome, Exception):
+            if isinstance(outcome, PollFailed):
+                log.warning("GPU %d: poll failed: %s", identity.index, outcome)
+            return GpuStatus(identity, up=False, error=str(outcome), xid_errors=xid_errors, recent_xids=recent_xids)
+        reading, processes = outcome
         sample = _throttle_sample(reading, identity.max_clocks_hertz.get("sm"))
         span = history.throttle.add(sample)
         history.reason_seconds = accumulate_reason_seconds(history.reason_seconds, sample.reasons - {"other"}, span)
@@ -209,8 +358,13 @@ class Sampler:
             history.energy = _advance(history.energy, reading.energy_joules)
         for policy, seconds in reading.violation_seconds.items():
             history.violations[policy] = _advance(history.violations.get(policy), seconds)
-        if refresh_processes:
-            history.processes = reader.processes(index)
+        ecc, pcie = history.ecc, history.pcie
+        for key, count in reading.ecc_errors.items():
+            ecc[key] = _advance(ecc.get(key), count)
+        for name, count in _pcie_counts(reading):
+            pcie[name] = _advance(pcie.get(name), count)
+        if processes is not None:
+            history.processes = processes
         return GpuStatus(
             identity=identity,
             up=True,
@@ -218,6 +372,8 @@ class Sampler:
             energy_joules_total=None if history.energy is None else history.energy.total,
             energy_resets=0 if history.energy is None else history.energy.resets,
             violation_seconds_total={p: c.total for p, c in history.violations.items()},
+            ecc_errors_total={key: c.total for key, c in ecc.items()},
+            pcie_counters_total={name: c.total for name, c in pcie.items()},
             processes=history.processes,
             throttle=history.throttle.summary(),
             throttle_class=classify(sample),
@@ -230,7 +386,12 @@ class Sampler:
         r = status.reading
         if not status.up or r is None:
             return GpuFacts(
-                index=status.identity.index, up=False, error=status.error, recent_xids=status.recent_xids, now=now
+                index=status.identity.index,
+                up=False,
+                error=status.error,
+                stale_seconds=None if status.stale_since is None else now - status.stale_since,
+                recent_xids=status.recent_xids,
+                now=now,
             )
         return GpuFacts(
             index=status.identity.index,
@@ -250,29 +411,47 @@ class Sampler:
     # -- the loop ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Poll in a background thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._run, name="gpuwatch-sampler", daemon=True)
-        self._thread.start()
+        """Poll in a background thread until :meth:`stop`, with a watcher for hung GPU reads."""
+        self._start_loop()
+        self._watcher = threading.Thread(target=self._watch_stalls, name="gpuwatch-stall-watch", daemon=True)
+        self._watcher.start()
+
+    def _start_loop(self) -> None:
+        thread = threading.Thread(target=self._run, name="gpuwatch-sampler", daemon=True)
+        self._thread = thread
+        thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = self._clock.time()
             try:
                 self.poll_once()
+            except PollSuperseded:
+                return  # another loop thread polls now
             except Exception:  # a bug in one poll must not end polling
                 log.exception("poll failed")
-            elapsed = self._clock.time() - started
-            self._stop.wait(self._clock.to_wall(max(0.0, self.poll_interval_s - elapsed)))
+            self._wait_for_next_poll(started)
+
+    def _wait_for_next_poll(self, started: float) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # before reading the interval, so a new one set meanwhile is not missed
+            wall_s = self._clock.to_wall(self._poll_interval_s - (self._clock.time() - started))
+            if wall_s <= 0:
+                return
+            self._wake.wait(wall_s)
+
+    def _watch_stalls(self) -> None:
+        while not self._stop.wait(self.stuck_after_s / 4):
+            if self.check_stalled():
+                self._start_loop()
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop polling; a poll stuck in a driver call is left behind (the thread is a daemon)."""
+        """Stop polling. A read hung in a driver call is left behind (its thread is a daemon), and
+        NVML is then not shut down under it."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        if self._thread is None or not self._thread.is_alive():
-            reader, self._reader = self._reader, None
-            if self._events is not None:
-                self._events.close()
-                self._events = None
-            if reader is not None:
-                reader.close()
+        self._wake.set()
+        for thread in (self._thread, self._watcher):
+            if thread is not None:
+                thread.join(timeout_s)
+        if (self._thread is None or not self._thread.is_alive()) and not self._stalls.any_stuck:
+            self._close_reader()

@@ -63,6 +63,7 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         "pci_bus_id": g.pci_bus_id,
         "up": status.up,
         "error": status.error,
+        "stale_since": status.stale_since,
         "verdict": status.verdict.state,
         "reasons": list(status.verdict.reasons),
         "checks": dict(status.verdict.checks),
@@ -203,7 +204,7 @@ def _row(gpu: dict[str, Any]) -> list[str]:
     verdict = gpu.get("verdict") or "unknown"
     prefix = f"GPU {gpu['index']}: "
     reasons = "; ".join(r.removeprefix(prefix) for r in gpu.get("reasons") or [])
-    if not gpu["up"]:
+    if not gpu["up"] and gpu.get("stale_since") is None:  # a stale GPU shows its last values
         return [index, gpu["name"] or "?", verdict, "", "", "", "", "", "", reasons or "not answering"]
     temp = _pair(gpu["temperature_celsius"], gpu["temperature_limit_celsius"], "°C", 1)
     if gpu["temperature_limit_celsius"] is None and gpu["temperature_margin_celsius"] is not None:

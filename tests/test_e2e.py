@@ -195,6 +195,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--web.listen-address" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_endpoints(tmp_path):

@@ -115,3 +115,13 @@ def test_host_verdict():
     assert host_verdict(True, None, [ok, ok]).reasons == ("2 GPU(s) ok",)
     assert host_verdict(False, "LibraryNotFound", []).state == "unknown"
     assert host_verdict(True, None, []).state == "unknown"
+
+
+def test_a_hung_gpu_is_a_warning_until_it_has_hung_for_a_whole_window():
+    limits = HealthThresholds(window_seconds=60)
+    brief = gpu_verdict(GpuFacts(index=2, up=False, stale_seconds=31), limits)
+    assert brief.state == "warning" and brief.reasons == (
+        "GPU 2: NVML call not returning for 31 s; showing its last values",
+    )
+    assert gpu_verdict(GpuFacts(index=2, up=False, stale_seconds=60), limits).state == "critical"
+    assert gpu_verdict(GpuFacts(index=2, up=False, error="GpuIsLost (code 15)"), limits).state == "critical"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gpuwatch.nvml import GpuLost, NvmlReader, NvmlUnavailable, use_library
+from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, use_library
 from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
@@ -150,3 +150,81 @@ def test_no_driver_library_is_nvml_unavailable_with_a_hint():
     else:  # a machine with a real driver
         reader.close()
         pytest.skip("a real NVIDIA driver is present")
+
+
+def _reader_over(text: str) -> tuple[NvmlReader, ManualClock, SimulatedNvmlLibrary]:
+    clock = ManualClock()
+    library = SimulatedNvmlLibrary(scenario.parse(text), clock.sim_seconds)
+    use_library(library)
+    return NvmlReader(clock.time), clock, library
+
+
+_RESET = (
+    '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+    '[[gpu.fault]]\nkind = "fall_off_bus"\nat_s = 10\n[[gpu.fault]]\nkind = "gpu_reset"\nat_s = 30\n'
+)
+
+
+def test_a_lost_gpu_is_probed_again_on_a_backoff_and_read_again_after_a_reset(caplog):
+    reader, clock, library = _reader_over(_RESET)
+    reader.open()
+    try:
+        uuid = reader.identities[0].uuid
+        clock.advance(11)
+        with pytest.raises(GpuLost):
+            reader.read(0)
+        probes = []
+        for _ in range(18):  # t = 12 .. 29: still lost; probed at 12, 14, 18, 26 (1, 2, 4, 8 s apart)
+            clock.advance(1)
+            calls = library.calls_by_symbol["nvmlDeviceGetHandleByUUID"]
+            with pytest.raises(GpuLost):
+                reader.read(0)
+            if library.calls_by_symbol["nvmlDeviceGetHandleByUUID"] > calls:
+                probes.append(clock.sim_seconds())
+        assert probes == [12, 14, 18, 26]
+        clock.advance(13)  # reset at 30; the next probe is due at 42
+        with caplog.at_level(logging.WARNING):
+            reading = reader.read(0)
+        assert reading.power_watts > 0 and reader.identities[0].uuid == uuid
+        assert "answering again" in caplog.text
+    finally:
+        reader.close()
+
+
+def test_a_call_that_answered_once_is_not_written_off_by_a_passing_not_supported():
+    text = (
+        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n[[gpu.fault]]\nkind = "not_supported"\nat_s = 10\nduration_s = 5\n'
+    )
+    reader, clock, _ = _reader_over(text)
+    reader.open()
+    try:
+        assert reader.read(0).temperature_celsius is not None
+        clock.advance(11)
+        during = reader.read(0, slow=False)
+        assert during.temperature_celsius is None and during.power_watts is None
+        assert reader.errors["temperature#0"] == 1 and reader.errors["field_values"] == 1
+        clock.advance(5)
+        after = reader.read(0)
+        assert after.temperature_celsius is not None and after.power_watts is not None
+    finally:
+        reader.close()
+
+
+def test_a_driver_reload_is_a_lost_session_not_a_lost_gpu():
+    reader, clock, _ = _reader_over(
+        '[[fault]]\nkind = "driver_reload"\nat_s = 10\nduration_s = 5\n[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+    )
+    reader.open()
+    clock.advance(11)
+    with pytest.raises(NvmlSessionLost, match="Uninitialized"):
+        reader.read(0)
+    reader.close()
+    with pytest.raises(NvmlUnavailable, match="DriverNotLoaded"):
+        reader.open()
+    clock.advance(5)
+    fresh = NvmlReader(clock.time)
+    fresh.open()
+    try:
+        assert fresh.read(0).power_watts > 0
+    finally:
+        fresh.close()

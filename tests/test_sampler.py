@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gpuwatch.nvml import NvmlReader, NvmlUnavailable
+from waiting import wait_until
+
+from gpuwatch.host import simulated_host
+from gpuwatch.nvml import NvmlReader, NvmlUnavailable, use_library
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock
 
@@ -100,3 +103,16 @@ def test_per_reason_seconds_and_the_window_follow_the_polls(sim):
     assert braked.throttle_class == "power_brake"
     assert snapshot.gpus[0].throttle.dominant == "power_cap"
     assert "hw_power_brake" not in snapshot.gpus[0].clocks_event_seconds
+
+
+def test_a_new_poll_interval_cuts_the_wait_under_way_short():
+    host = simulated_host("healthy")
+    sampler = Sampler(host.reader_factory, host.clock, poll_interval_s=3600)
+    sampler.start()
+    try:
+        assert sampler.ready.wait(5)
+        sampler.poll_interval_s = 0.01  # as a SIGHUP reload sets it, an hour before the next poll
+        assert wait_until(lambda: sampler.latest.polls_total >= 3)
+    finally:
+        sampler.stop()
+        use_library(None)

@@ -29,6 +29,8 @@ def test_default_is_four_a6000s():
         ('[[gpu]]\n[[gpu.fault]]\nkind = "xid"', ["gpu[0].fault[0].xid", "needs its code"]),
         ('name = "x"', ["gpu", "at least one"]),
         ("[[gpu]]\npower_limit_w = 500", ["gpu[0].power_limit_w", "500", "maximum"]),
+        ('[[fault]]\nkind = "fall_off_bus"\n[[gpu]]', ["fault[0].kind", "fall_off_bus", "driver_reload"]),
+        ('[[gpu]]\n[[gpu.fault]]\nkind = "unknown_error"\nratio = 2', ["gpu[0].fault[0].ratio", "maximum"]),
     ],
 )
 def test_mistakes_name_the_key(tmp_path, text, expected):

@@ -119,12 +119,17 @@ def test_a_slow_poll_interval_is_not_a_stall(listener):
     assert not dog.check()
 
 
-def _hang_scenario(tmp_path: Path) -> Path:
-    path = tmp_path / "hang.toml"
+def _wedge_scenario(tmp_path: Path) -> Path:
+    """GPU 0 hangs after 1 s (the loop goes on without it); at 4 s the driver reloads and the
+    loop's own nvmlInit then hangs (the loop itself is stuck)."""
+    path = tmp_path / "wedge.toml"
     path.write_text(
-        'name = "hang"\ndescription = "GPU 0 wedges after 3 s"\nseed = 1\n'
+        'name = "wedge"\ndescription = "GPU 0 hangs at 1 s; the driver reloads at 4 s and nvmlInit hangs"\n'
+        '[[fault]]\nkind = "driver_reload"\nat_s = 4\nduration_s = 0.5\n'
+        '[[fault]]\nkind = "init_hang"\nat_s = 4\nhang_s = 60\nduration_s = 600\n'
         '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
-        '[[gpu.fault]]\nkind = "hang"\nat_s = 3\nhang_s = 60\nduration_s = 600\n'
+        '[[gpu.fault]]\nkind = "hang"\nat_s = 1\nhang_s = 60\nduration_s = 600\n'
+        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
     )
     return path
 
@@ -148,14 +153,17 @@ def test_serve_sends_ready_then_watchdog_pings_and_stopping(tmp_path, listener):
 
 
 @pytest.mark.slow
-def test_a_wedged_poll_loop_stops_the_watchdog_pings(tmp_path, listener):
+def test_a_hung_gpu_keeps_the_watchdog_fed_and_only_a_wedged_loop_stops_it(tmp_path, listener):
     path, lst = listener
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
-    args = ("--simulate", str(_hang_scenario(tmp_path)), "--poll-interval", "100ms")
+    args = ("--simulate", str(_wedge_scenario(tmp_path)), "--poll-interval", "100ms")
     with serve(tmp_path, *args, env=env) as d:
         lst.wait_for("READY", "1")
-        lst.wait_for("WATCHDOG", "1")
-        d.wait_for_log("no longer pinging the systemd watchdog", timeout_s=8)
+        d.wait_for_log("GPU 0: an NVML call has not returned", timeout_s=5)
+        lst.messages()
+        assert lst.wait_for("WATCHDOG", "1", timeout_s=1.0)  # GPU 0 hangs, the loop goes on: still fed
+        d.wait_for_log("no longer pinging the systemd watchdog", timeout_s=8)  # stuck in nvmlInit
+        assert "NVML stopped answering" in d.stderr
         lst.messages()
         time.sleep(1.0)  # a whole watchdog interval with no ping: systemd would restart us now
         assert {"WATCHDOG": "1"} not in lst.messages()

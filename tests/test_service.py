@@ -43,6 +43,9 @@ def polls(url: str) -> float:
         ('poll_interval = "soon"\n', ["poll_interval", "'soon'"]),
         ("[web]\nmax_requests = 100000\n", ["web.max_requests", "100000", "out of range"]),
         ("[web]\nlisten_adress = ':1'\n", ["unknown key", "web.listen_adress"]),
+        ('[web]\nmax_requests = "many"\n', ["web.max_requests", "'many'", "expected an integer"]),
+        ("[log]\nlevel = 3\n", ["log.level", "3", "expected a non-empty string"]),
+        ("poll_interval = \n", ["not valid TOML", "line 1"]),
     ],
 )
 def test_a_bad_config_exits_78_with_one_line(tmp_path, command, text, expected):

@@ -146,3 +146,111 @@ def test_calls_before_init_are_uninitialized():
             pynvml.nvmlDeviceGetCount()
     finally:
         use_library(None)
+
+
+# -- faults of the driver as a whole, and GPUs coming back ----------------------------------------
+
+_ONE_GPU = '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+
+
+@pytest.fixture
+def host():
+    """Factory: the simulated library of a scenario text, installed beneath pynvml, not yet initialised."""
+
+    def install(text: str) -> tuple[ManualClock, SimulatedNvmlLibrary]:
+        clock = ManualClock()
+        library = SimulatedNvmlLibrary(scenario.parse(text), clock.sim_seconds)
+        use_library(library)
+        return clock, library
+
+    yield install
+    with contextlib.suppress(pynvml.NVMLError):
+        pynvml.nvmlShutdown()
+    use_library(None)
+
+
+def test_nvml_cannot_start_until_the_library_and_then_the_driver_are_there(host):
+    clock, _ = host(
+        '[[fault]]\nkind = "library_missing"\nduration_s = 10\n'
+        '[[fault]]\nkind = "driver_missing"\nat_s = 10\nduration_s = 10\n' + _ONE_GPU
+    )
+    with pytest.raises(pynvml.NVMLError_LibraryNotFound):
+        pynvml.nvmlInit()
+    clock.advance(15)
+    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+        pynvml.nvmlInit()
+    clock.advance(10)
+    pynvml.nvmlInit()
+    assert pynvml.nvmlDeviceGetCount() == 1
+
+
+def test_a_driver_reload_ends_sessions_invalidates_handles_and_restarts_counts(host):
+    clock, _ = host('[[fault]]\nkind = "driver_reload"\nat_s = 60\nduration_s = 5\n' + _ONE_GPU)
+    pynvml.nvmlInit()
+    old = pynvml.nvmlDeviceGetHandleByIndex(0)
+    clock.advance(59)
+    energy_before = pynvml.nvmlDeviceGetTotalEnergyConsumption(old)
+    clock.advance(2)
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(old)
+    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+        pynvml.nvmlInit()  # the module is still loading
+    clock.advance(5)
+    pynvml.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(old)  # a handle of the previous driver load
+    new = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert 0 < pynvml.nvmlDeviceGetTotalEnergyConsumption(new) < energy_before
+
+
+def test_a_lost_gpu_is_found_by_uuid_again_after_a_reset(host):
+    clock, _ = host(
+        _ONE_GPU + '[[gpu.fault]]\nkind = "fall_off_bus"\nat_s = 10\n[[gpu.fault]]\nkind = "gpu_reset"\nat_s = 30\n'
+    )
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    uuid = pynvml.nvmlDeviceGetUUID(handle)
+    clock.advance(20)
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    clock.advance(11)
+    again = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    assert pynvml.nvmlDeviceGetUUID(again) == uuid
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(again) < 2_000_000  # restarted at the reset
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetHandleByUUID("GPU-00000000-0000-0000-0000-000000000000")
+
+
+def test_intermittent_call_faults_fail_about_their_ratio_of_calls(host):
+    clock, _ = host(
+        _ONE_GPU + '[[gpu.fault]]\nkind = "unknown_error"\nratio = 0.3\nduration_s = 10\n'
+        '[[gpu.fault]]\nkind = "not_supported"\nat_s = 10\nduration_s = 10\n'
+    )
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    clock.advance(1)  # a GPU's faults strike as simulated time steps past them
+    failed = 0
+    for _ in range(1000):
+        try:
+            pynvml.nvmlDeviceGetPerformanceState(handle)
+        except pynvml.NVMLError_Unknown:
+            failed += 1
+    assert 200 < failed < 400
+    clock.advance(10)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetPerformanceState(handle)
+    clock.advance(10)
+    assert pynvml.nvmlDeviceGetPerformanceState(handle) == 0
+
+
+def test_init_can_hang():
+    slept: list[float] = []
+    clock = ManualClock()
+    text = '[[fault]]\nkind = "init_hang"\nhang_s = 30\nduration_s = 1\n' + _ONE_GPU
+    use_library(SimulatedNvmlLibrary(scenario.parse(text), clock.sim_seconds, sleep=slept.append))
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        assert slept == [30]
+    finally:
+        use_library(None)

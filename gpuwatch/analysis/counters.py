@@ -24,6 +24,8 @@ class ResetSafeCounter:
 
     def advance(self, raw: float) -> ResetSafeCounter:
         """The counter after the driver reported ``raw``."""
+        if raw == self.last_raw:
+            return self  # most counts (ECC, replays) rarely move: no new object per poll
         if raw < self.last_raw:
             return ResetSafeCounter(last_raw=raw, offset=self.offset + self.last_raw, resets=self.resets + 1)
         return ResetSafeCounter(last_raw=raw, offset=self.offset, resets=self.resets)

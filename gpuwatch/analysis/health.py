@@ -4,7 +4,8 @@ States, from best to worst: ``ok``, ``unknown``, ``warning``, ``critical`` (the 
 worst of its GPUs; Nagios exit codes 0, 3, 1, 2). Each rule below is one *check*; a check that
 does not apply to a GPU (ECC on a GeForce card) is left out rather than passed or failed.
 
-* ``up``: a GPU that stopped answering is critical.
+* ``up``: a GPU that stopped answering is critical. One whose NVML call hangs (its last values
+  shown, stale) is a warning, and critical once it has hung for a whole window.
 * ``temperature``: at or above the card's max-operating threshold is a warning, at or above its
   slowdown threshold critical. Parts that report only a margin (Ada and later: T.Limit, where 0 is
   the max-operating point and the slowdown point is below it) use ``margin_warning_celsius`` and
@@ -63,6 +64,7 @@ class GpuFacts:
     index: int
     up: bool
     error: str | None = None
+    stale_seconds: float | None = None  # not up because a read hangs: how long it has hung
     temperature_celsius: float | None = None
     margin_celsius: float | None = None
     thresholds_celsius: Mapping[str, float] = field(default_factory=dict)
@@ -99,11 +101,19 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
     name = f"GPU {facts.index}"
 
     if not facts.up:
-        reason = f"{name}: not answering ({facts.error})" if facts.error else f"{name}: not answering"
+        if facts.stale_seconds is not None:
+            # A call that hangs says something is wrong, not yet that the GPU is gone; one that
+            # has hung for a whole health window says the GPU is wedged.
+            up_state = "critical" if facts.stale_seconds >= limits.window_seconds else "warning"
+            reason = f"{name}: NVML call not returning for {facts.stale_seconds:.0f} s; showing its last values"
+        else:
+            up_state = "critical"
+            reason = f"{name}: not answering ({facts.error})" if facts.error else f"{name}: not answering"
         _, xid_state, xid_reason = _xids(facts, limits, name)
-        return Verdict(
-            "critical", (reason, xid_reason) if xid_reason else (reason,), {"up": "critical", "xid": xid_state}
-        )
+        reasons: tuple[str, ...] = (reason, xid_reason) if xid_reason else (reason,)
+        if _SEVERITY[xid_state] > _SEVERITY[up_state]:
+            reasons = reasons[::-1]  # worst first
+        return Verdict(worst((up_state, xid_state)), reasons, {"up": up_state, "xid": xid_state})
     findings.append(("up", "ok", ""))
 
     findings.append(_temperature(facts, limits, name))

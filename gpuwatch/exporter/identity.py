@@ -1,4 +1,4 @@
-"""gpuwatch_gpu_info and gpuwatch_gpu_up: which GPUs there are and whether they answered."""
+"""gpuwatch_gpu_info, gpuwatch_gpu_up and gpuwatch_gpu_stale: which GPUs there are, whether they answered."""
 
 from __future__ import annotations
 
@@ -22,4 +22,11 @@ def collect(snapshot: Snapshot) -> Families:
             vbios_version=g.vbios_version or "",
         )
         f.gpu_gauge("gpuwatch_gpu_up", "1 when the GPU answered the last poll, 0 when it did not.", g, int(status.up))
+        f.gpu_gauge(
+            "gpuwatch_gpu_stale",
+            "1 while an NVML call for this GPU hangs: its other series hold the values of the last poll it "
+            "answered (gpuwatch_gpu_up is 0); the other GPUs are polled on without it.",
+            g,
+            int(status.stale_since is not None),
+        )
     return f

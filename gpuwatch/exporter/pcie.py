@@ -37,22 +37,23 @@ def collect(snapshot: Snapshot) -> Families:
             g,
             g.pcie_max_width,
         )
+        totals = status.pcie_counters_total
         f.gpu_counter(
             "gpuwatch_gpu_pcie_replay_errors",
-            "PCIe replays since driver load (NVML_FI_DEV_PCIE_REPLAY_COUNTER).",
+            "PCIe replays (NVML_FI_DEV_PCIE_REPLAY_COUNTER), carried across driver reloads while gpuwatch runs.",
             g,
-            r.pcie_replay_errors,
+            totals.get("replay_errors"),
         )
         f.gpu_counter(
             "gpuwatch_gpu_pcie_transmit_bytes",
-            "Bytes sent over PCIe (NVML_FI_DEV_PCIE_COUNT_TX_BYTES).",
+            "Bytes sent over PCIe (NVML_FI_DEV_PCIE_COUNT_TX_BYTES), carried across driver reloads.",
             g,
-            r.pcie_transmit_bytes,
+            totals.get("transmit_bytes"),
         )
         f.gpu_counter(
             "gpuwatch_gpu_pcie_receive_bytes",
-            "Bytes received over PCIe (NVML_FI_DEV_PCIE_COUNT_RX_BYTES).",
+            "Bytes received over PCIe (NVML_FI_DEV_PCIE_COUNT_RX_BYTES), carried across driver reloads.",
             g,
-            r.pcie_receive_bytes,
+            totals.get("receive_bytes"),
         )
     return f

@@ -27,13 +27,14 @@ def collect(snapshot: Snapshot) -> Families:
                 g,
                 int(g.ecc_enabled),
             )
-        for (kind, scope), count in r.ecc_errors.items():
+        for (kind, scope), total in status.ecc_errors_total.items():
             f.gpu_counter(
                 "gpuwatch_gpu_ecc_errors",
-                "ECC errors (NVML_FI_DEV_ECC_*_TOTAL): volatile counts reset at driver load and are read every poll; "
-                "aggregate counts persist for the board's life and are read every --process-interval.",
+                "ECC errors (NVML_FI_DEV_ECC_*_TOTAL): volatile counts restart at driver load and are read every "
+                "poll; aggregate counts persist for the board's life and are read every --process-interval. "
+                "Carried across driver reloads and GPU resets while gpuwatch runs.",
                 g,
-                count,
+                total,
                 type=kind,
                 scope=scope,
             )

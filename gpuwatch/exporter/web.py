@@ -1,10 +1,19 @@
 """The HTTP server: /metrics, /status, /-/healthy, /-/ready and a landing page.
 
 Every handler reads the sampler's latest snapshot; none calls NVML. Request handling is bounded so
-that a slow or hostile client cannot starve scrapes: at most ``max_requests`` connections are
-served at once (more are closed at once), the TLS handshake and the request head must arrive
-within ``read_timeout_s``, the head may not exceed ``MAX_HEAD_BYTES``, and one connection carries
-one request. TLS and basic auth come from ``--web.config.file`` (:mod:`gpuwatch.webconfig`).
+that a slow or hostile client cannot starve scrapes:
+
+* a connection holds no request slot while its TLS handshake and request head arrive, which must
+  happen within ``read_timeout_s`` (else 408), in at most ``MAX_HEAD_BYTES`` (else 431); so clients
+  that trickle bytes cost a thread each, and never delay a scrape;
+* at most ``max_requests`` requests are served at once; a complete request waits for a slot (a
+  burst of scrapes queues for the few milliseconds each takes), and is answered 503 only if none
+  comes free within ``read_timeout_s``;
+* at most ``CONNECTIONS_PER_REQUEST`` x ``max_requests`` connections are open at once, whatever
+  they are doing (this bounds threads and memory); more are closed at once;
+* one connection carries one request.
+
+TLS and basic auth come from ``--web.config.file`` (:mod:`gpuwatch.webconfig`).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; a scrape sends well under 1 KiB
 DEFAULT_MAX_REQUESTS = 40  # node_exporter's --web.max-requests default
 DEFAULT_READ_TIMEOUT_S = 10.0
+CONNECTIONS_PER_REQUEST = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,10 @@ class Limits:
 
     max_requests: int = DEFAULT_MAX_REQUESTS
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+
+    @property
+    def max_connections(self) -> int:
+        return CONNECTIONS_PER_REQUEST * self.max_requests
 
 
 class ListenAddressError(ValueError):
@@ -65,8 +79,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # socketserver's default backlog of 5 drops connections when many scrapers arrive at once,
-    # and a dropped SYN costs the scraper a 1 s retransmit.
-    request_queue_size = 128
+    # and a dropped SYN costs the scraper a 1 s retransmit. The kernel caps it at somaxconn (4096).
+    request_queue_size = 1024
 
     def __init__(
         self,
@@ -80,6 +94,7 @@ class _Server(ThreadingHTTPServer):
         self.web_config = web_config
         self.limits = limits
         self._slots = threading.BoundedSemaphore(limits.max_requests)
+        self._connections = threading.BoundedSemaphore(limits.max_connections)
         self._local = threading.local()
         super().__init__(address, handler)
 
@@ -89,16 +104,18 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning(
-                "%d requests in flight; refusing a connection from %s", self.limits.max_requests, client_address[0]
-            )
+        if not self._connections.acquire(blocking=False):
+            log.warning("%d connections open; refusing one from %s", self.limits.max_connections, client_address[0])
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
+        except RuntimeError as exc:  # no thread to be had (systemd's TasksMax=, say)
+            self._connections.release()
+            log.warning("cannot serve a connection from %s: %s", client_address[0], exc)
+            self.shutdown_request(request)
         except BaseException:
-            self._slots.release()
+            self._connections.release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -117,7 +134,14 @@ class _Server(ThreadingHTTPServer):
             self._local.config = config
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._connections.release()
+
+    def request_slot(self) -> bool:
+        """Wait for one of the ``max_requests`` slots, up to the read timeout; True when one was taken."""
+        return self._slots.acquire(timeout=self.limits.read_timeout_s)
+
+    def release_slot(self) -> None:
+        self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-response is routine, not a traceback on stderr.
@@ -217,12 +241,23 @@ def _make_handler(
             head, error = _read_head(self.connection, self.server.limits.read_timeout_s)
             if error < 0:
                 return  # the client went away
+            if not error and not self.server.request_slot():
+                log.warning(
+                    "all %d request slots busy for %g s; answering 503 to %s",
+                    self.server.limits.max_requests,
+                    self.server.limits.read_timeout_s,
+                    self.client_address[0],
+                )
+                error = 503
             if error:
                 self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
                 self.send_error(error)
                 return
-            self.rfile = io.BytesIO(head)
-            self.handle_one_request()
+            try:
+                self.rfile = io.BytesIO(head)
+                self.handle_one_request()
+            finally:
+                self.server.release_slot()
 
         def do_GET(self) -> None:
             if not self.config.authorized(self.headers.get("Authorization")):

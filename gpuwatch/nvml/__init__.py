@@ -2,6 +2,15 @@
 
 from gpuwatch.nvml.events import XidEvent, XidWatcher
 from gpuwatch.nvml.library import use_library
-from gpuwatch.nvml.reader import GpuLost, NvmlReader, NvmlUnavailable, PollFailed
+from gpuwatch.nvml.reader import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, PollFailed
 
-__all__ = ["GpuLost", "NvmlReader", "NvmlUnavailable", "PollFailed", "XidEvent", "XidWatcher", "use_library"]
+__all__ = [
+    "GpuLost",
+    "NvmlReader",
+    "NvmlSessionLost",
+    "NvmlUnavailable",
+    "PollFailed",
+    "XidEvent",
+    "XidWatcher",
+    "use_library",
+]

@@ -16,8 +16,15 @@ Policy, per shared/research/nvml.md §4.4:
   utilisation, BAR1 use, PCIe link generation and width, aggregate ECC counts and retired pages,
   the last two in a second field batch) are read only when the caller asks for a slow read (the
   sampler's process loop) and carried between reads (research/nvml.md §7).
-* ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only;
+* A query that has answered once and later answers NotSupported (a driver in trouble) is not
+  written off: that poll's value is ``None`` and the error is counted, like any other error.
+* ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only; a
+  lost GPU costs no calls until it is probed again, by UUID through a fresh handle, on a backoff
+  (1 s doubling to 60 s): after a reset it is opened anew and read again.
   ``Unknown`` fails that GPU's poll; other errors cost one value for one poll and are counted.
+* ``Uninitialized``, ``DriverNotLoaded`` and ``LibRmVersionMismatch`` from any call mean the
+  session is gone (the driver was unloaded or reloaded) and raise :class:`NvmlSessionLost`: the
+  caller closes this reader and opens a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any, TypeVar
 import psutil
 import pynvml
 
+from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
 from gpuwatch.nvml import fields
 from gpuwatch.nvml.events import XidWatcher
@@ -53,6 +61,11 @@ _UNSUPPORTED = (
     pynvml.NVMLLibraryMismatchError,
 )
 _DEVICE_FATAL = (pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_ResetRequired, pynvml.NVMLError_IrqIssue)
+_SESSION_FATAL = (
+    pynvml.NVMLError_Uninitialized,
+    pynvml.NVMLError_DriverNotLoaded,
+    pynvml.NVMLError_LibRmVersionMismatch,
+)
 
 _HINTS = {
     pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: "libnvidia-ml.so.1 is not installed or not on the loader path; "
@@ -74,6 +87,10 @@ class GpuLost(Exception):
 
 class PollFailed(Exception):
     """This GPU failed this poll (NVML said Unknown); try again next poll."""
+
+
+class NvmlSessionLost(Exception):
+    """NVML stopped answering for every GPU (the driver was unloaded or reloaded): open it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +186,11 @@ class _Device:
     handle: Any
     identity: GpuIdentity
     unsupported: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)  # queries that have answered once: never written off
     fast_fields: _FieldSet = field(default_factory=_FieldSet)
     slow_fields: _FieldSet = field(default_factory=_FieldSet)
     lost: str | None = None
+    probe: Backoff = field(default_factory=Backoff)  # when to look for a lost GPU again
     slow: _SlowValues = field(default_factory=_SlowValues)
 
 
@@ -221,14 +240,15 @@ class _FieldRequest:
 class NvmlReader:
     """Owns the NVML session and every call made through it.
 
-    Not thread-safe by itself: the sampler calls it from one thread.
+    One GPU is read by one thread at a time; different GPUs may be read by different threads (the
+    sampler leaves a hung read behind and reads the other GPUs on a fresh thread).
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._devices: list[_Device] = []
         self._open = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards errors, counted from any reading thread
         self.errors: Counter[str] = Counter()
         self.driver_version: str | None = None
         self.cuda_driver_version: str | None = None
@@ -252,7 +272,15 @@ class NvmlReader:
         except pynvml.NVMLError as exc:
             self.close()
             raise NvmlUnavailable(f"NVML answered init but not the device count: {_describe(exc)}") from exc
-        self._devices = [self._open_device(i) for i in range(count)]
+        try:
+            self._devices = [self._open_device(i) for i in range(count)]
+        except NvmlSessionLost as exc:
+            self.close()
+            raise NvmlUnavailable(f"NVML stopped answering while opening the GPUs: {exc}") from exc
+        for d in self._devices:
+            if d.lost is not None:
+                d.probe = d.probe.failed(self._clock())
+                log.error("GPU %d: cannot open: %s; reporting it as down and trying again later", d.index, d.lost)
         log.info(
             "NVML up: driver %s, CUDA %s, %d GPU(s)",
             self.driver_version,
@@ -283,6 +311,14 @@ class NvmlReader:
     def identities(self) -> list[GpuIdentity]:
         return [d.identity for d in self._devices]
 
+    @property
+    def gpu_count(self) -> int:
+        return len(self._devices)
+
+    def identity(self, index: int) -> GpuIdentity:
+        """One GPU's identity; read anew when a lost GPU comes back."""
+        return self._devices[index].identity
+
     def lost_reason(self, index: int) -> str | None:
         return self._devices[index].lost
 
@@ -294,24 +330,47 @@ class NvmlReader:
 
     # -- identity ---------------------------------------------------------------------------------
 
-    def _open_device(self, index: int) -> _Device:
+    def _open_device(self, index: int, uuid: str = "") -> _Device:
+        """Open one GPU: by index at start; by UUID when a lost GPU is probed again."""
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            if uuid:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                uuid = pynvml.nvmlDeviceGetUUID(handle)
             name = pynvml.nvmlDeviceGetName(handle)
             pci_bus_id = pynvml.nvmlDeviceGetPciInfo(handle).busId
+        except _SESSION_FATAL as exc:
+            raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError as exc:
-            log.error("GPU %d: cannot open: %s; reporting it as down", index, _describe(exc))
-            device = _Device(index, None, GpuIdentity(index=index, uuid="", name="", pci_bus_id=""))
+            device = _Device(index, None, GpuIdentity(index=index, uuid=uuid, name="", pci_bus_id=""))
             device.lost = _describe(exc)
             return device
         device = _Device(index, handle, GpuIdentity(index=index, uuid=uuid, name=name, pci_bus_id=pci_bus_id))
         try:
             device.identity = self._identity(device, uuid, name, pci_bus_id)
             self._probe_fields(device)
-        except GpuLost as exc:
+        except (GpuLost, PollFailed) as exc:
             device.lost = str(exc)
         return device
+
+    def _reprobe(self, d: _Device) -> _Device:
+        """A lost GPU, once its backoff is due: open it again through a fresh handle, or raise GpuLost."""
+        now = self._clock()
+        if not d.probe.due(now):
+            raise GpuLost(d.lost)
+        fresh = self._open_device(d.index, d.identity.uuid)
+        if fresh.lost is not None:
+            d.probe = d.probe.failed(now)
+            raise GpuLost(d.lost)
+        log.warning(
+            "GPU %d (%s): answering again (it was lost: %s); identity and capabilities read anew",
+            d.index,
+            fresh.identity.uuid,
+            d.lost,
+        )
+        self._devices[d.index] = fresh
+        return fresh
 
     def _identity(self, d: _Device, uuid: str, name: str, pci_bus_id: str) -> GpuIdentity:
         h = d.handle
@@ -358,6 +417,10 @@ class NvmlReader:
             answered = set()  # a driver without nvmlDeviceGetFieldValues: fallbacks only
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
+        except _SESSION_FATAL as exc:
+            raise NvmlSessionLost(_describe(exc)) from exc
+        except pynvml.NVMLError as exc:
+            raise PollFailed(f"field values: {_describe(exc)}") from exc
         for datum in _DATA:
             fs = d.slow_fields if datum.slow else d.fast_fields
             if datum.field_id in answered:
@@ -379,20 +442,39 @@ class NvmlReader:
         if key in d.unsupported:
             return None
         try:
-            return fn(*args)
+            value = fn(*args)
         except _UNSUPPORTED as exc:
+            if key in d.answered:  # it worked before: a passing fault, not a missing feature
+                self._count_error(d, key, exc)
+                return None
             d.unsupported.add(key)
             log.info("GPU %d: %s not available (%s); not asking again", d.index, key, _describe(exc))
             return None
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
+        except _SESSION_FATAL as exc:
+            raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
-            self.errors[key] += 1
+            self._count(key)
             raise PollFailed(f"{key}: {_describe(exc)}") from exc
         except pynvml.NVMLError as exc:
-            self.errors[key] += 1
-            log.warning("GPU %d: %s failed: %s", d.index, key, _describe(exc))
+            self._count_error(d, key, exc)
             return None
+        d.answered.add(key)
+        return value
+
+    def error_counts(self) -> dict[str, int]:
+        """A copy of :attr:`errors`, safe while other threads read GPUs."""
+        with self._lock:
+            return dict(self.errors)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.errors[key] += 1
+
+    def _count_error(self, d: _Device, key: str, exc: pynvml.NVMLError) -> None:
+        self._count(key)
+        log.warning("GPU %d: %s failed: %s", d.index, key, _describe(exc))
 
     def _first(self, d: _Device, key: str, candidates: list[Callable[[], T]]) -> T | None:
         """Try versioned variants newest first; remember the first one the driver has."""
@@ -426,14 +508,15 @@ class NvmlReader:
         """
         d = self._devices[index]
         if d.lost is not None:
-            raise GpuLost(d.lost)
+            d = self._reprobe(d)
         try:
             if slow:
                 d.slow = self._read_slow(d)
             return self._read(d)
         except GpuLost as exc:
             d.lost = str(exc)
-            log.error("GPU %d (%s): lost: %s; no further calls to it", d.index, d.identity.uuid, exc)
+            d.probe = Backoff().failed(self._clock())
+            log.error("GPU %d (%s): lost: %s; looking for it again on a backoff", d.index, d.identity.uuid, exc)
             raise
 
     def _read(self, d: _Device) -> GpuReading:
@@ -561,19 +644,20 @@ class NvmlReader:
             entries = fs.request.fetch(d.handle)
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
+        except _SESSION_FATAL as exc:
+            raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
-            self.errors["field_values"] += 1
+            self._count("field_values")
             raise PollFailed(f"field values: {_describe(exc)}") from exc
         except pynvml.NVMLError as exc:
-            self.errors["field_values"] += 1
-            log.warning("GPU %d: field values failed: %s", d.index, _describe(exc))
+            self._count_error(d, "field_values", exc)
             return {}
         out = {}
         for datum, entry in zip(fs.data, entries, strict=True):
             if entry.nvmlReturn == pynvml.NVML_SUCCESS:
                 out[datum.key] = float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
             else:
-                self.errors[datum.key] += 1
+                self._count(datum.key)
         return out
 
     # -- slower loop ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ ERROR_NOT_FOUND = 6
 ERROR_INSUFFICIENT_SIZE = 7
 ERROR_DRIVER_NOT_LOADED = 9
 ERROR_TIMEOUT = 10
+ERROR_LIBRARY_NOT_FOUND = 12  # pynvml's own code when libnvidia-ml.so.1 cannot be loaded
 ERROR_GPU_IS_LOST = 15
 ERROR_UNKNOWN = 999
 
@@ -27,6 +28,7 @@ ERROR_STRINGS = {
     ERROR_INSUFFICIENT_SIZE: b"Insufficient Size",
     ERROR_DRIVER_NOT_LOADED: b"Driver Not Loaded",
     ERROR_TIMEOUT: b"Timeout",
+    ERROR_LIBRARY_NOT_FOUND: b"NVML Shared Library Not Found",
     ERROR_GPU_IS_LOST: b"GPU is lost",
     ERROR_UNKNOWN: b"Unknown Error",
 }

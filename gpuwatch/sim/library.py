@@ -8,6 +8,11 @@ own wrappers, structs, version fallbacks and error classes therefore run unchang
 
 Symbols not implemented here are missing, exactly as on an older driver: pynvml raises
 ``NVMLError_FunctionNotFound`` for them. ``hidden_symbols`` removes more, to emulate old drivers.
+
+Faults of the driver as a whole (the scenario's top-level ``[[fault]]``) act here: ``nvmlInit``
+refused while the library or the kernel module is missing, or blocked; and a driver reload, after
+which every open session answers ``UNINITIALIZED``, the old handles are invalid, and the counts
+kept since driver load start again from zero.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from gpuwatch.sim import abi
 from gpuwatch.sim.inference import SimInferenceServer
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
-from gpuwatch.sim.scenario import Scenario
+from gpuwatch.sim.scenario import Fault, Scenario
 
 _HANDLE_BASE = 0x6A000
 _HANDLE_STRIDE = 0x100
+_GENERATION_STRIDE = 0x100000  # handles of each driver load differ, so a reload invalidates old ones
 _EVENT_SET_BASE = 0x7E000
 
 
@@ -82,9 +88,12 @@ class SimulatedNvmlLibrary:
         self._hidden = frozenset(hidden_symbols)
         self._lock = threading.RLock()
         self._initialized = 0
+        self._generation = 0  # driver loads so far; part of every handle
+        self._pending_host_faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self._time_s = 0.0
         # event set id -> {gpu index: [mask, cursor into that GPU's event log]}
         self._event_sets: dict[int, dict[int, list[int]]] = {}
+        self._event_sets_made = 0
         self._event_cond = threading.Condition(self._lock)
         self.calls = 0
         self.calls_by_symbol: Counter[str] = Counter()  # every entry point called, by C symbol name
@@ -102,7 +111,7 @@ class SimulatedNvmlLibrary:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def advance(self) -> None:
-        """Step every GPU up to the clock's simulated time."""
+        """Step every GPU up to the clock's simulated time; a driver reload due by then happens."""
         with self._lock:
             now = self._clock()
             while self._time_s + STEP_S <= now:
@@ -111,39 +120,70 @@ class SimulatedNvmlLibrary:
                     gpu.step()
                 for server in self.servers:
                     server.step(self._time_s)
+            while self._pending_host_faults and self._pending_host_faults[0].at_s <= self._time_s:
+                fault = self._pending_host_faults.pop(0)
+                if fault.kind == "driver_reload":
+                    self._reload()
 
     @property
     def lock(self) -> threading.RLock:
         """Held while the simulated state changes; hold it to read GPUs and servers consistently."""
         return self._lock
 
+    def _reload(self) -> None:
+        """The kernel module goes away: sessions, handles and event sets die with it."""
+        self._initialized = 0
+        self._generation += 1
+        self._event_sets.clear()
+        for gpu in self.gpus:
+            gpu.driver_reloaded()
+        self._event_cond.notify_all()
+
+    def _host_fault(self, kind: str) -> Fault | None:
+        return next((f for f in self.scenario.faults if f.kind == kind and f.active_at(self._time_s)), None)
+
     def _check_init(self) -> None:
+        self.advance()
         if self._initialized <= 0:
             raise SimulatedNvmlError(abi.ERROR_UNINITIALIZED)
 
+    def _handle(self, index: int) -> int:
+        return _HANDLE_BASE + self._generation * _GENERATION_STRIDE + index * _HANDLE_STRIDE
+
     def _gpu(self, handle: Any) -> SimGpu:
-        """Resolve a device handle, advance time, and apply the GPU's call faults."""
+        """Resolve a device handle, advance time, and apply the GPU's call faults.
+
+        A handle from an earlier driver load is invalid."""
         self._check_init()
         address = ctypes.cast(handle, ctypes.c_void_p).value or 0
-        index, rest = divmod(address - _HANDLE_BASE, _HANDLE_STRIDE)
+        index, rest = divmod(address - _HANDLE_BASE - self._generation * _GENERATION_STRIDE, _HANDLE_STRIDE)
         if rest or not 0 <= index < len(self.gpus):
             raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
-        self.advance()
-        self.calls += 1
         gpu = self.gpus[index]
-        hang = gpu.fault_active("hang")
-        if hang is not None:
-            self._sleep(hang.hang_s)
+        self.calls += 1
+        hang_s = gpu.hang_s()
+        if hang_s:
+            self._sleep(hang_s)
         if gpu.state.lost:
             raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
-        if gpu.fault_active("unknown_error") is not None:
-            raise SimulatedNvmlError(abi.ERROR_UNKNOWN)
+        code = gpu.failing_call()
+        if code is not None:
+            raise SimulatedNvmlError(code)
         return gpu
 
     # -- init, system -----------------------------------------------------------------------------
 
     def _nvmlInitWithFlags(self, flags: Any) -> None:
+        self.advance()
+        hang = self._host_fault("init_hang")
+        if hang is not None:
+            self._sleep(hang.hang_s)
+            self.advance()
         with self._lock:
+            if self._host_fault("library_missing") is not None:
+                raise SimulatedNvmlError(abi.ERROR_LIBRARY_NOT_FOUND)
+            if self._host_fault("driver_missing") is not None or self._host_fault("driver_reload") is not None:
+                raise SimulatedNvmlError(abi.ERROR_DRIVER_NOT_LOADED)
             self._initialized += 1
 
     def _nvmlInit_v2(self) -> None:
@@ -193,7 +233,17 @@ class SimulatedNvmlLibrary:
             raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
         if self.gpus[i].state.lost:
             raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
-        _write_pointer(out, _HANDLE_BASE + i * _HANDLE_STRIDE)
+        _write_pointer(out, self._handle(i))
+
+    def _nvmlDeviceGetHandleByUUID(self, uuid: Any, out: Any) -> None:
+        self._check_init()
+        wanted = (uuid.value or b"").decode()
+        gpu = next((g for g in self.gpus if g.uuid == wanted), None)
+        if gpu is None:
+            raise SimulatedNvmlError(abi.ERROR_NOT_FOUND)
+        if gpu.state.lost:
+            raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
+        _write_pointer(out, self._handle(gpu.index))
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -439,7 +489,8 @@ class SimulatedNvmlLibrary:
     def _nvmlEventSetCreate(self, out: Any) -> None:
         with self._lock:
             self._check_init()
-            set_id = len(self._event_sets)
+            set_id = self._event_sets_made  # never reused, so a set freed by a reload stays invalid
+            self._event_sets_made += 1
             self._event_sets[set_id] = {}
         _write_pointer(out, _EVENT_SET_BASE + set_id * _HANDLE_STRIDE)
 
@@ -466,10 +517,9 @@ class SimulatedNvmlLibrary:
         """Block up to ``timeout_ms`` of wall time for the next registered event, as NVML does."""
         deadline = time.monotonic() + _val(timeout_ms) / 1000.0
         with self._lock:
-            self._check_init()
-            registered = self._event_set(event_set)
             while True:
-                self.advance()
+                self._check_init()  # advances time; a driver reload ends the wait
+                registered = self._event_set(event_set)
                 for index, entry in registered.items():
                     mask, cursor = entry
                     log = self.gpus[index].event_log
@@ -479,7 +529,7 @@ class SimulatedNvmlLibrary:
                         entry[1] = cursor
                         if event_type & mask:
                             out = data._obj
-                            out.device = ctypes.cast(_HANDLE_BASE + index * _HANDLE_STRIDE, type(out.device))
+                            out.device = ctypes.cast(self._handle(index), type(out.device))
                             out.eventType = event_type
                             out.eventData = event_data
                             out.gpuInstanceId = out.computeInstanceId = 0xFFFFFFFF

@@ -67,6 +67,9 @@ class SimGpu:
         self.spec = spec
         self.profile: DeviceProfile = PROFILES[spec.profile]
         self.rng = random.Random(seed * 1009 + index)
+        # Intermittent call faults draw from their own stream, so the physics stays a function of
+        # simulated time alone however often the GPU is read.
+        self._call_rng = random.Random(seed * 7919 + index)
         self.power_limit_w = spec.power_limit_w or self.profile.power_default_w
         self.uuid = "GPU-" + _uuid_from(self.rng)
         self.serial = f"13{self.rng.randrange(10**10, 10**11)}"
@@ -99,9 +102,34 @@ class SimGpu:
     def fault_active(self, kind: str) -> Fault | None:
         """The fault of this kind in force now, if any."""
         for fault in self._active:
-            if fault.kind == kind and fault.at_s <= self.time_s < fault.at_s + fault.duration_s:
+            if fault.kind == kind and fault.active_at(self.time_s):
                 return fault
         return None
+
+    def failing_call(self) -> int | None:
+        """The error a driver call for this GPU answers now under an unknown_error or not_supported fault."""
+        if not self._active:  # the common case, once per driver call: no fault has struck
+            return None
+        for kind, code in (("unknown_error", abi.ERROR_UNKNOWN), ("not_supported", abi.ERROR_NOT_SUPPORTED)):
+            fault = self.fault_active(kind)
+            if fault is not None and (fault.ratio >= 1 or self._call_rng.random() < fault.ratio):
+                return code
+        return None
+
+    def hang_s(self) -> float:
+        """Wall seconds a driver call for this GPU blocks now (a ``hang`` fault), or 0."""
+        if not self._active:
+            return 0.0
+        fault = self.fault_active("hang")
+        return 0.0 if fault is None else fault.hang_s
+
+    def driver_reloaded(self) -> None:
+        """The driver was reloaded: every count "since driver load" starts again from zero."""
+        s = self.state
+        s.energy_mj = 0.0
+        s.ecc_volatile = [0, 0]
+        s.pcie_tx_bytes = s.pcie_rx_bytes = 0.0
+        s.violation_ns = dict.fromkeys(s.violation_ns, 0.0)
 
     def _fire_due_faults(self) -> None:
         s = self.state
@@ -132,6 +160,13 @@ class SimGpu:
                 self.event_log.append((abi.EVENT_XID_CRITICAL, fault.xid))
             elif fault.kind == "energy_reset":
                 s.energy_mj = 0.0
+            elif fault.kind == "gpu_reset":
+                # A reset brings back a GPU that fell off the bus, applies pending row remaps and
+                # restarts the counts a reset clears (nvidia-smi --gpu-reset).
+                s.lost = False
+                s.energy_mj = 0.0
+                s.ecc_volatile = [0, 0]
+                s.remap_pending = 0
 
     # -- stepping -------------------------------------------------------------------------------
 

@@ -26,8 +26,20 @@ FAULT_KINDS = frozenset(
         "power_brake",  # external power-brake assertion for `duration_s`
         "xid",  # an XID event with code `xid`
         "energy_reset",  # the energy counter restarts from 0 (a driver reload)
-        "unknown_error",  # every call for the GPU answers UNKNOWN for `duration_s`
+        "unknown_error",  # calls for the GPU answer UNKNOWN for `duration_s` (a `ratio` of them, default all)
+        "not_supported",  # calls for the GPU answer NOT_SUPPORTED for `duration_s` (a `ratio` of them)
         "hang",  # every call for the GPU blocks `hang_s` wall seconds, for `duration_s`
+        "gpu_reset",  # the GPU is reset: a lost GPU answers again; energy and volatile ECC restart from 0
+    }
+)
+# Faults of the driver as a whole: top-level [[fault]] tables.
+HOST_FAULT_KINDS = frozenset(
+    {
+        "library_missing",  # nvmlInit answers LIBRARY_NOT_FOUND for `duration_s` (libnvidia-ml.so.1 absent)
+        "driver_missing",  # nvmlInit answers DRIVER_NOT_LOADED for `duration_s` (kernel module not loaded)
+        "driver_reload",  # the driver unloads: open sessions and handles die, nvmlInit answers DRIVER_NOT_LOADED
+        # for `duration_s`, then the reloaded driver counts energy, volatile ECC, PCIe bytes from 0
+        "init_hang",  # nvmlInit blocks `hang_s` wall seconds, for `duration_s`
     }
 )
 
@@ -58,6 +70,10 @@ class Fault:
     xid: int = 0
     duration_s: float = float("inf")
     hang_s: float = 5.0
+    ratio: float = 1.0  # share of calls an unknown_error or not_supported fault fails
+
+    def active_at(self, t: float) -> bool:
+        return self.at_s <= t < self.at_s + self.duration_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +146,7 @@ class Scenario:
     cuda_driver_version: int
     gpus: tuple[GpuSpec, ...]
     servers: tuple[ServerSpec, ...] = ()
+    faults: tuple[Fault, ...] = ()  # of the driver as a whole (HOST_FAULT_KINDS)
     source: str = field(default="", compare=False)
 
 
@@ -165,7 +182,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
     top = reader.table(
-        doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server"}
+        doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
     )
     gpus_raw = top.get("gpu", [])
     if not isinstance(gpus_raw, list) or not gpus_raw:
@@ -185,6 +202,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         cuda_driver_version=int(reader.number(top, "cuda_driver_version", "", default=12040)),
         gpus=gpus,
         servers=servers,
+        faults=tuple(reader.fault(f, f"fault[{i}]", HOST_FAULT_KINDS) for i, f in enumerate(top.get("fault", []))),
         source=source,
     )
 
@@ -288,7 +306,9 @@ class _Reader:
             ),
             power_limit_w=power_limit,
             processes=tuple(self.process(p, _join(where, f"process[{i}]")) for i, p in enumerate(g.get("process", []))),
-            faults=tuple(self.fault(f, _join(where, f"fault[{i}]")) for i, f in enumerate(g.get("fault", []))),
+            faults=tuple(
+                self.fault(f, _join(where, f"fault[{i}]"), FAULT_KINDS) for i, f in enumerate(g.get("fault", []))
+            ),
             burst_on_s=self.number(g, "burst_on_s", where, minimum=0.25) if "burst_on_s" in g else None,
             burst_off_s=self.number(g, "burst_off_s", where, minimum=0.25) if "burst_off_s" in g else None,
             burst_low=self.number(g, "burst_low", where, default=0.05, minimum=0, maximum=1),
@@ -348,11 +368,11 @@ class _Reader:
             used_memory_bytes=int(self.number(p, "used_memory_mib", where, default=0, minimum=0) * MIB),
         )
 
-    def fault(self, raw: Any, where: str) -> Fault:
-        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s"})
+    def fault(self, raw: Any, where: str, kinds: frozenset[str]) -> Fault:
+        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s", "ratio"})
         kind = self.string(f, "kind", where)
-        if kind not in FAULT_KINDS:
-            raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(FAULT_KINDS))})")
+        if kind not in kinds:
+            raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(kinds))})")
         if kind == "xid" and "xid" not in f:
             raise self.fail(_join(where, "xid"), "an xid fault needs its code, e.g. xid = 79")
         return Fault(
@@ -362,6 +382,7 @@ class _Reader:
             xid=int(self.number(f, "xid", where, default=0, minimum=0)),
             duration_s=self.number(f, "duration_s", where, default=float("inf"), minimum=0),
             hang_s=self.number(f, "hang_s", where, default=5.0, minimum=0),
+            ratio=self.number(f, "ratio", where, default=1.0, minimum=0, maximum=1),
         )
 
 

@@ -127,6 +127,8 @@ class TokenTracker:
             self._break(source, "a GPU's energy counter went back (driver reload or GPU reset)", tokens=False)
         source.energy_resets = resets
         timestamp = sum(s.reading.timestamp for s in ready if s.reading) / len(ready)
+        if source.energy and timestamp <= source.energy[-1].timestamp:
+            return  # a poll left behind in a hung read finished late; its readings are older
         source.energy.append(EnergyPoint(timestamp, sum(s.energy_joules_total or 0.0 for s in ready)))
         source.break_reason = None
         self._prune(source.energy, timestamp)
