@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from serving import free_port
+from serving import free_port, terminate
 
 # llama-cpp-python 0.3.36 vendors llama.cpp commit 0c1e570, the one the research capture
 # (research data inference-metrics/llamacpp.txt) was taken from. The hash is PyPI's for the sdist.
@@ -293,13 +292,7 @@ def running_llama_server(binary: Path, model: Path, log_dir: Path, slots: int = 
         _wait_healthy(url, proc, log_path, timeout_s=60)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s=10)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
