@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pytest
 
@@ -74,13 +75,21 @@ def sim() -> Iterator[Callable[..., SimRun]]:
     use_library(None)
 
 
+def skip_outside_ci(reason: str, in_ci: str) -> NoReturn:
+    """Skip for want of something CI installs (.ci/run); in CI (``$CI`` set) its absence is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(in_ci)
+    pytest.skip(reason)
+
+
 def required_tool(name: str, package: str) -> str:
     """Path of a tool the suite runs; CI installs it (.ci/run), so there it must be present."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; .ci/run installs Debian's {package} package")
-        pytest.skip(f"{name} not installed (apt-get install {package})")
+        skip_outside_ci(
+            f"{name} not installed (apt-get install {package})",
+            f"{name} is not installed; .ci/run installs Debian's {package} package",
+        )
     return path
 
 

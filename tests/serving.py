@@ -68,13 +68,18 @@ def serve(
             _wait_listening(served, ready_context)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s=5)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, and SIGKILL if the process has not exited within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_listening(served: Served, context: ssl.SSLContext | None) -> None:
