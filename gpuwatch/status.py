@@ -6,6 +6,7 @@ document whether it came over HTTP or from sampling NVML in-process, so both pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gpuwatch import __version__
@@ -156,12 +157,8 @@ def render_table(doc: dict[str, Any], colour: bool = False) -> str:
         header += f" · NVML down: {doc.get('nvml_error') or 'unknown error'}"
     lines.append(header)
     rows = [list(_COLUMNS)] + [_row(gpu) for gpu in doc.get("gpus", [])]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    for n, row in enumerate(rows):
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
-        if n:
-            cells[2] = _paint(cells[2], doc["gpus"][n - 1].get("verdict"), colour)
-        lines.append("  ".join(cells).rstrip())
+    verdicts = [None] + [gpu.get("verdict") for gpu in doc.get("gpus", [])]
+    lines.extend(_columns(rows, lambda n, i, cell: _paint(cell, verdicts[n], colour) if n and i == 2 else cell))
     if doc.get("sources"):
         lines.append("")
         lines.extend(_columns([list(_SOURCE_COLUMNS)] + [_source_row(s) for s in doc["sources"]]))
@@ -171,9 +168,13 @@ def render_table(doc: dict[str, Any], colour: bool = False) -> str:
 _SOURCE_COLUMNS = ("SOURCE", "GPUS", "UP", "TOKENS/J", "J/TOKEN", "WINDOW", "NOTE")
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
+def _columns(rows: list[list[str]], paint: Callable[[int, int, str], str] = lambda n, i, cell: cell) -> list[str]:
+    """Rows as left-aligned columns; ``paint(row, column, padded cell)`` may colour a cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return [
+        "  ".join(paint(n, i, cell.ljust(widths[i])) for i, cell in enumerate(row)).rstrip()
+        for n, row in enumerate(rows)
+    ]
 
 
 def _source_row(source: dict[str, Any]) -> list[str]:

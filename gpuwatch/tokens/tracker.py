@@ -116,20 +116,22 @@ class TokenTracker:
     def _record_energy(self, source: _Source, by_index: Mapping[int, GpuStatus]) -> None:
         if not source.gpus:
             return
-        statuses = [by_index.get(i) for i in source.gpus]
-        for index, status in zip(source.gpus, statuses, strict=True):
+        stamps, joules, resets = [], 0.0, []
+        for index in source.gpus:
+            status = by_index.get(index)
             if status is None or not status.up or status.reading is None or status.energy_joules_total is None:
                 self._break(source, f"GPU {index} reports no energy", tokens=False)
                 return
-        ready = [s for s in statuses if s is not None and s.reading is not None and s.energy_joules_total is not None]
-        resets = tuple(s.energy_resets for s in ready)
-        if source.energy_resets is not None and resets != source.energy_resets:
+            stamps.append(status.reading.timestamp)
+            joules += status.energy_joules_total
+            resets.append(status.energy_resets)
+        if source.energy_resets is not None and tuple(resets) != source.energy_resets:
             self._break(source, "a GPU's energy counter went back (driver reload or GPU reset)", tokens=False)
-        source.energy_resets = resets
-        timestamp = sum(s.reading.timestamp for s in ready if s.reading) / len(ready)
+        source.energy_resets = tuple(resets)
+        timestamp = sum(stamps) / len(stamps)
         if source.energy and timestamp <= source.energy[-1].timestamp:
             return  # a poll left behind in a hung read finished late; its readings are older
-        source.energy.append(EnergyPoint(timestamp, sum(s.energy_joules_total or 0.0 for s in ready)))
+        source.energy.append(EnergyPoint(timestamp, joules))
         source.break_reason = None
         self._prune(source.energy, timestamp)
 
