@@ -25,14 +25,14 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.analysis.counters import ResetSafeCounter
-from gpuwatch.analysis.health import GpuFacts, HealthThresholds, gpu_verdict, host_verdict
-from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds, classify
+from gpuwatch.analysis.health import GpuFacts, HealthThresholds, Verdict, gpu_verdict, host_verdict
+from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus, Snapshot
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, PollFailed, XidWatcher
 from gpuwatch.stalls import PollSuperseded, StallWatch
@@ -66,23 +66,53 @@ _RECENT_XIDS = 32
 _BUSY_UTILIZATION = 0.05
 
 
+K = TypeVar("K")
+
+
+@dataclass(slots=True)
+class _Totals(Generic[K]):
+    """Reset-safe counters of one kind, and the totals last published.
+
+    The published mapping is shared by every snapshot until a counter moves, and then replaced,
+    never changed in place: most of these counts (ECC, replays) stand still for days.
+    """
+
+    counters: dict[K, ResetSafeCounter] = field(default_factory=dict)
+    published: Mapping[K, float] = field(default_factory=dict)
+
+    def advance(self, raws: Iterable[tuple[K, float]]) -> Mapping[K, float]:
+        counters, moved = self.counters, False
+        for key, raw in raws:
+            counter = counters.get(key)
+            if counter is None:
+                counters[key], moved = ResetSafeCounter(raw), True
+            elif raw != counter.last_raw:
+                counters[key], moved = counter.advance(raw), True
+        if moved:
+            self.published = {key: counter.total for key, counter in counters.items()}
+        return self.published
+
+
 @dataclass(slots=True)
 class _GpuHistory:
     """What the sampler remembers about one GPU between polls (and across NVML sessions)."""
 
     throttle: ThrottleWindow
     energy: ResetSafeCounter | None = None
-    violations: dict[str, ResetSafeCounter] = field(default_factory=dict)
-    ecc: dict[tuple[str, str], ResetSafeCounter] = field(default_factory=dict)
-    pcie: dict[str, ResetSafeCounter] = field(default_factory=dict)
-    reason_seconds: dict[str, float] = field(default_factory=dict)
+    violations: _Totals[str] = field(default_factory=_Totals)
+    ecc: _Totals[tuple[str, str]] = field(default_factory=_Totals)
+    pcie: _Totals[str] = field(default_factory=_Totals)
+    reason_seconds: Mapping[str, float] = field(default_factory=dict)  # replaced, never changed in place
     processes: tuple[GpuProcess, ...] = ()
     xid_counts: Counter[int] = field(default_factory=Counter)
     recent_xids: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_RECENT_XIDS))
+    xids_published: tuple[Mapping[int, int], tuple[tuple[float, int], ...]] | None = None  # until the next Xid
 
-
-def _advance(counter: ResetSafeCounter | None, raw: float) -> ResetSafeCounter:
-    return ResetSafeCounter(raw) if counter is None else counter.advance(raw)
+    def xids(self) -> tuple[Mapping[int, int], tuple[tuple[float, int], ...]]:
+        """Xid counts and recent Xids as published: one copy per new Xid, not one per poll."""
+        if self.xids_published is None:
+            self.xids_published = (dict(self.xid_counts), tuple(self.recent_xids))
+        return self.xids_published
 
 
 def _history_key(identity: GpuIdentity) -> str:
@@ -90,7 +120,7 @@ def _history_key(identity: GpuIdentity) -> str:
     return identity.uuid or f"#{identity.index}"
 
 
-def _pcie_counts(reading: GpuReading) -> Iterator[tuple[str, int]]:
+def _pcie_counts(reading: GpuReading) -> Iterator[tuple[str, float]]:
     if reading.pcie_replay_errors is not None:
         yield "replay_errors", reading.pcie_replay_errors
     if reading.pcie_transmit_bytes is not None:
@@ -189,7 +219,6 @@ class Sampler:
                 reader = None
         self._polls += 1
         now = self._clock.time()
-        gpus = tuple(replace(g, verdict=gpu_verdict(self._facts(g, now), self.health)) for g in gpus)
         errors = reader.error_counts() if reader else {}
         if self._errors_before:  # only after a driver reload
             errors = dict(self._errors_before + Counter(errors))
@@ -268,6 +297,7 @@ class Sampler:
                 history = self._history_of(reader.identity(event.gpu_index))
                 history.xid_counts[event.xid] += 1
                 history.recent_xids.append((event.timestamp, event.xid))
+                history.xids_published = None
 
     def _poll_gpus(self, reader: NvmlReader, started: float, generation: int) -> tuple[GpuStatus, ...]:
         self._take_events(reader)
@@ -327,16 +357,43 @@ class Sampler:
 
     def _stale(self, identity: GpuIdentity, since: float) -> GpuStatus:
         """A GPU whose read hangs: the last poll's values, marked stale (or down if it had none)."""
-        history = self._history_of(identity)
-        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
-        error = f"NVML call not returning for {self._clock.time() - since:.0f} s"
+        xid_errors, recent_xids = self._history_of(identity).xids()
+        now = self._clock.time()
+        error = f"NVML call not returning for {now - since:.0f} s"
+        verdict = self._down_verdict(identity, error, now - since, recent_xids, now)
         gpus = self.latest.gpus
         previous = gpus[identity.index] if identity.index < len(gpus) else None
         if previous is None or previous.reading is None or previous.identity.uuid != identity.uuid:
-            return GpuStatus(identity, up=False, error=error, xid_errors=xid_errors, recent_xids=recent_xids)
+            return GpuStatus(
+                identity, up=False, error=error, xid_errors=xid_errors, recent_xids=recent_xids, verdict=verdict
+            )
         return replace(
-            previous, up=False, error=error, stale_since=since, xid_errors=xid_errors, recent_xids=recent_xids
+            previous,
+            up=False,
+            error=error,
+            stale_since=since,
+            xid_errors=xid_errors,
+            recent_xids=recent_xids,
+            verdict=verdict,
         )
+
+    def _down_verdict(
+        self,
+        identity: GpuIdentity,
+        error: str,
+        stale_seconds: float | None,
+        recent_xids: tuple[tuple[float, int], ...],
+        now: float,
+    ) -> Verdict:
+        facts = GpuFacts(
+            index=identity.index,
+            up=False,
+            error=error,
+            stale_seconds=stale_seconds,
+            recent_xids=recent_xids,
+            now=now,
+        )
+        return gpu_verdict(facts, self.health)
 
     def _status(
         self,
@@ -345,67 +402,67 @@ class Sampler:
         refresh_processes: bool,
     ) -> GpuStatus:
         history = self._history_of(identity)
-        xid_errors, recent_xids = dict(history.xid_counts), tuple(history.recent_xids)
+        xid_errors, recent_xids = history.xids()
         if isinstance(outcome, Exception):
             if isinstance(outcome, PollFailed):
                 log.warning("GPU %d: poll failed: %s", identity.index, outcome)
-            return GpuStatus(identity, up=False, error=str(outcome), xid_errors=xid_errors, recent_xids=recent_xids)
+            error = str(outcome)
+            verdict = self._down_verdict(identity, error, None, recent_xids, self._clock.time())
+            return GpuStatus(
+                identity, up=False, error=error, xid_errors=xid_errors, recent_xids=recent_xids, verdict=verdict
+            )
         reading, processes = outcome
         sample = _throttle_sample(reading, identity.max_clocks_hertz.get("sm"))
-        span = history.throttle.add(sample)
-        history.reason_seconds = accumulate_reason_seconds(history.reason_seconds, sample.reasons - {"other"}, span)
+        window = history.throttle
+        span = window.add(sample)
+        reasons = sample.reasons
+        if reasons:
+            if "other" in reasons:
+                reasons = reasons - {"other"}
+            history.reason_seconds = accumulate_reason_seconds(history.reason_seconds, reasons, span)
         if reading.energy_joules is not None:
-            history.energy = _advance(history.energy, reading.energy_joules)
-        for policy, seconds in reading.violation_seconds.items():
-            history.violations[policy] = _advance(history.violations.get(policy), seconds)
-        ecc, pcie = history.ecc, history.pcie
-        for key, count in reading.ecc_errors.items():
-            ecc[key] = _advance(ecc.get(key), count)
-        for name, count in _pcie_counts(reading):
-            pcie[name] = _advance(pcie.get(name), count)
+            energy = history.energy
+            if energy is None:
+                energy = history.energy = ResetSafeCounter(reading.energy_joules)
+            else:
+                energy = history.energy = energy.advance(reading.energy_joules)
+        else:
+            energy = history.energy
+        ecc = reading.ecc_errors
         if processes is not None:
             history.processes = processes
+        throttle = window.summary()
+        now = self._clock.time()
+        facts = GpuFacts(
+            index=identity.index,
+            up=True,
+            temperature_celsius=reading.temperature_celsius,
+            margin_celsius=reading.temperature_margin_celsius,
+            thresholds_celsius=identity.temperature_thresholds_celsius,
+            throttle=throttle,
+            uncorrected_volatile_ecc=ecc.get(("uncorrected", "volatile")),
+            row_remap_pending=reading.row_remap_pending,
+            row_remap_failure=reading.row_remap_failure,
+            retired_pages_pending=reading.retired_pages_pending,
+            recent_xids=recent_xids,
+            now=now,
+        )
         return GpuStatus(
             identity=identity,
             up=True,
             reading=reading,
-            energy_joules_total=None if history.energy is None else history.energy.total,
-            energy_resets=0 if history.energy is None else history.energy.resets,
-            violation_seconds_total={p: c.total for p, c in history.violations.items()},
-            ecc_errors_total={key: c.total for key, c in ecc.items()},
-            pcie_counters_total={name: c.total for name, c in pcie.items()},
+            energy_joules_total=None if energy is None else energy.total,
+            energy_resets=0 if energy is None else energy.resets,
+            violation_seconds_total=history.violations.advance(reading.violation_seconds.items()),
+            ecc_errors_total=history.ecc.advance(ecc.items()),
+            pcie_counters_total=history.pcie.advance(_pcie_counts(reading)),
             processes=history.processes,
-            throttle=history.throttle.summary(),
-            throttle_class=classify(sample),
-            clocks_event_seconds=dict(history.reason_seconds),
+            throttle=throttle,
+            throttle_class=window.last_class,
+            clocks_event_seconds=history.reason_seconds,
             xid_errors=xid_errors,
             recent_xids=recent_xids,
-        )
-
-    def _facts(self, status: GpuStatus, now: float) -> GpuFacts:
-        r = status.reading
-        if not status.up or r is None:
-            return GpuFacts(
-                index=status.identity.index,
-                up=False,
-                error=status.error,
-                stale_seconds=None if status.stale_since is None else now - status.stale_since,
-                recent_xids=status.recent_xids,
-                now=now,
-            )
-        return GpuFacts(
-            index=status.identity.index,
-            up=True,
-            temperature_celsius=r.temperature_celsius,
-            margin_celsius=r.temperature_margin_celsius,
-            thresholds_celsius=status.identity.temperature_thresholds_celsius,
-            throttle=status.throttle,
-            uncorrected_volatile_ecc=r.ecc_errors.get(("uncorrected", "volatile")),
-            row_remap_pending=r.row_remap_pending,
-            row_remap_failure=r.row_remap_failure,
-            retired_pages_pending=r.retired_pages_pending,
-            recent_xids=status.recent_xids,
-            now=now,
+            verdict=gpu_verdict(facts, self.health),
         )
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ import logging
 import pytest
 
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, use_library
-from gpuwatch.sim import scenario
+from gpuwatch.sim import abi, scenario
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
+from gpuwatch.sim.scenario import SimProcess
 
 
 @pytest.fixture
@@ -126,6 +127,23 @@ def test_older_drivers_fall_back_to_older_calls(open_reader, hidden):
         assert [p.pid for p in reader.processes(2)] == [4194507]
 
 
+def test_a_process_is_named_once_while_it_stays_and_again_after_it_left(open_reader):
+    reader, _, library = open_reader("inference-host")
+    listed = library.gpus[2].processes
+    pid = listed[0].pid  # above Linux's largest pid: psutil cannot see it, NVML names it
+
+    def names() -> tuple[list[str | None], int]:
+        return [p.name for p in reader.processes(2)], library.calls_by_symbol["nvmlSystemGetProcessName"]
+
+    first, looked_up = names()
+    assert names() == (first, looked_up)  # the same process again: not looked up again
+    gone = listed.pop(0)
+    assert pid not in [p.pid for p in reader.processes(2)]
+    listed.insert(0, SimProcess(pid=pid, name="sglang", used_memory_bytes=gone.used_memory_bytes))
+    again, looked_up_again = names()
+    assert again[0] == "sglang" and looked_up_again == looked_up + 1  # a new process under the old pid
+
+
 def test_gpu_lost_mid_run_is_reported_and_not_called_again(open_reader):
     reader, clock, library = open_reader("xid-79")
     assert reader.read(1).power_watts > 0
@@ -206,6 +224,38 @@ def test_a_call_that_answered_once_is_not_written_off_by_a_passing_not_supported
         clock.advance(5)
         after = reader.read(0)
         assert after.temperature_celsius is not None and after.power_watts is not None
+    finally:
+        reader.close()
+
+
+def test_one_field_failing_in_the_batch_costs_that_value_only(monkeypatch):
+    """A field whose own return code fails loses that value for that poll; the batch reads on."""
+    reader, clock, library = _reader_over('[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n')
+    reader.open()
+    try:
+        clock.advance(60)
+        before = reader.read(0, slow=False)
+        assert before.power_watts is not None and before.violation_seconds["power"] > 0
+        table = library._field_table
+
+        def without_average_power(gpu):
+            fields = dict(table(gpu))
+            _, value_type, value = fields[abi.FI_POWER_AVERAGE]
+            fields[abi.FI_POWER_AVERAGE] = (False, value_type, value)  # this entry: NOT_SUPPORTED
+            fields[abi.FI_PERF_POLICY_POWER] = (True, abi.VALUE_SIGNED_INT, -5)  # and another value type
+            return fields
+
+        monkeypatch.setattr(library, "_field_table", without_average_power)
+        clock.advance(1)
+        during = reader.read(0, slow=False)
+        assert during.power_watts is None and reader.errors["power_mw"] == 1
+        assert during.violation_seconds["power"] == -5e-9  # decoded as the type the entry names
+        assert during.energy_joules > before.energy_joules and during.temperature_celsius is not None
+        monkeypatch.setattr(library, "_field_table", table)
+        clock.advance(1)
+        after = reader.read(0, slow=False)
+        assert after.power_watts is not None and after.violation_seconds["power"] >= before.violation_seconds["power"]
+        assert reader.errors["power_mw"] == 1
     finally:
         reader.close()
 

@@ -97,7 +97,6 @@ def _pct(ratio: float) -> str:
 
 def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
     """Apply every check to one GPU."""
-    findings: list[tuple[str, str, str]] = []  # (check, state, reason)
     name = f"GPU {facts.index}"
 
     if not facts.up:
@@ -114,56 +113,68 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
         if _SEVERITY[xid_state] > _SEVERITY[up_state]:
             reasons = reasons[::-1]  # worst first
         return Verdict(worst((up_state, xid_state)), reasons, {"up": up_state, "xid": xid_state})
-    findings.append(("up", "ok", ""))
-
-    findings.append(_temperature(facts, limits, name))
+    # Each check's state, in check order; and (state, reason) for the checks that are not ok. A
+    # reason is only written for a check that is not ok (or for power_cap), since only those show.
+    checks = {"up": "ok"}
+    bad: list[tuple[str, str]] = []
+    check, state, reason = _temperature(facts, limits, name)
+    checks[check] = state
+    if state != "ok":
+        bad.append((state, reason))
+    cap_reason = ""
     throttle = facts.throttle
-    window = f"of the last {limits.window_seconds:.0f} s"
     if throttle is not None and throttle.dominant is not None:
         ratios = throttle.ratios
+        window = f"of the last {limits.window_seconds:.0f} s"
         for check, label in (("thermal", "thermal slowdown"), ("power_brake", "HW power brake")):
             ratio = ratios[check]
             state = "ok" if ratio == 0 else "critical" if ratio >= limits.sustained_ratio else "warning"
-            findings.append((check, state, f"{name}: {label} {_pct(ratio)} {window}" if ratio else ""))
+            checks[check] = state
+            if state != "ok":
+                bad.append((state, f"{name}: {label} {_pct(ratio)} {window}"))
         ratio = ratios["hw_slowdown"]
         state = "ok" if ratio == 0 else "critical" if ratio >= limits.hw_slowdown_critical_ratio else "warning"
-        findings.append(
-            ("hw_slowdown", state, f"{name}: HW slowdown without heat or power brake {_pct(ratio)} {window}")
-        )
+        checks["hw_slowdown"] = state
+        if state != "ok":
+            bad.append((state, f"{name}: HW slowdown without heat or power brake {_pct(ratio)} {window}"))
         cap = ratios["power_cap"]
-        findings.append(
-            ("power_cap", "ok", f"{name}: power-capped {_pct(cap)} {window}, normal under load" if cap else "")
-        )
+        checks["power_cap"] = "ok"
+        if cap:
+            cap_reason = f"{name}: power-capped {_pct(cap)} {window}, normal under load"
         ratio = ratios["unknown"]
         state = "warning" if ratio >= limits.unexplained_clock_ratio else "ok"
-        loss = throttle.clock_loss_ratio or 0.0
-        findings.append(
-            (
-                "clocks",
-                state,
-                f"{name}: clocks {_pct(loss)} below max while busy, with no reason, {_pct(ratio)} {window}",
-            )
-        )
+        checks["clocks"] = state
+        if state != "ok":
+            loss = throttle.clock_loss_ratio or 0.0
+            reason = f"{name}: clocks {_pct(loss)} below max while busy, with no reason, {_pct(ratio)} {window}"
+            bad.append((state, reason))
     if facts.uncorrected_volatile_ecc is not None:
         n = facts.uncorrected_volatile_ecc
-        findings.append(("ecc", "critical" if n else "ok", f"{name}: {n} uncorrectable ECC error(s) since driver load"))
+        checks["ecc"] = "critical" if n else "ok"
+        if n:
+            bad.append(("critical", f"{name}: {n} uncorrectable ECC error(s) since driver load"))
     if facts.row_remap_failure is not None or facts.row_remap_pending is not None:
         if facts.row_remap_failure:
-            findings.append(("row_remap", "critical", f"{name}: row remapping failed, no spare rows left (RMA)"))
+            checks["row_remap"] = "critical"
+            bad.append(("critical", f"{name}: row remapping failed, no spare rows left (RMA)"))
         elif facts.row_remap_pending:
-            findings.append(("row_remap", "warning", f"{name}: row remap pending, reset required"))
+            checks["row_remap"] = "warning"
+            bad.append(("warning", f"{name}: row remap pending, reset required"))
         else:
-            findings.append(("row_remap", "ok", ""))
+            checks["row_remap"] = "ok"
     if facts.retired_pages_pending is not None:
-        state = "warning" if facts.retired_pages_pending else "ok"
-        findings.append(("retired_pages", state, f"{name}: page retirement pending, reset required"))
-    findings.append(_xids(facts, limits, name))
+        checks["retired_pages"] = "warning" if facts.retired_pages_pending else "ok"
+        if facts.retired_pages_pending:
+            bad.append(("warning", f"{name}: page retirement pending, reset required"))
+    check, state, reason = _xids(facts, limits, name)
+    checks[check] = state
+    if state != "ok":
+        bad.append((state, reason))
 
-    checks = {check: state for check, state, _ in findings}
-    ordered = sorted(findings, key=lambda f: -_SEVERITY[f[1]])
-    problems = tuple(reason for _, state, reason in ordered if reason and state != "ok")
-    reasons = problems or tuple(reason for check, _, reason in findings if check == "power_cap" and reason)
-    return Verdict(worst(checks.values()), reasons, checks)
+    if not bad:
+        return Verdict("ok", (cap_reason,) if cap_reason else (), checks)
+    bad.sort(key=lambda finding: -_SEVERITY[finding[0]])  # worst first; stable, so check order within
+    return Verdict(bad[0][0], tuple(reason for _, reason in bad), checks)
 
 
 def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, str, str]:
@@ -186,6 +197,8 @@ def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[
 
 
 def _xids(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, str, str]:
+    if not facts.recent_xids:
+        return "xid", "ok", ""
     recent = [x for ts, x in facts.recent_xids if facts.now - ts <= limits.xid_window_seconds]
     critical = sorted({x for x in recent if x in limits.critical_xids})
     if critical:

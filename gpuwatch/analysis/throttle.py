@@ -86,6 +86,7 @@ class ThrottleWindow:
     _time_in: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
     _loss_sum: float = 0.0
     _loss_count: int = 0
+    last_class: str | None = None  # the class of the latest poll
 
     def add(self, sample: ThrottleSample) -> float:
         """Add one poll; returns the span it stands for (0 for the first poll)."""
@@ -94,7 +95,7 @@ class ThrottleWindow:
         else:
             span = min(max(0.0, sample.timestamp - self._last_timestamp), self.max_gap_seconds)
         self._last_timestamp = sample.timestamp
-        cls = classify(sample, self.low_clock_ratio)
+        cls = self.last_class = classify(sample, self.low_clock_ratio)
         loss = 1.0 - sample.sm_clock_ratio if sample.busy and sample.sm_clock_ratio is not None else None
         self._polls.append((sample.timestamp - span, sample.timestamp, cls, loss))
         self._count(span, cls, loss, +1)
@@ -119,14 +120,21 @@ class ThrottleWindow:
         if begin < start:  # only the oldest poll can straddle the start: clip it
             time_in[first_cls] -= start - begin
         # Adding and taking away floats leaves dust where a class has left the window.
-        time_in = {c: t if t > 1e-9 else 0.0 for c, t in time_in.items()}
-        covered = sum(time_in.values())
+        covered = 0.0
+        for c, t in time_in.items():
+            if t > 1e-9:
+                covered += t
+            else:
+                time_in[c] = 0.0
         if covered <= 0:  # a single poll: its class, for no measurable time yet
             only = self._polls[-1][2]
             ratios = {c: float(c == only) for c in CLASSES}
         else:
             ratios = {c: t / covered for c, t in time_in.items()}
-        dominant = max(_PRECEDENCE, key=lambda c: (ratios[c], -_PRECEDENCE.index(c)))
+        dominant = _PRECEDENCE[0]
+        for c in _PRECEDENCE:  # the largest share; on a tie, the class first in precedence
+            if ratios[c] > ratios[dominant]:
+                dominant = c
         clock_loss = self._loss_sum / self._loss_count if self._loss_count else None
         return ThrottleSummary(covered, ratios, dominant, clock_loss)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pynvml
 
 # Clock event reason bits -> label. Bits not listed (0x200, 0x400 in the newest bindings) are
@@ -20,6 +22,7 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
 _KNOWN_REASON_BITS = sum(CLOCK_EVENT_REASONS.values())
 
 
+@lru_cache(maxsize=256)  # a GPU shows a handful of masks; each is decoded once
 def decode_reasons(mask: int) -> frozenset[str]:
     """Names of the reasons set in an ``nvmlDeviceGetCurrentClocksEventReasons`` mask."""
     names = {name for name, bit in CLOCK_EVENT_REASONS.items() if mask & bit}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import threading
 import time
 from collections import Counter
@@ -102,6 +103,14 @@ class _Datum:
     fallback: Callable[[Any], int] | None = None
     slow: bool = False  # read on the slow loop (counts that move rarely and matter over hours)
 
+    @property
+    def grouping(self) -> tuple[str, Any]:
+        """``("ecc", ("corrected", "volatile"))`` for ``ecc:corrected:volatile``; ``("", key)`` for a scalar."""
+        group, sep, label = self.key.partition(":")
+        if not sep:
+            return "", self.key
+        return group, tuple(label.split(":")) if group == "ecc" else label
+
 
 def _violation_getter(policy: int) -> Callable[[Any], int]:
     def get(handle: Any) -> int:
@@ -152,10 +161,51 @@ def _data() -> list[_Datum]:
 
 
 _DATA = _data()
+# key -> (group, label), so a poll sorts its field values without parsing their keys.
+_GROUPING = {datum.key: datum.grouping for datum in _DATA}
+# group -> how a raw value becomes the exported one (violation counters are in ns).
+_GROUP_SCALE: dict[str, Callable[[float], float | int]] = {
+    "violation": lambda ns: ns / 1e9,
+    "ecc": int,
+    "retired": int,
+    "remapped": int,
+}
+
+# Versioned queries, newest first (module doc): name -> one builder per variant, each turning a
+# handle into a call with no arguments. A device builds its calls once, when it is opened.
+_VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
+    "temperature": (
+        lambda h: partial(pynvml.nvmlDeviceGetTemperatureV, h, pynvml.NVML_TEMPERATURE_GPU),
+        lambda h: partial(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+    ),
+    "clock_event_reasons": (
+        lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h),
+        lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h),
+    ),
+    "memory_info": (
+        lambda h: partial(pynvml.nvmlDeviceGetMemoryInfo, h, version=pynvml.nvmlMemory_v2),
+        lambda h: partial(pynvml.nvmlDeviceGetMemoryInfo, h),
+    ),
+    "processes:compute": (
+        lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v3, h),
+        lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v2, h),
+    ),
+    "processes:graphics": (
+        lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3, h),
+        lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2, h),
+    ),
+}
 
 
 # Clocks read every poll; the graphics and video clocks follow the SM clock and move to the slow read.
 _FAST_CLOCKS = frozenset({"sm", "memory"})
+# (label, query key, NVML clock type) for each loop.
+_CLOCK_QUERIES = {
+    slow: tuple(
+        (label, f"clock:{label}", code) for label, code in fields.CLOCKS.items() if (label in _FAST_CLOCKS) != slow
+    )
+    for slow in (False, True)
+}
 
 
 @dataclass(slots=True)
@@ -167,11 +217,34 @@ class _FieldSet:
     request: _FieldRequest | None = None
 
 
+@dataclass(slots=True)
+class _Values:
+    """Field values sorted for a reading: scalars by key, grouped ones by group and label, scaled."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, dict[Any, Any]] = field(default_factory=lambda: {group: {} for group in _GROUP_SCALE})
+
+    def put(self, key: str, value: float) -> None:
+        group, label = _GROUPING[key]
+        if group:
+            self.groups[group][label] = _GROUP_SCALE[group](value)
+        else:
+            self.scalars[label] = value
+
+    def add(self, other: _Values) -> None:
+        """Take in the values of another set (the slow one's, carried between slow reads)."""
+        if other.scalars:
+            self.scalars.update(other.scalars)
+        for group, values in other.groups.items():
+            if values:
+                self.groups[group].update(values)
+
+
 @dataclass(frozen=True, slots=True)
 class _SlowValues:
     """Values read on the slow loop and carried into every reading until the next slow read."""
 
-    values: dict[str, float] = field(default_factory=dict)  # from the slow field set
+    values: _Values = field(default_factory=_Values)  # from the slow field set
     fan: int | None = None
     clocks_hertz: dict[str, float] = field(default_factory=dict)
     utilization_ratio: dict[str, float] = field(default_factory=dict)
@@ -192,6 +265,18 @@ class _Device:
     lost: str | None = None
     probe: Backoff = field(default_factory=Backoff)  # when to look for a lost GPU again
     slow: _SlowValues = field(default_factory=_SlowValues)
+    # pid -> (name, user) of the processes in the last listing: a process keeps its name and user
+    # while it holds memory, so each is looked up once, not on every slow read
+    described: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    # name -> (variant key, call) newest first, see _VARIANTS; built once the handle is known
+    variants: dict[str, tuple[tuple[str, Callable[[], Any]], ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.handle is not None:
+            self.variants = {
+                name: tuple((f"{name}#{i}", build(self.handle)) for i, build in enumerate(builders))
+                for name, builders in _VARIANTS.items()
+            }
 
 
 # How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
@@ -212,29 +297,75 @@ class _PlainFieldValue(ctypes.Structure):
     _fields_ = pynvml.c_nvmlFieldValue_t._fields_
 
 
+def _layouts() -> tuple[int, int, int, int]:
+    """Size of ``c_nvmlFieldValue_t`` and the offsets of valueType, nvmlReturn and value in it."""
+    t = _PlainFieldValue
+    assert t.nvmlReturn.offset == t.valueType.offset + ctypes.sizeof(ctypes.c_uint), "c_nvmlFieldValue_t layout"
+    return ctypes.sizeof(t), t.valueType.offset, t.nvmlReturn.offset, t.value.offset
+
+
+_ENTRY_SIZE, _TYPE_AT, _RETURN_AT, _VALUE_AT = _layouts()
+_VALUE_SIZE = ctypes.sizeof(pynvml.c_nvmlValue_t)
+# valueType -> struct code of that member of the value union (from pynvml's own declaration of it).
+_VALUE_CODES: dict[int, str] = {
+    value_type: dict(pynvml.c_nvmlValue_t._fields_)[member]._type_ for value_type, member in _DECODERS.items()
+}
+
+
+def _entries_struct(codes: list[str]) -> struct.Struct:
+    """Reads one item per entry of a field-value array: ``codes[i]`` at entry i's value offset."""
+    fmt = "@" + "".join(f"{_VALUE_AT}x{code}{_ENTRY_SIZE - _VALUE_AT - struct.calcsize('@' + code)}x" for code in codes)
+    layout = struct.Struct(fmt)
+    assert layout.size == _ENTRY_SIZE * len(codes), "c_nvmlFieldValue_t layout"
+    return layout
+
+
 class _FieldRequest:
     """One GPU's ``nvmlDeviceGetFieldValues`` batch, built once and reused by every poll.
 
     pynvml's wrapper builds a fresh array per call, setting each id through a Python-level hook
     (and, for a bare int id, a caught TypeError); with ~20 ids that cost more than the rest of a
     poll. Here the ids are written once into a template, copied over the result array in C before
-    each call, and the results are read without pynvml's hook. The symbol lookup and the error
-    mapping are still pynvml's.
+    each call, and the results are read without pynvml's hook: one unpack reads every entry's
+    value type and return code, and once a batch has come back whole, one more reads every value
+    while those stay the same. The symbol lookup and the error mapping are still pynvml's.
     """
 
     def __init__(self, field_ids: list[int]) -> None:
-        array = _PlainFieldValue * len(field_ids)
+        n = len(field_ids)
+        array = _PlainFieldValue * n
         self._template = array()
         for entry, field_id in zip(self._template, field_ids, strict=True):
             entry.fieldId = field_id
         self._values = array()
+        self._count = ctypes.c_int32(n)
+        pad = _ENTRY_SIZE - _TYPE_AT - 2 * ctypes.sizeof(ctypes.c_uint)
+        self._heads = struct.Struct("@" + f"{_TYPE_AT}xII{pad}x" * n)  # (valueType, nvmlReturn) per entry
+        self._whole: tuple[tuple[int, ...], struct.Struct] | None = None  # heads of a whole batch, and its reader
 
-    def fetch(self, handle: Any) -> Any:
-        """Call NVML; raise its error as pynvml would; return the (reused) result array."""
-        ctypes.memmove(self._values, self._template, ctypes.sizeof(self._values))
+    def fetch(self, handle: Any) -> list[float | None]:
+        """Call NVML; raise its error as pynvml would; each field's value, None where it failed."""
+        values = self._values
+        ctypes.memmove(values, self._template, ctypes.sizeof(values))
         fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
-        pynvml._nvmlCheckReturn(fn(handle, ctypes.c_int32(len(self._values)), ctypes.byref(self._values)))
-        return self._values
+        pynvml._nvmlCheckReturn(fn(handle, self._count, ctypes.byref(values)))
+        heads = self._heads.unpack_from(values)
+        whole = self._whole
+        if whole is not None and heads == whole[0]:
+            return [float(v) for v in whole[1].unpack_from(values)]
+        types, codes = heads[0::2], heads[1::2]
+        if all(code == pynvml.NVML_SUCCESS for code in codes):
+            reader = _entries_struct([_VALUE_CODES.get(t, "Q") for t in types])
+            self._whole = (heads, reader)
+            return [float(v) for v in reader.unpack_from(values)]
+        out: list[float | None] = []
+        for i, (value_type, code) in enumerate(zip(types, codes, strict=True)):
+            if code != pynvml.NVML_SUCCESS:
+                out.append(None)
+                continue
+            at = i * _ENTRY_SIZE + _VALUE_AT
+            out.append(float(struct.unpack_from("@" + _VALUE_CODES.get(value_type, "Q"), values, at)[0]))
+        return out
 
 
 class NvmlReader:
@@ -386,7 +517,7 @@ class NvmlReader:
             value = self._q(d, f"max_clock:{label}", pynvml.nvmlDeviceGetMaxClockInfo, h, code)
             if value:
                 max_clocks[label] = value * MHZ
-        memory = self._memory_info(d)
+        memory = self._first(d, "memory_info")
         bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         ecc = self._q(d, "ecc_mode", pynvml.nvmlDeviceGetEccMode, h)
         return GpuIdentity(
@@ -476,27 +607,15 @@ class NvmlReader:
         self._count(key)
         log.warning("GPU %d: %s failed: %s", d.index, key, _describe(exc))
 
-    def _first(self, d: _Device, key: str, candidates: list[Callable[[], T]]) -> T | None:
-        """Try versioned variants newest first; remember the first one the driver has."""
-        for i, call in enumerate(candidates):
-            variant = f"{key}#{i}"
+    def _first(self, d: _Device, key: str) -> Any:
+        """Try the versioned variants of ``key`` newest first; the first the driver has is kept."""
+        for variant, call in d.variants[key]:
             if variant in d.unsupported:
                 continue
             value = self._q(d, variant, call)
             if value is not None or variant not in d.unsupported:
                 return value
         return None
-
-    def _memory_info(self, d: _Device) -> Any:
-        h = d.handle
-        return self._first(
-            d,
-            "memory_info",
-            [
-                lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2),
-                lambda: pynvml.nvmlDeviceGetMemoryInfo(h),
-            ],
-        )
 
     # -- every poll -------------------------------------------------------------------------------
 
@@ -522,54 +641,36 @@ class NvmlReader:
     def _read(self, d: _Device) -> GpuReading:
         h = d.handle
         values = self._field_values(d, d.fast_fields)
-        values.update(d.slow.values)
-        groups: dict[str, dict[str, float]] = {"violation": {}, "ecc": {}, "retired": {}, "remapped": {}}
-        for key, value in values.items():
-            group, sep, label = key.partition(":")
-            if sep:
-                groups[group][label] = value
+        values.add(d.slow.values)
+        scalars, groups = values.scalars, values.groups
 
-        temperature = self._first(
-            d,
-            "temperature",
-            [
-                lambda: pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU),
-                lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-            ],
-        )
+        temperature = self._first(d, "temperature")
         margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
-        fast_clocks = self._clocks(d, _FAST_CLOCKS)
-        # Keep fields.CLOCKS order whichever loop read a clock, so the exposition order is stable.
-        clocks = {
-            label: hz
-            for label in fields.CLOCKS
-            if (hz := fast_clocks.get(label, d.slow.clocks_hertz.get(label))) is not None
-        }
+        clocks = self._clocks(d, slow=False)
+        if d.slow.clocks_hertz:  # keep fields.CLOCKS order whichever loop read a clock (stable exposition)
+            slow_clocks = d.slow.clocks_hertz
+            clocks = {
+                label: hz for label in fields.CLOCKS if (hz := clocks.get(label, slow_clocks.get(label))) is not None
+            }
         utilization: dict[str, float] = {}
         rates = self._q(d, "utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
         if rates is not None:
             utilization["gpu"] = rates.gpu / 100.0
             utilization["memory"] = rates.memory / 100.0
         utilization.update(d.slow.utilization_ratio)
-        reasons = self._first(
-            d,
-            "clock_event_reasons",
-            [
-                lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
-                lambda: pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h),
-            ],
-        )
-        memory = self._memory_info(d)
+        reasons = self._first(d, "clock_event_reasons")
+        memory = self._first(d, "memory_info")
         pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
 
+        get = scalars.get
         return GpuReading(
             timestamp=self._clock(),
-            power_watts=_scaled(values.get("power_mw"), 1e3),
-            power_instant_watts=_scaled(values.get("power_instant_mw"), 1e3),
-            power_limit_watts=_scaled(values.get("power_limit_mw"), 1e3),
-            energy_joules=_scaled(values.get("energy_mj"), 1e3),
+            power_watts=_scaled(get("power_mw"), 1e3),
+            power_instant_watts=_scaled(get("power_instant_mw"), 1e3),
+            power_limit_watts=_scaled(get("power_limit_mw"), 1e3),
+            energy_joules=_scaled(get("energy_mj"), 1e3),
             temperature_celsius=None if temperature is None else float(temperature),
-            memory_temperature_celsius=values.get("memory_temperature"),
+            memory_temperature_celsius=get("memory_temperature"),
             temperature_margin_celsius=None if margin is None else float(margin),
             fan_speed_ratio=_scaled(d.slow.fan, 100),
             performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
@@ -580,30 +681,26 @@ class NvmlReader:
             memory_reserved_bytes=getattr(memory, "reserved", None),
             bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
-            violation_seconds={k: v / 1e9 for k, v in groups["violation"].items()},
-            ecc_errors={
-                tuple(k.split(":")): int(v)  # type: ignore[misc]
-                for k, v in groups["ecc"].items()
-            },
-            retired_pages={k: int(v) for k, v in groups["retired"].items()},
-            retired_pages_pending=_flag(values.get("retired_pending")),
-            remapped_rows={k: int(v) for k, v in groups["remapped"].items()},
-            row_remap_pending=_flag(values.get("remap_pending")),
-            row_remap_failure=_flag(values.get("remap_failure")),
+            violation_seconds=groups["violation"],
+            ecc_errors=groups["ecc"],
+            retired_pages=groups["retired"],
+            retired_pages_pending=_flag(get("retired_pending")),
+            remapped_rows=groups["remapped"],
+            row_remap_pending=_flag(get("remap_pending")),
+            row_remap_failure=_flag(get("remap_failure")),
             pcie_link_generation=d.slow.pcie_link_generation,
             pcie_link_width=d.slow.pcie_link_width,
-            pcie_replay_errors=_int(values.get("pcie_replay")),
-            pcie_transmit_bytes=_int(values.get("pcie_tx_bytes")),
-            pcie_receive_bytes=_int(values.get("pcie_rx_bytes")),
+            pcie_replay_errors=_int(get("pcie_replay")),
+            pcie_transmit_bytes=_int(get("pcie_tx_bytes")),
+            pcie_receive_bytes=_int(get("pcie_rx_bytes")),
         )
 
-    def _clocks(self, d: _Device, labels: frozenset[str]) -> dict[str, float]:
+    def _clocks(self, d: _Device, slow: bool) -> dict[str, float]:
         clocks = {}
-        for label, code in fields.CLOCKS.items():
-            if label in labels:
-                value = self._q(d, f"clock:{label}", pynvml.nvmlDeviceGetClockInfo, d.handle, code)
-                if value is not None:
-                    clocks[label] = value * MHZ
+        for label, key, code in _CLOCK_QUERIES[slow]:
+            value = self._q(d, key, pynvml.nvmlDeviceGetClockInfo, d.handle, code)
+            if value is not None:
+                clocks[label] = value * MHZ
         return clocks
 
     def _read_slow(self, d: _Device) -> _SlowValues:
@@ -621,27 +718,33 @@ class NvmlReader:
         return _SlowValues(
             values=self._field_values(d, d.slow_fields),
             fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
-            clocks_hertz=self._clocks(d, frozenset(fields.CLOCKS) - _FAST_CLOCKS),
+            clocks_hertz=self._clocks(d, slow=True),
             utilization_ratio=utilization,
             bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
             pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
             pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
         )
 
-    def _field_values(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
+    def _field_values(self, d: _Device, fs: _FieldSet) -> _Values:
         """One field set: its batch, then direct calls for the fields this driver lacks."""
-        values = self._batch(d, fs)
+        values = _Values()
+        put = values.put
+        batch = None if fs.request is None else self._batch(d, fs.request)
+        if batch is not None:
+            for datum, value in zip(fs.data, batch, strict=True):
+                if value is not None:
+                    put(datum.key, value)
+                else:
+                    self._count(datum.key)
         for datum in fs.fallbacks:
             if datum.fallback is not None and (value := self._q(d, datum.key, datum.fallback, d.handle)) is not None:
-                values[datum.key] = float(value)
+                put(datum.key, float(value))
         return values
 
-    def _batch(self, d: _Device, fs: _FieldSet) -> dict[str, float]:
-        """One nvmlDeviceGetFieldValues call for every probed field of the set."""
-        if fs.request is None:
-            return {}
+    def _batch(self, d: _Device, request: _FieldRequest) -> list[float | None] | None:
+        """One nvmlDeviceGetFieldValues call for every probed field of a set; None if it failed."""
         try:
-            entries = fs.request.fetch(d.handle)
+            return request.fetch(d.handle)
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except _SESSION_FATAL as exc:
@@ -651,14 +754,7 @@ class NvmlReader:
             raise PollFailed(f"field values: {_describe(exc)}") from exc
         except pynvml.NVMLError as exc:
             self._count_error(d, "field_values", exc)
-            return {}
-        out = {}
-        for datum, entry in zip(fs.data, entries, strict=True):
-            if entry.nvmlReturn == pynvml.NVML_SUCCESS:
-                out[datum.key] = float(getattr(entry.value, _DECODERS.get(entry.valueType, "ullVal")))
-            else:
-                self._count(datum.key)
-        return out
+            return None
 
     # -- slower loop ------------------------------------------------------------------------------
 
@@ -666,42 +762,36 @@ class NvmlReader:
         """Processes holding memory on one GPU (compute and graphics), with name and user.
 
         NVML: nvmlDeviceGetComputeRunningProcesses_v3 / _v2 and the graphics twin (ms-scale calls,
-        hence the slower loop). Names and users come from psutil; a pid outside our PID namespace
-        falls back to nvmlSystemGetProcessName.
+        hence the slower loop). Names and users come from psutil, once per process while it stays
+        in the listing; a pid outside our PID namespace falls back to nvmlSystemGetProcessName.
         """
         d = self._devices[index]
         if d.lost is not None:
             return ()
-        h = d.handle
         found: dict[int, Any] = {}
-        getters = {
-            "compute": (
-                pynvml.nvmlDeviceGetComputeRunningProcesses_v3,
-                pynvml.nvmlDeviceGetComputeRunningProcesses_v2,
-            ),
-            "graphics": (
-                pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3,
-                pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2,
-            ),
-        }
-        for kind, (v3, v2) in getters.items():
-            procs = self._first(d, f"processes:{kind}", [partial(v3, h), partial(v2, h)]) or []
+        for kind in ("processes:compute", "processes:graphics"):
+            procs = self._first(d, kind) or []
             for proc in procs:
                 found.setdefault(proc.pid, proc)
-        return tuple(self._describe_process(pid, proc.usedGpuMemory) for pid, proc in sorted(found.items()))
+        # Only the pids of this listing stay known: one that leaves and comes back is looked up again.
+        known, d.described = d.described, {}
+        out = []
+        for pid, proc in sorted(found.items()):
+            name, user = d.described[pid] = known.get(pid) or _name_and_user(pid)
+            out.append(GpuProcess(pid=pid, name=name, user=user, used_memory_bytes=proc.usedGpuMemory))
+        return tuple(out)
 
-    def _describe_process(self, pid: int, used: int | None) -> GpuProcess:
-        name: str | None = None
-        user: str | None = None
+
+def _name_and_user(pid: int) -> tuple[str | None, str | None]:
+    """From psutil; a pid outside our PID namespace falls back to nvmlSystemGetProcessName (no user)."""
+    try:
+        p = psutil.Process(pid)
+        return p.name(), p.username()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
         try:
-            p = psutil.Process(pid)
-            name, user = p.name(), p.username()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
-            try:
-                name = pynvml.nvmlSystemGetProcessName(pid)
-            except pynvml.NVMLError:
-                name = None
-        return GpuProcess(pid=pid, name=name, user=user, used_memory_bytes=used)
+            return pynvml.nvmlSystemGetProcessName(pid), None
+        except pynvml.NVMLError:
+            return None, None
 
 
 def _describe(exc: pynvml.NVMLError) -> str:
