@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 
 import pytest
@@ -78,6 +79,28 @@ def test_scrapes_of_one_poll_share_one_rendering():
     assert renders["collect"] == 3
 
 
+def test_scrapes_of_one_poll_share_one_compression():
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Big:
+        def collect(self):  # type: ignore[no-untyped-def]
+            family = GaugeMetricFamily("x", "x", labels=["i"])
+            for i in range(200):  # over the size below which bodies go uncompressed
+                family.add_metric([str(i)], i)
+            yield family
+
+    registry.register(Big())
+    snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
+    exposition = CachedExposition(registry, lambda: snapshots[-1])
+    plain, content_type, encoding = exposition.render_encoded("", "")
+    assert encoding is None and content_type.startswith("text/plain")
+    packed, _, encoding = exposition.render_encoded("", "deflate, gzip")
+    assert encoding == "gzip" and gzip.decompress(packed) == plain
+    assert exposition.render_encoded("", "gzip")[0] is packed  # the same poll: compressed once
+    snapshots.append(Snapshot(timestamp=2.0, nvml_up=True))
+    assert exposition.render_encoded("", "gzip")[0] is not packed  # a new poll: compressed anew
+
+
 @pytest.mark.parametrize("scenario", ["inference-host", "consumer-gpu", "mixed-fleet", "xid-79"])
 def test_the_fast_text_writer_matches_prometheus_client_byte_for_byte(sim, scenario):
     run = sim(scenario)
@@ -93,6 +116,24 @@ def test_the_fast_text_writer_matches_prometheus_client_byte_for_byte(sim, scena
     fixed = CollectorRegistry(auto_describe=False)
     fixed.register(Fixed())
     assert text.generate(fixed) == generate_latest(fixed)
+    assert text.generate(fixed) == generate_latest(fixed)  # again, with every label set remembered
+
+
+def test_the_remembered_label_sets_stay_bounded(monkeypatch):
+    monkeypatch.setattr(text, "_LABEL_TEXT", {})
+    monkeypatch.setattr(text, "_LABEL_TEXT_MAX", 3)
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Many:
+        def collect(self):  # type: ignore[no-untyped-def]
+            family = GaugeMetricFamily("x", "x", labels=["i", "q"])
+            for i in range(10):
+                family.add_metric([str(i), 'a "quoted"\\value'], i)
+            yield family
+
+    registry.register(Many())
+    assert text.generate(registry) == generate_latest(registry)
+    assert len(text._LABEL_TEXT) <= 3
 
 
 def test_the_poll_loop_prerenders_only_while_someone_scrapes():
@@ -114,3 +155,34 @@ def test_the_poll_loop_prerenders_only_while_someone_scrapes():
     snapshots.append(Snapshot(timestamp=3.0, nvml_up=True))
     exposition.prerender(snapshots[-1])
     assert renders["collect"] == 2  # the last scrape is long past
+
+
+def _polls(exposition, snapshots, now, scrapes_per_poll: list[int]) -> None:  # type: ignore[no-untyped-def]
+    for scrapes in scrapes_per_poll:
+        snapshots.append(Snapshot(timestamp=snapshots[-1].timestamp + 1, nvml_up=True))
+        now[0] += 0.1
+        exposition.prerender(snapshots[-1])
+        for _ in range(scrapes):
+            exposition.render("")
+
+
+def test_scraped_more_often_than_polled_every_poll_is_rendered():
+    renders, registry = _counting_registry()
+    now = [0.0]
+    snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
+    exposition = CachedExposition(registry, lambda: snapshots[-1], monotonic=lambda: now[0])
+    _polls(exposition, snapshots, now, [2] * 20)  # two scrapes per poll
+    before = renders["collect"]
+    _polls(exposition, snapshots, now, [0, 0])  # two polls that happen to see no scrape
+    assert renders["collect"] == before + 2  # both rendered: the next scrape will not wait for one
+
+
+def test_scraped_less_often_than_polled_a_poll_without_a_scrape_is_not_rendered():
+    renders, registry = _counting_registry()
+    now = [0.0]
+    snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
+    exposition = CachedExposition(registry, lambda: snapshots[-1], monotonic=lambda: now[0])
+    _polls(exposition, snapshots, now, [0, 0, 0, 1] * 5)  # one scrape every fourth poll
+    before = renders["collect"]
+    _polls(exposition, snapshots, now, [0, 0])
+    assert renders["collect"] == before + 1  # the poll after the last scrape, then nothing

@@ -18,6 +18,12 @@ _float_to_go: Callable[[float], str] = _untyped_float_to_go  # Go's float format
 
 _SIMPLE_TYPES = {"gauge": "gauge", "counter": "counter", "unknown": "untyped"}
 
+# Label sets as written, by their (name, value) pairs: a GPU's series carry the same label sets
+# poll after poll, so each is escaped and joined once. Emptied when it grows past the bound (a
+# churn of label values, e.g. process names), so it never holds more than that.
+_LABEL_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
+_LABEL_TEXT_MAX = 200_000
+
 
 class _Unsupported(Exception):
     pass
@@ -44,7 +50,13 @@ def _generate(registry: Collector) -> bytes:
             if s.timestamp is not None or s.exemplar is not None or s.name != name:
                 raise _Unsupported(s.name)
             if s.labels:
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
+                key = tuple(s.labels.items())
+                labels = _LABEL_TEXT.get(key)
+                if labels is None:
+                    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(key))
+                    if len(_LABEL_TEXT) >= _LABEL_TEXT_MAX:
+                        _LABEL_TEXT.clear()
+                    _LABEL_TEXT[key] = labels
                 out.append(f"{name}{{{labels}}} {_float_to_go(s.value)}\n")
             else:
                 out.append(f"{name} {_float_to_go(s.value)}\n")

@@ -34,7 +34,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gpuwatch import __version__
-from gpuwatch.exporter.exposition import CachedExposition
+from gpuwatch.exporter.exposition import GZIP_LEVEL, GZIP_MIN_BYTES, CachedExposition
 from gpuwatch.model import Snapshot
 from gpuwatch.status import to_document
 from gpuwatch.webconfig import WebConfig, WebConfigSource
@@ -271,8 +271,10 @@ def _make_handler(
                 return
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                body, content_type = exposition.render(self.headers.get("Accept", ""))
-                self._send(200, content_type, body)
+                body, content_type, encoding = exposition.render_encoded(
+                    self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
+                )
+                self._send(200, content_type, body, encoding)
             elif path == "/status":
                 body = json.dumps(to_document(latest()), indent=2).encode() + b"\n"
                 self._send(200, "application/json", body)
@@ -288,17 +290,15 @@ def _make_handler(
             else:
                 self._send(404, "text/plain; charset=utf-8", b"Not found. Try /metrics or /status.\n")
 
-        def _send(self, code: int, content_type: str, body: bytes) -> None:
-            if "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 1024:
-                body = gzip.compress(body)
-                encoded = True
-            else:
-                encoded = False
+        def _send(self, code: int, content_type: str, body: bytes, encoding: str | None = None) -> None:
+            """Send a response; ``encoding`` names a body already compressed (else gzip it if asked)."""
+            if encoding is None and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > GZIP_MIN_BYTES:
+                body, encoding = gzip.compress(body, compresslevel=GZIP_LEVEL), "gzip"
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            if encoded:
-                self.send_header("Content-Encoding", "gzip")
+            if encoding is not None:
+                self.send_header("Content-Encoding", encoding)
             self._extra_headers()
             self.end_headers()
             self.wfile.write(body)
