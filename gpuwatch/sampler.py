@@ -31,7 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.analysis.counters import ResetSafeCounter
-from gpuwatch.analysis.health import GpuFacts, HealthThresholds, Verdict, gpu_verdict, host_verdict
+from gpuwatch.analysis.health import GpuFacts, HealthThresholds, Verdict, VerdictCache, gpu_verdict, host_verdict
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus, Snapshot
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, PollFailed, XidWatcher
@@ -107,6 +107,7 @@ class _GpuHistory:
     xid_counts: Counter[int] = field(default_factory=Counter)
     recent_xids: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_RECENT_XIDS))
     xids_published: tuple[Mapping[int, int], tuple[tuple[float, int], ...]] | None = None  # until the next Xid
+    verdicts: VerdictCache = field(default_factory=VerdictCache)
 
     def xids(self) -> tuple[Mapping[int, int], tuple[tuple[float, int], ...]]:
         """Xid counts and recent Xids as published: one copy per new Xid, not one per poll."""
@@ -432,7 +433,6 @@ class Sampler:
         if processes is not None:
             history.processes = processes
         throttle = window.summary()
-        now = self._clock.time()
         facts = GpuFacts(
             index=identity.index,
             up=True,
@@ -445,7 +445,7 @@ class Sampler:
             row_remap_failure=reading.row_remap_failure,
             retired_pages_pending=reading.retired_pages_pending,
             recent_xids=recent_xids,
-            now=now,
+            now=self._clock.time(),
         )
         return GpuStatus(
             identity=identity,
@@ -462,7 +462,7 @@ class Sampler:
             clocks_event_seconds=history.reason_seconds,
             xid_errors=xid_errors,
             recent_xids=recent_xids,
-            verdict=gpu_verdict(facts, self.health),
+            verdict=history.verdicts.judge(facts, self.health),
         )
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gpuwatch import config
@@ -20,6 +20,7 @@ from gpuwatch.analysis.health import (
     GpuFacts,
     HealthThresholds,
     Verdict,
+    VerdictCache,
     gpu_verdict,
     host_verdict,
     worst,
@@ -262,6 +263,58 @@ def test_a_verdict_is_its_worst_check_and_always_says_why_when_not_ok(facts):
 def test_a_recent_critical_xid_makes_any_gpu_critical(facts, xid):
     recent = replace(facts, recent_xids=[*facts.recent_xids, (facts.now - 1, xid)])
     assert gpu_verdict(recent, HealthThresholds()).state == "critical"
+
+
+_one_change = st.one_of(  # one fact of a GPU moving, from a few values around the thresholds
+    st.tuples(st.just("temperature_celsius"), st.sampled_from([None, 70.0, 93.0, 96.0])),
+    st.tuples(st.just("margin_celsius"), st.sampled_from([None, 10.0, 0.0, -3.0])),
+    st.tuples(st.just("uncorrected_volatile_ecc"), st.sampled_from([None, 0, 1, 2])),
+    st.tuples(st.just("row_remap_pending"), st.sampled_from([None, False, True])),
+    st.tuples(st.just("row_remap_failure"), st.sampled_from([None, False, True])),
+    st.tuples(st.just("retired_pages_pending"), st.sampled_from([None, False, True])),
+    st.tuples(st.just("up"), st.booleans()),
+    st.tuples(st.just("index"), st.sampled_from([0, 1])),
+    st.tuples(st.just("now"), st.floats(0, 2e4)),
+    st.tuples(st.just("recent_xids"), st.sampled_from([(), ((9000.0, 79),), ((9000.0, 63),)])),
+    st.tuples(st.just("clock_loss"), st.floats(0, 1)),
+    st.tuples(st.just("ratios"), st.sampled_from(["power_cap", "thermal", "unknown", "mixed", "part_capped"])),
+)
+
+
+def _with(facts: GpuFacts, change: tuple[str, Any]) -> GpuFacts:
+    name, value = change
+    throttle = facts.throttle or ThrottleSummary(60.0, dict.fromkeys(CLASSES, 0.0) | {"none": 1.0}, "none", None)
+    if name == "clock_loss":
+        return replace(facts, throttle=replace(throttle, clock_loss_ratio=value))
+    if name == "ratios":
+        ratios = dict.fromkeys(CLASSES, 0.0)
+        if value == "mixed":
+            ratios |= {"power_cap": 0.5, "unknown": 0.3, "none": 0.2}
+        elif value == "part_capped":  # the same dominant class as "power_cap", a different share
+            ratios |= {"power_cap": 0.6, "none": 0.4}
+        else:
+            ratios[value] = 1.0
+        return replace(facts, throttle=replace(throttle, ratios=ratios, dominant=max(ratios, key=ratios.__getitem__)))
+    return replace(facts, **{name: value})
+
+
+@settings(PROPERTIES, max_examples=400)
+@given(start=_facts, changes=st.lists(_one_change, max_size=40), strict=st.booleans())
+@example(  # the power-capped share alone moves: only the reason's percentage differs
+    start=GpuFacts(index=0, up=True, temperature_celsius=60.0),
+    changes=[("ratios", "power_cap"), ("ratios", "part_capped")],
+    strict=False,
+)
+def test_a_remembered_verdict_is_always_the_one_judged_anew(start, changes, strict):
+    """The sampler's per-GPU VerdictCache against gpu_verdict, over runs where one fact moves at a
+    time (as on a GPU, poll after poll), some of which it may look past."""
+    limits = HealthThresholds(unexplained_clock_ratio=0.2 if strict else 0.5)
+    cache = VerdictCache()
+    facts = replace(start, up=True, recent_xids=(), thresholds_celsius={"max_operating": 93.0, "slowdown": 95.0})
+    assert cache.judge(facts, limits) == gpu_verdict(facts, limits)
+    for change in changes:
+        facts = _with(facts, change)
+        assert cache.judge(facts, limits) == gpu_verdict(facts, limits)
 
 
 _verdicts = st.builds(lambda state: Verdict(state, (f"{state} reason",), {}), st.sampled_from(STATES))

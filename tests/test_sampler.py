@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from waiting import wait_until
 
+from gpuwatch.analysis.health import GpuFacts, gpu_verdict
 from gpuwatch.host import simulated_host
 from gpuwatch.nvml import NvmlReader, NvmlUnavailable, use_library
 from gpuwatch.sampler import Sampler
@@ -116,3 +118,35 @@ def test_a_new_poll_interval_cuts_the_wait_under_way_short():
     finally:
         sampler.stop()
         use_library(None)
+
+
+@pytest.mark.parametrize("scenario", ["thermal-throttle", "power-brake", "ecc-uncorrectable", "row-remap-pending"])
+def test_a_verdict_kept_from_the_last_poll_is_the_one_judged_anew(sim, scenario):
+    """The sampler reuses a GPU's verdict while its inputs stand still; along runs where they
+    change (heat, brakes, ECC, remaps), every verdict equals one computed from scratch."""
+    run = sim(scenario)
+    changes = 0
+    previous: dict[int, object] = {}
+    for t in range(0, 900, 5):
+        snapshot = run.at(t)
+        for status in snapshot.gpus:
+            reading = status.reading
+            assert status.up and reading is not None
+            facts = GpuFacts(
+                index=status.identity.index,
+                up=True,
+                temperature_celsius=reading.temperature_celsius,
+                margin_celsius=reading.temperature_margin_celsius,
+                thresholds_celsius=status.identity.temperature_thresholds_celsius,
+                throttle=status.throttle,
+                uncorrected_volatile_ecc=reading.ecc_errors.get(("uncorrected", "volatile")),
+                row_remap_pending=reading.row_remap_pending,
+                row_remap_failure=reading.row_remap_failure,
+                retired_pages_pending=reading.retired_pages_pending,
+                recent_xids=status.recent_xids,
+                now=snapshot.timestamp,
+            )
+            assert status.verdict == gpu_verdict(facts, run.sampler.health)
+            changes += previous.get(status.identity.index, status.verdict) != status.verdict
+            previous[status.identity.index] = status.verdict
+    assert changes > 0  # the run did move the verdict

@@ -177,6 +177,52 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
     return Verdict(bad[0][0], tuple(reason for _, reason in bad), checks)
 
 
+class VerdictCache:
+    """:func:`gpu_verdict` for one GPU, remembering the last: the same inputs give the same verdict.
+
+    Under steady load nothing a verdict reads changes from one poll to the next (the same whole-
+    degree temperature, the same throttle shares, no errors). What counts as the same: every fact
+    a check reads, except that the clock loss counts only while some of the window is unexplained
+    (the only time a reason shows it). A GPU that is down, or has had a recent Xid, whose verdict
+    depends on the time, is judged anew every time.
+    """
+
+    __slots__ = ("_inputs", "_verdict")
+
+    def __init__(self) -> None:
+        self._inputs: tuple[object, ...] | None = None
+        self._verdict: Verdict | None = None
+
+    def judge(self, facts: GpuFacts, limits: HealthThresholds) -> Verdict:
+        if not facts.up or facts.recent_xids:
+            return gpu_verdict(facts, limits)
+        throttle = facts.throttle
+        window = (
+            None
+            if throttle is None
+            else (
+                tuple(throttle.ratios.items()),
+                throttle.dominant,
+                throttle.clock_loss_ratio if throttle.ratios.get("unknown") else None,
+            )
+        )
+        inputs = (
+            limits,
+            facts.index,
+            facts.temperature_celsius,
+            facts.margin_celsius,
+            facts.thresholds_celsius,
+            window,
+            facts.uncorrected_volatile_ecc,
+            facts.row_remap_pending,
+            facts.row_remap_failure,
+            facts.retired_pages_pending,
+        )
+        if self._verdict is None or inputs != self._inputs:
+            self._inputs, self._verdict = inputs, gpu_verdict(facts, limits)
+        return self._verdict
+
+
 def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, str, str]:
     t, th = facts.temperature_celsius, facts.thresholds_celsius
     if t is not None and "max_operating" in th:
