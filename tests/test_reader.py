@@ -234,7 +234,7 @@ def test_one_field_failing_in_the_batch_costs_that_value_only(monkeypatch):
     reader.open()
     try:
         clock.advance(60)
-        before = reader.read(0, slow=False)
+        before = reader.read(0)
         assert before.power_watts is not None and before.violation_seconds["power"] > 0
         table = library._field_table
 
@@ -247,13 +247,13 @@ def test_one_field_failing_in_the_batch_costs_that_value_only(monkeypatch):
 
         monkeypatch.setattr(library, "_field_table", without_average_power)
         clock.advance(1)
-        during = reader.read(0, slow=False)
+        during = reader.read(0)
         assert during.power_watts is None and reader.errors["power_mw"] == 1
         assert during.violation_seconds["power"] == -5e-9  # decoded as the type the entry names
         assert during.energy_joules > before.energy_joules and during.temperature_celsius is not None
         monkeypatch.setattr(library, "_field_table", table)
         clock.advance(1)
-        after = reader.read(0, slow=False)
+        after = reader.read(0)
         assert after.power_watts is not None and after.violation_seconds["power"] >= before.violation_seconds["power"]
         assert reader.errors["power_mw"] == 1
     finally:

@@ -9,13 +9,14 @@ Policy, per shared/research/nvml.md §4.4:
 * Versioned symbols are tried newest first and the working one is kept
   (``nvmlDeviceGetTemperatureV`` → ``nvmlDeviceGetTemperature``, ``…ClocksEventReasons`` →
   ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
-* Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU; the ids
-  are probed once and each element's own return code is checked.
+* Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU and loop;
+  the ids are probed once and each element's own return code is checked.
 * A fast poll makes at most ten NVML calls per GPU (the field batch and a handful of direct calls).
   Values that change slowly or cost more (fan, graphics and video clocks, encoder and decoder
-  utilisation, BAR1 use, PCIe link generation and width, aggregate ECC counts and retired pages,
-  the last two in a second field batch) are read only when the caller asks for a slow read (the
-  sampler's process loop) and carried between reads (research/nvml.md §7).
+  utilisation, BAR1 use, PCIe link generation and width; in the second field batch the power cap,
+  the violation, PCIe traffic and replay counters, remapped rows, aggregate ECC counts and retired
+  pages) are read only when the caller asks for a slow read (the sampler's process loop) and
+  carried between reads (research/nvml.md §7; see ``_data`` for why each field is where it is).
 * A query that has answered once and later answers NotSupported (a driver in trouble) is not
   written off: that poll's value is ``None`` and the error is counted, like any other error.
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only; a
@@ -127,6 +128,11 @@ def _ecc_getter(error_type: int, counter_type: int) -> Callable[[Any], int]:
 
 
 def _data() -> list[_Datum]:
+    # Every poll: what the poll's own judgements and rates need now (energy and power for tokens
+    # per joule, volatile ECC and remap flags for the verdict). The slow loop: counters that are
+    # only ever read as rates over minutes (violations, PCIe traffic and replays), counts that move
+    # a few times in a GPU's life (remapped rows, aggregate ECC, retired pages) and the power cap,
+    # which moves when someone sets it. Each is still in every reading, as of the last slow read.
     data = [
         _Datum(
             "energy_mj",
@@ -137,17 +143,28 @@ def _data() -> list[_Datum]:
         # parts lack the field and keep the direct call, which reports their instant reading.
         _Datum("power_mw", pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.nvmlDeviceGetPowerUsage),
         _Datum("power_instant_mw", pynvml.NVML_FI_DEV_POWER_INSTANT),
-        _Datum("power_limit_mw", pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, pynvml.nvmlDeviceGetEnforcedPowerLimit),
+        _Datum(
+            "power_limit_mw",
+            pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,
+            pynvml.nvmlDeviceGetEnforcedPowerLimit,
+            slow=True,
+        ),
         _Datum("memory_temperature", pynvml.NVML_FI_DEV_MEMORY_TEMP),
-        _Datum("pcie_replay", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
-        _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES),
-        _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES),
+        _Datum(
+            "pcie_replay",
+            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+            pynvml.nvmlDeviceGetPcieReplayCounter,
+            slow=True,
+        ),
+        _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, slow=True),
+        _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, slow=True),
         _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING, slow=True),
         _Datum("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING),
         _Datum("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE),
     ]
     for policy, fid in fields.VIOLATION_FIELDS.items():
-        data.append(_Datum(f"violation:{policy}", fid, _violation_getter(fields.VIOLATION_POLICIES[policy])))
+        getter = _violation_getter(fields.VIOLATION_POLICIES[policy])
+        data.append(_Datum(f"violation:{policy}", fid, getter, slow=True))
     for key, fid in fields.ECC_FIELDS.items():
         # Volatile counts every poll (an uncorrectable error is critical now); aggregates, which
         # only restate them across driver loads, on the slow loop (research/nvml.md §7).
@@ -156,7 +173,7 @@ def _data() -> list[_Datum]:
     for cause, fid in fields.RETIRED_PAGE_FIELDS.items():
         data.append(_Datum(f"retired:{cause}", fid, slow=True))
     for kind, fid in fields.REMAPPED_ROW_FIELDS.items():
-        data.append(_Datum(f"remapped:{kind}", fid))
+        data.append(_Datum(f"remapped:{kind}", fid, slow=True))
     return data
 
 

@@ -220,7 +220,9 @@ class InferenceEndpoint:
             pass  # the client gave up, as it should on a response this size
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="gpuwatch-sim-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="gpuwatch-sim-server", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
