@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
@@ -79,10 +79,14 @@ class _Totals(Generic[K]):
 
     counters: dict[K, ResetSafeCounter] = field(default_factory=dict)
     published: Mapping[K, float] = field(default_factory=dict)
+    source: Mapping[K, float] | None = None  # the raw values last taken in
 
-    def advance(self, raws: Iterable[tuple[K, float]]) -> Mapping[K, float]:
+    def advance(self, raws: Mapping[K, float]) -> Mapping[K, float]:
+        if raws is self.source:  # the very values of the last poll (carried from the slow loop)
+            return self.published
+        self.source = raws
         counters, moved = self.counters, False
-        for key, raw in raws:
+        for key, raw in raws.items():
             counter = counters.get(key)
             if counter is None:
                 counters[key], moved = ResetSafeCounter(raw), True
@@ -121,13 +125,15 @@ def _history_key(identity: GpuIdentity) -> str:
     return identity.uuid or f"#{identity.index}"
 
 
-def _pcie_counts(reading: GpuReading) -> Iterator[tuple[str, float]]:
+def _pcie_counts(reading: GpuReading) -> dict[str, float]:
+    counts: dict[str, float] = {}
     if reading.pcie_replay_errors is not None:
-        yield "replay_errors", reading.pcie_replay_errors
+        counts["replay_errors"] = reading.pcie_replay_errors
     if reading.pcie_transmit_bytes is not None:
-        yield "transmit_bytes", reading.pcie_transmit_bytes
+        counts["transmit_bytes"] = reading.pcie_transmit_bytes
     if reading.pcie_receive_bytes is not None:
-        yield "receive_bytes", reading.pcie_receive_bytes
+        counts["receive_bytes"] = reading.pcie_receive_bytes
+    return counts
 
 
 def _throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> ThrottleSample:
@@ -453,8 +459,8 @@ class Sampler:
             reading=reading,
             energy_joules_total=None if energy is None else energy.total,
             energy_resets=0 if energy is None else energy.resets,
-            violation_seconds_total=history.violations.advance(reading.violation_seconds.items()),
-            ecc_errors_total=history.ecc.advance(ecc.items()),
+            violation_seconds_total=history.violations.advance(reading.violation_seconds),
+            ecc_errors_total=history.ecc.advance(ecc),
             pcie_counters_total=history.pcie.advance(_pcie_counts(reading)),
             processes=history.processes,
             throttle=throttle,

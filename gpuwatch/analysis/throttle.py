@@ -26,6 +26,8 @@ CLASSES = ("none", "idle", "power_cap", "thermal", "power_brake", "hw_slowdown",
 _PRECEDENCE = ("power_brake", "thermal", "hw_slowdown", "power_cap", "clocks_setting", "idle", "unknown", "none")
 
 LOW_CLOCK_RATIO = 0.9
+# The ratios of a window spent all in one class, shared by every summary of such a window (read only).
+_ALL_IN = {cls: {c: float(c == cls) for c in CLASSES} for cls in CLASSES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class ThrottleWindow:
     _loss_sum: float = 0.0
     _loss_count: int = 0
     last_class: str | None = None  # the class of the latest poll
+    _class_polls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))  # polls held, by class
 
     def add(self, sample: ThrottleSample) -> float:
         """Add one poll; returns the span it stands for (0 for the first poll)."""
@@ -107,6 +110,7 @@ class ThrottleWindow:
 
     def _count(self, span: float, cls: str, loss: float | None, sign: int) -> None:
         self._time_in[cls] += sign * span
+        self._class_polls[cls] += sign
         if loss is not None:
             self._loss_sum += sign * loss
             self._loss_count += sign
@@ -115,6 +119,13 @@ class ThrottleWindow:
         if not self._polls:
             return ThrottleSummary(0.0, dict.fromkeys(CLASSES, 0.0), None, None)
         start = self._polls[-1][1] - self.length_seconds
+        only = self._polls[0][2]
+        if self._class_polls[only] == len(self._polls):  # one class throughout (steady load): no sums
+            begin = self._polls[0][0]
+            covered = self._time_in[only] - (start - begin if begin < start else 0.0)
+            covered = covered if covered > 1e-9 else 0.0  # dust, as below
+            clock_loss = self._loss_sum / self._loss_count if self._loss_count else None
+            return ThrottleSummary(covered, _ALL_IN[only], only, clock_loss)
         time_in = dict(self._time_in)
         begin, _, first_cls, _ = self._polls[0]
         if begin < start:  # only the oldest poll can straddle the start: clip it

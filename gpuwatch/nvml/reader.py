@@ -248,13 +248,16 @@ class _Values:
         else:
             self.scalars[label] = value
 
-    def add(self, other: _Values) -> None:
-        """Take in the values of another set (the slow one's, carried between slow reads)."""
-        if other.scalars:
-            self.scalars.update(other.scalars)
-        for group, values in other.groups.items():
-            if values:
-                self.groups[group].update(values)
+    def merged(self, carried: _Values) -> _Values:
+        """These values with those carried from the last slow read. Where one side has none of a
+        kind, the other's dict is shared rather than copied: neither set changes once read."""
+        mine, theirs = self.scalars, carried.scalars
+        scalars = mine | theirs if mine and theirs else mine or theirs
+        groups = {}
+        for group, mine_of in self.groups.items():
+            theirs_of = carried.groups[group]
+            groups[group] = mine_of | theirs_of if mine_of and theirs_of else mine_of or theirs_of
+        return _Values(scalars, groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,8 +660,7 @@ class NvmlReader:
 
     def _read(self, d: _Device) -> GpuReading:
         h = d.handle
-        values = self._field_values(d, d.fast_fields)
-        values.add(d.slow.values)
+        values = self._field_values(d, d.fast_fields).merged(d.slow.values)
         scalars, groups = values.scalars, values.groups
 
         temperature = self._first(d, "temperature")
