@@ -10,6 +10,7 @@ missing (None / nvitop's ``N/A``), excluding the index; a clock-event mask count
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ def compare(gpu_counts: Iterable[int], repeats: int) -> list[dict[str, Any]]:
     """
     rows = []
     for gpus in gpu_counts:
-        polls = 10 * max(1, round(80 / gpus))  # whole 10-poll cycles (gpuwatch's slow loop)
+        polls = 10 * max(2, round(80 / gpus))  # whole 10-poll cycles (gpuwatch's slow loop), at least two
         runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
         for _ in range(repeats):
             for tool in TOOLS:
@@ -138,9 +139,18 @@ class _NoSleep:
         return None
 
 
+WARM_UP_POLLS = 10  # one slow cycle, unmeasured, for every tool
+
+
 def _run(tool: str, gpus: int, polls: int) -> dict[str, Any]:
     setup = {"gpuwatch": _gpuwatch, "gpustat": _gpustat, "nvitop": _nvitop}[tool]
     poll, values = setup(gpus)
+    # Steady state, as a daemon (or a watch loop) runs: every tool polls a while unmeasured, and
+    # the garbage its imports and start-up left is collected now, not in a measured poll (a full
+    # collection then cost a stateful tool up to twice its figure at 64 GPUs, where few polls run).
+    for _ in range(WARM_UP_POLLS):
+        poll()
+    gc.collect()
     started = time.process_time()
     for _ in range(polls):
         poll()

@@ -48,8 +48,8 @@ def collect(snapshot: Snapshot) -> Families:
         for policy, seconds in status.violation_seconds_total.items():
             f.gpu_counter(
                 "gpuwatch_gpu_violation_seconds",
-                "Time clocks were held below target by this policy (NVML_FI_DEV_PERF_POLICY_* field values, ns), "
-                "carried across driver resets.",
+                "Time clocks were held below target by this policy (NVML_FI_DEV_PERF_POLICY_* field values, ns, "
+                "read every --process-interval), carried across driver resets.",
                 g,
                 seconds,
                 policy=policy,

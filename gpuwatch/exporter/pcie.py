@@ -40,19 +40,22 @@ def collect(snapshot: Snapshot) -> Families:
         totals = status.pcie_counters_total
         f.gpu_counter(
             "gpuwatch_gpu_pcie_replay_errors",
-            "PCIe replays (NVML_FI_DEV_PCIE_REPLAY_COUNTER), carried across driver reloads while gpuwatch runs.",
+            "PCIe replays (NVML_FI_DEV_PCIE_REPLAY_COUNTER, read every --process-interval), carried across "
+            "driver reloads while gpuwatch runs.",
             g,
             totals.get("replay_errors"),
         )
         f.gpu_counter(
             "gpuwatch_gpu_pcie_transmit_bytes",
-            "Bytes sent over PCIe (NVML_FI_DEV_PCIE_COUNT_TX_BYTES), carried across driver reloads.",
+            "Bytes sent over PCIe (NVML_FI_DEV_PCIE_COUNT_TX_BYTES, read every --process-interval), "
+            "carried across driver reloads.",
             g,
             totals.get("transmit_bytes"),
         )
         f.gpu_counter(
             "gpuwatch_gpu_pcie_receive_bytes",
-            "Bytes received over PCIe (NVML_FI_DEV_PCIE_COUNT_RX_BYTES), carried across driver reloads.",
+            "Bytes received over PCIe (NVML_FI_DEV_PCIE_COUNT_RX_BYTES, read every --process-interval), "
+            "carried across driver reloads.",
             g,
             totals.get("receive_bytes"),
         )

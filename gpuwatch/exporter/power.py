@@ -27,7 +27,8 @@ def collect(snapshot: Snapshot) -> Families:
         )
         f.gpu_gauge(
             "gpuwatch_gpu_power_limit_watts",
-            "Power limit the driver enforces after all limiters (nvmlDeviceGetEnforcedPowerLimit).",
+            "Power limit the driver enforces after all limiters (NVML_FI_DEV_POWER_CURRENT_LIMIT or "
+            "nvmlDeviceGetEnforcedPowerLimit, read every --process-interval).",
             g,
             r.power_limit_watts,
         )

@@ -55,7 +55,8 @@ def collect(snapshot: Snapshot) -> Families:
         for kind, rows in r.remapped_rows.items():
             f.gpu_gauge(
                 "gpuwatch_gpu_remapped_rows",
-                "Memory rows remapped (NVML_FI_DEV_REMAPPED_COR/UNC).",
+                "Memory rows remapped (NVML_FI_DEV_REMAPPED_COR/UNC, read every --process-interval; the pending "
+                "and failure flags every poll).",
                 g,
                 rows,
                 type=kind,
