@@ -317,15 +317,14 @@ class _PlainFieldValue(ctypes.Structure):
     _fields_ = pynvml.c_nvmlFieldValue_t._fields_
 
 
-def _layouts() -> tuple[int, int, int, int]:
-    """Size of ``c_nvmlFieldValue_t`` and the offsets of valueType, nvmlReturn and value in it."""
+def _layouts() -> tuple[int, int, int]:
+    """Size of ``c_nvmlFieldValue_t`` and the offsets of valueType (nvmlReturn right after it) and value."""
     t = _PlainFieldValue
     assert t.nvmlReturn.offset == t.valueType.offset + ctypes.sizeof(ctypes.c_uint), "c_nvmlFieldValue_t layout"
-    return ctypes.sizeof(t), t.valueType.offset, t.nvmlReturn.offset, t.value.offset
+    return ctypes.sizeof(t), t.valueType.offset, t.value.offset
 
 
-_ENTRY_SIZE, _TYPE_AT, _RETURN_AT, _VALUE_AT = _layouts()
-_VALUE_SIZE = ctypes.sizeof(pynvml.c_nvmlValue_t)
+_ENTRY_SIZE, _TYPE_AT, _VALUE_AT = _layouts()
 # valueType -> struct code of that member of the value union (from pynvml's own declaration of it).
 _VALUE_CODES: dict[int, str] = {
     value_type: dict(pynvml.c_nvmlValue_t._fields_)[member]._type_ for value_type, member in _DECODERS.items()
