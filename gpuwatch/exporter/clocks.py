@@ -16,7 +16,7 @@ def collect(snapshot: Snapshot) -> Families:
         for clock, hertz in r.clocks_hertz.items():
             f.gpu_gauge(
                 "gpuwatch_gpu_clock_hertz",
-                "Current clock (nvmlDeviceGetClockInfo): sm and memory every poll, graphics and video every --process-interval.",
+                "Current clock (nvmlDeviceGetClockInfo): sm every poll; graphics, video and memory every --process-interval.",
                 g,
                 hertz,
                 clock=clock,
@@ -31,7 +31,7 @@ def collect(snapshot: Snapshot) -> Families:
             )
         f.gpu_gauge(
             "gpuwatch_gpu_performance_state",
-            "Performance state, 0 (P0, fastest) to 15 (nvmlDeviceGetPerformanceState).",
+            "Performance state, 0 (P0, fastest) to 15 (nvmlDeviceGetPerformanceState, read every --process-interval).",
             g,
             r.performance_state,
         )

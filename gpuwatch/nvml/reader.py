@@ -11,12 +11,14 @@ Policy, per shared/research/nvml.md §4.4:
   ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
 * Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU and loop;
   the ids are probed once and each element's own return code is checked.
-* A fast poll makes at most ten NVML calls per GPU (the field batch and a handful of direct calls).
-  Values that change slowly or cost more (fan, graphics and video clocks, encoder and decoder
-  utilisation, BAR1 use, PCIe link generation and width; in the second field batch the power cap,
-  the violation, PCIe traffic and replay counters, remapped rows, aggregate ECC counts and retired
-  pages) are read only when the caller asks for a slow read (the sampler's process loop) and
-  carried between reads (research/nvml.md §7; see ``_data`` for why each field is where it is).
+* A fast poll makes seven NVML calls per GPU: the field batch, temperature, temperature margin,
+  SM clock, utilization, clock event reasons and memory info (plus a direct call for each field an
+  old driver lacks). Values that change slowly or cost more (fan, P-state, the graphics, video and
+  memory clocks, encoder and decoder utilisation, BAR1 use, PCIe link generation and width; in the
+  second field batch the power cap, the violation, PCIe traffic and replay counters, remapped rows,
+  aggregate ECC counts and retired pages) are read only when the caller asks for a slow read (the
+  sampler's process loop) and carried between reads (research/nvml.md §7; see ``_data`` for why
+  each field is where it is).
 * A query that has answered once and later answers NotSupported (a driver in trouble) is not
   written off: that poll's value is ``None`` and the error is counted, like any other error.
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only; a
@@ -214,8 +216,9 @@ _VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
 }
 
 
-# Clocks read every poll; the graphics and video clocks follow the SM clock and move to the slow read.
-_FAST_CLOCKS = frozenset({"sm", "memory"})
+# The SM clock is read every poll (throttling shows there first). The graphics and video clocks
+# follow it, and the memory clock moves only with the P-state, so those three are slow-read.
+_FAST_CLOCKS = frozenset({"sm"})
 # (label, query key, NVML clock type) for each loop.
 _CLOCK_QUERIES = {
     slow: tuple(
@@ -271,6 +274,7 @@ class _SlowValues:
     bar1_used_bytes: int | None = None
     pcie_link_generation: int | None = None
     pcie_link_width: int | None = None
+    performance_state: int | None = None
 
 
 @dataclass(slots=True)
@@ -678,7 +682,6 @@ class NvmlReader:
         utilization.update(d.slow.utilization_ratio)
         reasons = self._first(d, "clock_event_reasons")
         memory = self._first(d, "memory_info")
-        pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
 
         get = scalars.get
         return GpuReading(
@@ -691,7 +694,7 @@ class NvmlReader:
             memory_temperature_celsius=get("memory_temperature"),
             temperature_margin_celsius=None if margin is None else float(margin),
             fan_speed_ratio=_scaled(d.slow.fan, 100),
-            performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
+            performance_state=d.slow.performance_state,
             clocks_hertz=clocks,
             utilization_ratio=utilization,
             memory_used_bytes=None if memory is None else int(memory.used),
@@ -722,7 +725,7 @@ class NvmlReader:
         return clocks
 
     def _read_slow(self, d: _Device) -> _SlowValues:
-        """The slow-loop values: fan, graphics and video clocks, encoder/decoder, BAR1, PCIe link."""
+        """The slow-loop values: fan, P-state, clocks but SM, encoder/decoder, BAR1, PCIe link."""
         h = d.handle
         utilization: dict[str, float] = {}
         for engine, fn in (
@@ -733,6 +736,7 @@ class NvmlReader:
             if sample is not None:
                 utilization[engine] = sample[0] / 100.0
         bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
         return _SlowValues(
             values=self._field_values(d, d.slow_fields),
             fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
@@ -741,6 +745,7 @@ class NvmlReader:
             bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
             pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
             pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
         )
 
     def _field_values(self, d: _Device, fs: _FieldSet) -> _Values:
