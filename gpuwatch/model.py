@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from gpuwatch.analysis.efficiency import Efficiency
 from gpuwatch.analysis.health import Verdict
 from gpuwatch.analysis.throttle import ThrottleSummary
+from gpuwatch.records import record
 
 UNKNOWN_VERDICT = Verdict("unknown", ("not polled yet",), {})
 
@@ -39,7 +40,7 @@ class GpuIdentity:
     pcie_max_width: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GpuReading:
     """One poll of one GPU."""
 
@@ -84,7 +85,7 @@ class GpuProcess:
     used_memory_bytes: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GpuStatus:
     """A GPU as the latest poll left it."""
 

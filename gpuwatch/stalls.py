@@ -14,12 +14,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gpuwatch.records import record
+
 
 class PollSuperseded(Exception):
     """This poll was left behind in a hung GPU read; another thread polls in its place."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Read:
     generation: int  # of the loop thread making it
     index: int

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from gpuwatch.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResetSafeCounter:
     """A driver counter made monotonic across resets while gpuwatch runs.
 

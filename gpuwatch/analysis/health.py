@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuwatch.analysis.throttle import ThrottleSummary
+from gpuwatch.records import record
 
 STATES = ("ok", "warning", "critical", "unknown")
 _SEVERITY = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
@@ -57,7 +58,7 @@ class HealthThresholds:
     xid_window_seconds: float = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GpuFacts:
     """What the rules look at for one GPU (built from a poll by the sampler)."""
 

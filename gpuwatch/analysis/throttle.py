@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gpuwatch.records import record
+
 CLASSES = ("none", "idle", "power_cap", "thermal", "power_brake", "hw_slowdown", "clocks_setting", "unknown")
 _PRECEDENCE = ("power_brake", "thermal", "hw_slowdown", "power_cap", "clocks_setting", "idle", "unknown", "none")
 
@@ -30,7 +32,7 @@ LOW_CLOCK_RATIO = 0.9
 _ALL_IN = {cls: {c: float(c == cls) for c in CLASSES} for cls in CLASSES}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThrottleSample:
     """One poll's view of a GPU's clocks."""
 
@@ -60,7 +62,7 @@ def classify(sample: ThrottleSample, low_clock_ratio: float = LOW_CLOCK_RATIO) -
     return "none"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThrottleSummary:
     """The window at a glance: time fractions per class, the dominant one, and clock loss."""
 
