@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
+import pynvml
 import pytest
 
 from gpuwatch.host import Host, simulated_host, start_simulated_servers
 from gpuwatch.nvml import use_library
 from gpuwatch.sampler import Sampler
+from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.inference import InferenceEndpoint
+from gpuwatch.sim.library import SimulatedNvmlLibrary
 from gpuwatch.tokens.tracker import TokenTracker
 
 
@@ -106,3 +110,19 @@ def prometheus_binary() -> str:
 @pytest.fixture
 def systemd_analyze() -> str:
     return required_tool("systemd-analyze", "systemd")
+
+
+@pytest.fixture
+def nvml() -> Iterator[Callable[..., ManualClock]]:
+    """Factory: ``nvml("inference-host", hidden=(...))`` installs that scenario and initialises pynvml."""
+
+    def install(name: str, hidden: tuple[str, ...] = ()) -> ManualClock:
+        clock = ManualClock()
+        use_library(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        pynvml.nvmlInit()
+        return clock
+
+    yield install
+    with contextlib.suppress(pynvml.NVMLError):
+        pynvml.nvmlShutdown()
+    use_library(None)

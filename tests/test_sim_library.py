@@ -14,20 +14,6 @@ from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
 
 
-@pytest.fixture
-def nvml():
-    def install(name: str, hidden: tuple[str, ...] = ()) -> ManualClock:
-        clock = ManualClock()
-        use_library(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
-        pynvml.nvmlInit()
-        return clock
-
-    yield install
-    with contextlib.suppress(pynvml.NVMLError):
-        pynvml.nvmlShutdown()
-    use_library(None)
-
-
 def test_identity_and_limits_of_an_a6000_read_through_pynvml(nvml):
     nvml("inference-host")
     assert pynvml.nvmlDeviceGetCount() == 4

@@ -32,9 +32,7 @@ Policy, per shared/research/nvml.md §4.4:
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import struct
 import threading
 import time
 from collections import Counter
@@ -50,6 +48,7 @@ from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
 from gpuwatch.nvml import fields
 from gpuwatch.nvml.events import XidWatcher
+from gpuwatch.nvml.prepared import FieldRequest, StructQuery
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +189,44 @@ _GROUP_SCALE: dict[str, Callable[[float], float | int]] = {
     "remapped": int,
 }
 
+
+def _memory_v1(memory: Any) -> tuple[int, int, int, None]:
+    return memory.total, memory.used, memory.free, None
+
+
+_NO_MEMORY = (None, None, None, None)
+
+
 # Versioned queries, newest first (module doc): name -> one builder per variant, each turning a
 # handle into a call with no arguments. A device builds its calls once, when it is opened.
 _VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
     "temperature": (
-        lambda h: partial(pynvml.nvmlDeviceGetTemperatureV, h, pynvml.NVML_TEMPERATURE_GPU),
+        lambda h: StructQuery(
+            h,
+            "nvmlDeviceGetTemperatureV",
+            pynvml.c_nvmlTemperature_v1_t,
+            {"version": pynvml.nvmlTemperature_v1, "sensorType": pynvml.NVML_TEMPERATURE_GPU},
+            "temperature",
+        ),
         lambda h: partial(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
     ),
     "clock_event_reasons": (
         lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h),
         lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h),
     ),
+    # (total, used, free, reserved) in bytes; v1 has no reserved
     "memory_info": (
-        lambda h: partial(pynvml.nvmlDeviceGetMemoryInfo, h, version=pynvml.nvmlMemory_v2),
-        lambda h: partial(pynvml.nvmlDeviceGetMemoryInfo, h),
+        lambda h: StructQuery(
+            h,
+            "nvmlDeviceGetMemoryInfo_v2",
+            pynvml.c_nvmlMemory_v2_t,
+            {"version": pynvml.nvmlMemory_v2},
+            "total",
+            "used",
+            "free",
+            "reserved",
+        ),
+        lambda h: lambda: _memory_v1(pynvml.nvmlDeviceGetMemoryInfo(h)),
     ),
     "processes:compute": (
         lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v3, h),
@@ -234,7 +257,7 @@ class _FieldSet:
 
     data: list[_Datum] = field(default_factory=list)
     fallbacks: list[_Datum] = field(default_factory=list)
-    request: _FieldRequest | None = None
+    request: FieldRequest | None = None
 
 
 @dataclass(slots=True)
@@ -301,94 +324,6 @@ class _Device:
                 name: tuple((f"{name}#{i}", build(self.handle)) for i, build in enumerate(builders))
                 for name, builders in _VARIANTS.items()
             }
-
-
-# How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
-_DECODERS = {
-    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-}
-
-
-class _PlainFieldValue(ctypes.Structure):
-    """``c_nvmlFieldValue_t``'s layout without pynvml's per-attribute ``__getattribute__`` hook."""
-
-    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
-
-
-def _layouts() -> tuple[int, int, int]:
-    """Size of ``c_nvmlFieldValue_t`` and the offsets of valueType (nvmlReturn right after it) and value."""
-    t = _PlainFieldValue
-    assert t.nvmlReturn.offset == t.valueType.offset + ctypes.sizeof(ctypes.c_uint), "c_nvmlFieldValue_t layout"
-    return ctypes.sizeof(t), t.valueType.offset, t.value.offset
-
-
-_ENTRY_SIZE, _TYPE_AT, _VALUE_AT = _layouts()
-# valueType -> struct code of that member of the value union (from pynvml's own declaration of it).
-_VALUE_CODES: dict[int, str] = {
-    value_type: dict(pynvml.c_nvmlValue_t._fields_)[member]._type_ for value_type, member in _DECODERS.items()
-}
-
-
-def _entries_struct(codes: list[str]) -> struct.Struct:
-    """Reads one item per entry of a field-value array: ``codes[i]`` at entry i's value offset."""
-    fmt = "@" + "".join(f"{_VALUE_AT}x{code}{_ENTRY_SIZE - _VALUE_AT - struct.calcsize('@' + code)}x" for code in codes)
-    layout = struct.Struct(fmt)
-    assert layout.size == _ENTRY_SIZE * len(codes), "c_nvmlFieldValue_t layout"
-    return layout
-
-
-class _FieldRequest:
-    """One GPU's ``nvmlDeviceGetFieldValues`` batch, built once and reused by every poll.
-
-    pynvml's wrapper builds a fresh array per call, setting each id through a Python-level hook
-    (and, for a bare int id, a caught TypeError); with ~20 ids that cost more than the rest of a
-    poll. Here the ids are written once into a template, copied over the result array in C before
-    each call, and the results are read without pynvml's hook: one unpack reads every entry's
-    value type and return code, and once a batch has come back whole, one more reads every value
-    while those stay the same. The symbol lookup and the error mapping are still pynvml's.
-    """
-
-    def __init__(self, field_ids: list[int]) -> None:
-        n = len(field_ids)
-        array = _PlainFieldValue * n
-        self._template = array()
-        for entry, field_id in zip(self._template, field_ids, strict=True):
-            entry.fieldId = field_id
-        self._values = array()
-        self._count = ctypes.c_int32(n)
-        pad = _ENTRY_SIZE - _TYPE_AT - 2 * ctypes.sizeof(ctypes.c_uint)
-        self._heads = struct.Struct("@" + f"{_TYPE_AT}xII{pad}x" * n)  # (valueType, nvmlReturn) per entry
-        self._whole: tuple[tuple[int, ...], struct.Struct] | None = None  # heads of a whole batch, and its reader
-
-    def fetch(self, handle: Any) -> list[float | None]:
-        """Call NVML; raise its error as pynvml would; each field's value, None where it failed."""
-        values = self._values
-        ctypes.memmove(values, self._template, ctypes.sizeof(values))
-        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
-        pynvml._nvmlCheckReturn(fn(handle, self._count, ctypes.byref(values)))
-        heads = self._heads.unpack_from(values)
-        whole = self._whole
-        if whole is not None and heads == whole[0]:
-            return [float(v) for v in whole[1].unpack_from(values)]
-        types, codes = heads[0::2], heads[1::2]
-        if all(code == pynvml.NVML_SUCCESS for code in codes):
-            reader = _entries_struct([_VALUE_CODES.get(t, "Q") for t in types])
-            self._whole = (heads, reader)
-            return [float(v) for v in reader.unpack_from(values)]
-        out: list[float | None] = []
-        for i, (value_type, code) in enumerate(zip(types, codes, strict=True)):
-            if code != pynvml.NVML_SUCCESS:
-                out.append(None)
-                continue
-            at = i * _ENTRY_SIZE + _VALUE_AT
-            out.append(float(struct.unpack_from("@" + _VALUE_CODES.get(value_type, "Q"), values, at)[0]))
-        return out
 
 
 class NvmlReader:
@@ -540,7 +475,7 @@ class NvmlReader:
             value = self._q(d, f"max_clock:{label}", pynvml.nvmlDeviceGetMaxClockInfo, h, code)
             if value:
                 max_clocks[label] = value * MHZ
-        memory = self._first(d, "memory_info")
+        total, _, _, _ = self._first(d, "memory_info") or _NO_MEMORY
         bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         ecc = self._q(d, "ecc_mode", pynvml.nvmlDeviceGetEccMode, h)
         return GpuIdentity(
@@ -555,7 +490,7 @@ class NvmlReader:
             power_limit_max_watts=None if constraints is None else constraints[1] / 1000.0,
             temperature_thresholds_celsius=thresholds,
             max_clocks_hertz=max_clocks,
-            memory_size_bytes=None if memory is None else int(memory.total),
+            memory_size_bytes=total,
             bar1_size_bytes=None if bar1 is None else int(bar1.bar1Total),
             ecc_enabled=None if ecc is None else bool(ecc[0]),
             pcie_max_generation=self._q(d, "pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
@@ -584,7 +519,7 @@ class NvmlReader:
             else:
                 d.unsupported.add(datum.key)
         for fs in (d.fast_fields, d.slow_fields):
-            fs.request = _FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
+            fs.request = FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
         missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
@@ -681,7 +616,7 @@ class NvmlReader:
             utilization["memory"] = rates.memory / 100.0
         utilization.update(d.slow.utilization_ratio)
         reasons = self._first(d, "clock_event_reasons")
-        memory = self._first(d, "memory_info")
+        _, used, free, reserved = self._first(d, "memory_info") or _NO_MEMORY
 
         get = scalars.get
         return GpuReading(
@@ -697,9 +632,9 @@ class NvmlReader:
             performance_state=d.slow.performance_state,
             clocks_hertz=clocks,
             utilization_ratio=utilization,
-            memory_used_bytes=None if memory is None else int(memory.used),
-            memory_free_bytes=None if memory is None else int(memory.free),
-            memory_reserved_bytes=getattr(memory, "reserved", None),
+            memory_used_bytes=used,
+            memory_free_bytes=free,
+            memory_reserved_bytes=reserved,
             bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
             violation_seconds=groups["violation"],
@@ -764,7 +699,7 @@ class NvmlReader:
                 put(datum.key, float(value))
         return values
 
-    def _batch(self, d: _Device, request: _FieldRequest) -> list[float | None] | None:
+    def _batch(self, d: _Device, request: FieldRequest) -> list[float | None] | None:
         """One nvmlDeviceGetFieldValues call for every probed field of a set; None if it failed."""
         try:
             return request.fetch(d.handle)
