@@ -36,9 +36,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import psutil
@@ -179,8 +180,6 @@ def _data() -> list[_Datum]:
 
 
 _DATA = _data()
-# key -> (group, label), so a poll sorts its field values without parsing their keys.
-_GROUPING = {datum.key: datum.grouping for datum in _DATA}
 # group -> how a raw value becomes the exported one (violation counters are in ns).
 _GROUP_SCALE: dict[str, Callable[[float], float | int]] = {
     "violation": lambda ns: ns / 1e9,
@@ -188,6 +187,14 @@ _GROUP_SCALE: dict[str, Callable[[float], float | int]] = {
     "retired": int,
     "remapped": int,
 }
+# key -> (group, label, scale): how a poll sorts a field value, without parsing its key.
+_SORTING = {datum.key: (group, label, _GROUP_SCALE.get(group)) for datum in _DATA for group, label in [datum.grouping]}
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})  # a group no field of this GPU reports
+
+
+def _no_handle() -> Any:
+    """What a query of a GPU that was never opened answers (it is reported lost until it opens)."""
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
 
 
 def _memory_v1(memory: Any) -> tuple[int, int, int, None]:
@@ -239,16 +246,10 @@ _VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
 }
 
 
-# The SM clock is read every poll (throttling shows there first). The graphics and video clocks
-# follow it, and the memory clock moves only with the P-state, so those three are slow-read.
-_FAST_CLOCKS = frozenset({"sm"})
-# (label, query key, NVML clock type) for each loop.
-_CLOCK_QUERIES = {
-    slow: tuple(
-        (label, f"clock:{label}", code) for label, code in fields.CLOCKS.items() if (label in _FAST_CLOCKS) != slow
-    )
-    for slow in (False, True)
-}
+# The SM clock is read every poll (throttling shows there first; a reading lists it first). The
+# graphics and video clocks follow it, and the memory clock moves only with the P-state, so those
+# three are read on the slow loop: (label, query key, NVML clock type).
+_SLOW_CLOCKS = tuple((label, f"clock:{label}", code) for label, code in fields.CLOCKS.items() if label != "sm")
 
 
 @dataclass(slots=True)
@@ -258,31 +259,37 @@ class _FieldSet:
     data: list[_Datum] = field(default_factory=list)
     fallbacks: list[_Datum] = field(default_factory=list)
     request: FieldRequest | None = None
+    keys: tuple[str, ...] = ()  # of data, in the batch's order
 
 
 @dataclass(slots=True)
 class _Values:
-    """Field values sorted for a reading: scalars by key, grouped ones by group and label, scaled."""
+    """Field values sorted for a reading: scalars by key, grouped ones by group and label, scaled.
+    Only groups with a value have a dict. Neither dict changes once read."""
 
     scalars: dict[str, float] = field(default_factory=dict)
-    groups: dict[str, dict[Any, Any]] = field(default_factory=lambda: {group: {} for group in _GROUP_SCALE})
+    groups: dict[str, dict[Any, Any]] = field(default_factory=dict)
 
     def put(self, key: str, value: float) -> None:
-        group, label = _GROUPING[key]
-        if group:
-            self.groups[group][label] = _GROUP_SCALE[group](value)
-        else:
+        group, label, scale = _SORTING[key]
+        if scale is None:
             self.scalars[label] = value
+        elif (of := self.groups.get(group)) is not None:
+            of[label] = scale(value)
+        else:
+            self.groups[group] = {label: scale(value)}
 
     def merged(self, carried: _Values) -> _Values:
         """These values with those carried from the last slow read. Where one side has none of a
-        kind, the other's dict is shared rather than copied: neither set changes once read."""
+        kind, the other's dict is shared rather than copied."""
         mine, theirs = self.scalars, carried.scalars
         scalars = mine | theirs if mine and theirs else mine or theirs
-        groups = {}
-        for group, mine_of in self.groups.items():
-            theirs_of = carried.groups[group]
-            groups[group] = mine_of | theirs_of if mine_of and theirs_of else mine_of or theirs_of
+        groups = carried.groups
+        if self.groups:
+            groups = dict(groups)
+            for group, mine_of in self.groups.items():
+                theirs_of = groups.get(group)
+                groups[group] = mine_of | theirs_of if theirs_of else mine_of
         return _Values(scalars, groups)
 
 
@@ -317,6 +324,7 @@ class _Device:
     described: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     # name -> (variant key, call) newest first, see _VARIANTS; built once the handle is known
     variants: dict[str, tuple[tuple[str, Callable[[], Any]], ...]] = field(default_factory=dict)
+    utilization: Callable[[], tuple[int, int]] = _no_handle  # (gpu, memory) in %, prepared with the handle
 
     def __post_init__(self) -> None:
         if self.handle is not None:
@@ -324,6 +332,9 @@ class _Device:
                 name: tuple((f"{name}#{i}", build(self.handle)) for i, build in enumerate(builders))
                 for name, builders in _VARIANTS.items()
             }
+            self.utilization = StructQuery(
+                self.handle, "nvmlDeviceGetUtilizationRates", pynvml.c_nvmlUtilization_t, {}, "gpu", "memory"
+            )
 
 
 class NvmlReader:
@@ -520,6 +531,7 @@ class NvmlReader:
                 d.unsupported.add(datum.key)
         for fs in (d.fast_fields, d.slow_fields):
             fs.request = FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
+            fs.keys = tuple(datum.key for datum in fs.data)
         missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
@@ -603,18 +615,14 @@ class NvmlReader:
 
         temperature = self._first(d, "temperature")
         margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
-        clocks = self._clocks(d, slow=False)
-        if d.slow.clocks_hertz:  # keep fields.CLOCKS order whichever loop read a clock (stable exposition)
-            slow_clocks = d.slow.clocks_hertz
-            clocks = {
-                label: hz for label in fields.CLOCKS if (hz := clocks.get(label, slow_clocks.get(label))) is not None
-            }
-        utilization: dict[str, float] = {}
-        rates = self._q(d, "utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
-        if rates is not None:
-            utilization["gpu"] = rates.gpu / 100.0
-            utilization["memory"] = rates.memory / 100.0
-        utilization.update(d.slow.utilization_ratio)
+        sm = self._q(d, "clock:sm", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+        clocks = d.slow.clocks_hertz if sm is None else {"sm": sm * MHZ, **d.slow.clocks_hertz}
+        rates = self._q(d, "utilization", d.utilization)
+        utilization = (
+            d.slow.utilization_ratio
+            if rates is None
+            else {"gpu": rates[0] / 100.0, "memory": rates[1] / 100.0, **d.slow.utilization_ratio}
+        )
         reasons = self._first(d, "clock_event_reasons")
         _, used, free, reserved = self._first(d, "memory_info") or _NO_MEMORY
 
@@ -637,11 +645,11 @@ class NvmlReader:
             memory_reserved_bytes=reserved,
             bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
-            violation_seconds=groups["violation"],
-            ecc_errors=groups["ecc"],
-            retired_pages=groups["retired"],
+            violation_seconds=groups.get("violation", _EMPTY),
+            ecc_errors=groups.get("ecc", _EMPTY),
+            retired_pages=groups.get("retired", _EMPTY),
             retired_pages_pending=_flag(get("retired_pending")),
-            remapped_rows=groups["remapped"],
+            remapped_rows=groups.get("remapped", _EMPTY),
             row_remap_pending=_flag(get("remap_pending")),
             row_remap_failure=_flag(get("remap_failure")),
             pcie_link_generation=d.slow.pcie_link_generation,
@@ -651,9 +659,9 @@ class NvmlReader:
             pcie_receive_bytes=_int(get("pcie_rx_bytes")),
         )
 
-    def _clocks(self, d: _Device, slow: bool) -> dict[str, float]:
+    def _slow_clocks(self, d: _Device) -> dict[str, float]:
         clocks = {}
-        for label, key, code in _CLOCK_QUERIES[slow]:
+        for label, key, code in _SLOW_CLOCKS:
             value = self._q(d, key, pynvml.nvmlDeviceGetClockInfo, d.handle, code)
             if value is not None:
                 clocks[label] = value * MHZ
@@ -675,7 +683,7 @@ class NvmlReader:
         return _SlowValues(
             values=self._field_values(d, d.slow_fields),
             fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
-            clocks_hertz=self._clocks(d, slow=True),
+            clocks_hertz=self._slow_clocks(d),
             utilization_ratio=utilization,
             bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
             pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
@@ -689,11 +697,11 @@ class NvmlReader:
         put = values.put
         batch = None if fs.request is None else self._batch(d, fs.request)
         if batch is not None:
-            for datum, value in zip(fs.data, batch, strict=True):
+            for key, value in zip(fs.keys, batch, strict=True):
                 if value is not None:
-                    put(datum.key, value)
+                    put(key, value)
                 else:
-                    self._count(datum.key)
+                    self._count(key)
         for datum in fs.fallbacks:
             if datum.fallback is not None and (value := self._q(d, datum.key, datum.fallback, d.handle)) is not None:
                 put(datum.key, float(value))
