@@ -202,7 +202,7 @@ class VerdictCache:
             None
             if throttle is None
             else (
-                tuple(throttle.ratios.items()),
+                throttle.ratios,  # never changed once summarised; a steady window shares one dict
                 throttle.dominant,
                 throttle.clock_loss_ratio if throttle.ratios.get("unknown") else None,
             )
