@@ -1,6 +1,7 @@
 """The data that flows from the NVML reader to the exporter and `gpuwatch status`.
 
-Frozen dataclasses in SI units (watts, joules, °C, hertz, bytes, seconds, ratios 0-1).
+Immutable records in SI units (watts, joules, °C, hertz, bytes, seconds, ratios 0-1): frozen
+dataclasses, and for those built every poll, ``@record`` (frozen to mypy, see gpuwatch/records.py).
 ``None`` always means "this GPU or driver does not report it"; it is never a zero.
 """
 

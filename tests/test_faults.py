@@ -109,6 +109,9 @@ def test_a_lost_gpu_is_critical_the_others_update_every_poll_and_it_is_picked_up
         assert s.gpus[0].energy_joules_total > previous.gpus[0].energy_joules_total
     back = snapshots[-1].gpus[1]
     assert back.up and back.identity.uuid == snapshots[0].gpus[1].identity.uuid
+    # its first poll back, between slow reads, already has what the slow loop reads
+    first_back = snapshots[102].gpus[1].reading
+    assert first_back.performance_state is not None and "memory" in first_back.clocks_hertz
     assert back.verdict.checks["up"] == "ok" and back.verdict.checks["xid"] == "critical"  # Xid 79 within the hour
     assert back.reading.power_watts > 0
     # the counter restarted at the reset; the exported total carried on

@@ -36,6 +36,7 @@ class StructQuery:
             plain = _PLAIN[layout] = type(
                 f"Plain_{layout.__name__}", (ctypes.Structure,), {"_fields_": layout._fields_}
             )
+            assert ctypes.sizeof(plain) == ctypes.sizeof(layout), f"{layout.__name__} layout"
         self._out = plain(**inputs)
         self._ref = ctypes.byref(self._out)
         self._handle = handle

@@ -319,6 +319,7 @@ class _Device:
     lost: str | None = None
     probe: Backoff = field(default_factory=Backoff)  # when to look for a lost GPU again
     slow: _SlowValues = field(default_factory=_SlowValues)
+    slow_read: bool = False  # whether ``slow`` holds a slow read yet
     # pid -> (name, user) of the processes in the last listing: a process keeps its name and user
     # while it holds memory, so each is looked up once, not on every slow read
     described: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
@@ -599,8 +600,9 @@ class NvmlReader:
         if d.lost is not None:
             d = self._reprobe(d)
         try:
-            if slow:
+            if slow or not d.slow_read:  # a GPU just opened (or found again) has nothing to carry yet
                 d.slow = self._read_slow(d)
+                d.slow_read = True
             return self._read(d)
         except GpuLost as exc:
             d.lost = str(exc)
