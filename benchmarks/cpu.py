@@ -84,7 +84,8 @@ def _gpuwatch(gpus: int) -> tuple[Callable[[], None], Callable[[], int]]:
 
     def values() -> int:
         status = sampler.latest.gpus[0]
-        return _numbers(status.identity) + _numbers(status.reading) + 1 + len(status.processes)
+        verdict = 1  # the GPU's health state, one of four
+        return _numbers(status.identity) + _numbers(status.reading) + verdict + len(status.processes)
 
     return poll, values
 
