@@ -5,56 +5,33 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpuwatch.nvml.prepared import FieldRequest, StructQuery
-
-
-def _temperature(handle: object) -> StructQuery:
-    return StructQuery(
-        handle,
-        "nvmlDeviceGetTemperatureV",
-        pynvml.c_nvmlTemperature_v1_t,
-        {"version": pynvml.nvmlTemperature_v1, "sensorType": pynvml.NVML_TEMPERATURE_GPU},
-        "temperature",
-    )
-
-
-def _memory(handle: object) -> StructQuery:
-    return StructQuery(
-        handle,
-        "nvmlDeviceGetMemoryInfo_v2",
-        pynvml.c_nvmlMemory_v2_t,
-        {"version": pynvml.nvmlMemory_v2},
-        "total",
-        "used",
-        "free",
-        "reserved",
-    )
+from gpuwatch.nvml.prepared import FieldRequest, memory_info, temperature
 
 
 def test_a_struct_query_reads_what_pynvml_reads_poll_after_poll(nvml):
     clock = nvml("inference-host")
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    prepared = [(_temperature(h), _memory(h)) for h in handles]
+    prepared = [(temperature(h), memory_info(h)) for h in handles]
     seen = set()
     for _ in range(5):  # one struct per GPU, reused: every call's values are that call's
         clock.advance(30)
-        for h, (temperature, memory) in zip(handles, prepared, strict=True):
+        for h, (temperature_of, memory_of) in zip(handles, prepared, strict=True):
             expected = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
-            assert memory() == (expected.total, expected.used, expected.free, expected.reserved)
-            assert temperature() == pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU)
-            seen.add(temperature())
+            assert memory_of() == (expected.total, expected.used, expected.free, expected.reserved)
+            assert temperature_of() == pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU)
+            seen.add(temperature_of())
     assert len(seen) > 1  # the temperatures moved, so a stale struct would have shown
 
 
 def test_a_struct_query_raises_pynvmls_errors(nvml):
     nvml("inference-host", hidden=("nvmlDeviceGetTemperatureV",))
-    query = _temperature(pynvml.nvmlDeviceGetHandleByIndex(0))
+    query = temperature(pynvml.nvmlDeviceGetHandleByIndex(0))
     with pytest.raises(pynvml.NVMLError_FunctionNotFound):
         query()
 
     clock = nvml("xid-79")
     lost = pynvml.nvmlDeviceGetHandleByIndex(1)
-    query = _memory(lost)
+    query = memory_info(lost)
     assert query()[0] > 0
     clock.advance(41)
     with pytest.raises(pynvml.NVMLError_GpuIsLost):

@@ -53,6 +53,36 @@ class StructQuery:
 _PLAIN: dict[type[ctypes.Structure], type[ctypes.Structure]] = {}
 
 
+def temperature(handle: Any) -> StructQuery:
+    """``nvmlDeviceGetTemperatureV`` for the GPU sensor (R570+): °C."""
+    return StructQuery(
+        handle,
+        "nvmlDeviceGetTemperatureV",
+        pynvml.c_nvmlTemperature_v1_t,
+        {"version": pynvml.nvmlTemperature_v1, "sensorType": pynvml.NVML_TEMPERATURE_GPU},
+        "temperature",
+    )
+
+
+def memory_info(handle: Any) -> StructQuery:
+    """``nvmlDeviceGetMemoryInfo_v2`` (R515+): (total, used, free, reserved) in bytes."""
+    return StructQuery(
+        handle,
+        "nvmlDeviceGetMemoryInfo_v2",
+        pynvml.c_nvmlMemory_v2_t,
+        {"version": pynvml.nvmlMemory_v2},
+        "total",
+        "used",
+        "free",
+        "reserved",
+    )
+
+
+def utilization(handle: Any) -> StructQuery:
+    """``nvmlDeviceGetUtilizationRates``: (gpu, memory) in %."""
+    return StructQuery(handle, "nvmlDeviceGetUtilizationRates", pynvml.c_nvmlUtilization_t, {}, "gpu", "memory")
+
+
 # How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
 _DECODERS = {
     pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",

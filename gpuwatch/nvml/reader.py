@@ -47,9 +47,9 @@ import pynvml
 
 from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
-from gpuwatch.nvml import fields
+from gpuwatch.nvml import fields, prepared
 from gpuwatch.nvml.events import XidWatcher
-from gpuwatch.nvml.prepared import FieldRequest, StructQuery
+from gpuwatch.nvml.prepared import FieldRequest
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +208,7 @@ _NO_MEMORY = (None, None, None, None)
 # handle into a call with no arguments. A device builds its calls once, when it is opened.
 _VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
     "temperature": (
-        lambda h: StructQuery(
-            h,
-            "nvmlDeviceGetTemperatureV",
-            pynvml.c_nvmlTemperature_v1_t,
-            {"version": pynvml.nvmlTemperature_v1, "sensorType": pynvml.NVML_TEMPERATURE_GPU},
-            "temperature",
-        ),
+        prepared.temperature,
         lambda h: partial(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
     ),
     "clock_event_reasons": (
@@ -223,16 +217,7 @@ _VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
     ),
     # (total, used, free, reserved) in bytes; v1 has no reserved
     "memory_info": (
-        lambda h: StructQuery(
-            h,
-            "nvmlDeviceGetMemoryInfo_v2",
-            pynvml.c_nvmlMemory_v2_t,
-            {"version": pynvml.nvmlMemory_v2},
-            "total",
-            "used",
-            "free",
-            "reserved",
-        ),
+        prepared.memory_info,
         lambda h: lambda: _memory_v1(pynvml.nvmlDeviceGetMemoryInfo(h)),
     ),
     "processes:compute": (
@@ -333,9 +318,7 @@ class _Device:
                 name: tuple((f"{name}#{i}", build(self.handle)) for i, build in enumerate(builders))
                 for name, builders in _VARIANTS.items()
             }
-            self.utilization = StructQuery(
-                self.handle, "nvmlDeviceGetUtilizationRates", pynvml.c_nvmlUtilization_t, {}, "gpu", "memory"
-            )
+            self.utilization = prepared.utilization(self.handle)
 
 
 class NvmlReader:
