@@ -31,13 +31,7 @@ class StructQuery:
     def __init__(
         self, handle: Any, symbol: str, layout: type[ctypes.Structure], inputs: Mapping[str, int], *members: str
     ) -> None:
-        plain = _PLAIN.get(layout)
-        if plain is None:
-            plain = _PLAIN[layout] = type(
-                f"Plain_{layout.__name__}", (ctypes.Structure,), {"_fields_": layout._fields_}
-            )
-            assert ctypes.sizeof(plain) == ctypes.sizeof(layout), f"{layout.__name__} layout"
-        self._out = plain(**inputs)
+        self._out = _plain(layout)(**inputs)
         self._ref = ctypes.byref(self._out)
         self._handle = handle
         self._symbol = symbol
@@ -51,6 +45,15 @@ class StructQuery:
 
 # pynvml's struct -> the same layout without its hooks, made once per struct type
 _PLAIN: dict[type[ctypes.Structure], type[ctypes.Structure]] = {}
+
+
+def _plain(layout: type[ctypes.Structure]) -> type[ctypes.Structure]:
+    """pynvml's struct ``layout`` without its per-attribute hooks (same fields, same size)."""
+    plain = _PLAIN.get(layout)
+    if plain is None:
+        plain = _PLAIN[layout] = type(f"Plain_{layout.__name__}", (ctypes.Structure,), {"_fields_": layout._fields_})
+        assert ctypes.sizeof(plain) == ctypes.sizeof(layout), f"{layout.__name__} layout"
+    return plain
 
 
 def temperature(handle: Any) -> StructQuery:
@@ -95,10 +98,7 @@ _DECODERS = {
 }
 
 
-class _PlainFieldValue(ctypes.Structure):
-    """``c_nvmlFieldValue_t``'s layout without pynvml's per-attribute ``__getattribute__`` hook."""
-
-    _fields_ = pynvml.c_nvmlFieldValue_t._fields_
+_PlainFieldValue: Any = _plain(pynvml.c_nvmlFieldValue_t)
 
 
 def _layouts() -> tuple[int, int, int]:
