@@ -29,11 +29,8 @@ from typing import Any
 
 import pynvml
 
-from gpuwatch.host import simulated_host, start_simulated_servers
-from gpuwatch.nvml import use_library
-from gpuwatch.sampler import Sampler
+from gpuwatch.runtime import RuntimeOptions, assemble
 from gpuwatch.sim.clock import ManualClock
-from gpuwatch.tokens.tracker import TokenTracker
 
 WINDOW_S = 60
 SCRAPE_OFFSET_S = 0.4
@@ -56,14 +53,12 @@ def measure(profile: str, seconds: int, folder: Path) -> dict[str, Any]:
     path = folder / f"bursty-{profile}.toml"
     path.write_text(scenario_text(profile))
     clock = ManualClock()
-    host = simulated_host(str(path), clock=clock)
-    assert host.library is not None
-    servers = start_simulated_servers(host)
-    server = host.library.servers[0]
-    tracker = TokenTracker([source for _, source in servers], clock.time, window_s=WINDOW_S)
-    sampler = Sampler(host.reader_factory, host.clock, tokens=tracker)
-    try:
-        sampler.poll_once()  # opens NVML (pynvml initialised below it)
+    with assemble(RuntimeOptions(simulate=str(path), tokens_window_s=WINDOW_S), clock=clock) as rt:
+        rt.start(threads=False)
+        library = rt.host.library
+        assert library is not None
+        server = library.servers[0]
+        rt.step()  # opens NVML (pynvml initialised below it)
         handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in (0, 1)]
         truth: dict[int, tuple[float, float]] = {}
         samples: list[tuple[float, float]] = []  # the script's (time, joules counted for that reading)
@@ -80,13 +75,13 @@ def measure(profile: str, seconds: int, folder: Path) -> dict[str, Any]:
                 samples.append((at, watts * SCRIPT_PERIOD_S))
                 continue
             if kind == "scrape":
-                tracker.scrape_all()
-                with host.library.lock:
-                    host.library.advance()
+                rt.scrape_tokens()
+                with library.lock:
+                    library.advance()
                     truth[round(at - SCRAPE_OFFSET_S)] = (server.true_tokens["generation"], server.true_energy_joules())
                 continue
             t = round(at)
-            efficiency = sampler.poll_once().sources[0].efficiency
+            efficiency = rt.step().sources[0].efficiency
             if t % 10 or t <= WINDOW_S + 2 or efficiency is None:
                 continue
             # gpuwatch's window ends at the scrape before this poll, 0.6 s before it.
@@ -101,11 +96,6 @@ def measure(profile: str, seconds: int, folder: Path) -> dict[str, Any]:
                     power_polling=true_tokens / script_joules,
                 )
             )
-    finally:
-        sampler.stop()
-        for endpoint, _ in servers:
-            endpoint.stop()
-        use_library(None)
     return {
         "profile": profile,
         "simulated_seconds": seconds,

@@ -18,22 +18,18 @@ import click
 
 from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
-from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
-from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
-from gpuwatch.sampler import Sampler
+from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
+from gpuwatch.runtime import RuntimeOptions, assemble, open_host
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import exit_code, render_nagios, render_table, to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.source import from_url as source_from_url
-from gpuwatch.tokens.tracker import TokenTracker
 
 log = logging.getLogger("gpuwatch")
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK = 0
 EXIT_UNKNOWN = 3  # Nagios plugin convention: could not read anything
-EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h); the unit's RestartPreventExitStatus= stops a restart loop
 
 
@@ -210,7 +206,12 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     except (config.ConfigError, webconfig.WebConfigError) as exc:
         _config_error(str(exc))
     _setup_logging(settings.log_level)
-    sys.exit(daemon.run(settings, _open_host(settings.simulate, settings.sim_speed), reread))
+    if settings.simulate is not None:
+        try:
+            scenarios.load(settings.simulate)
+        except scenarios.ScenarioError as exc:
+            raise click.UsageError(str(exc)) from exc
+    sys.exit(daemon.run(settings, reread))
 
 
 @main.command("check-config")
@@ -283,15 +284,6 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
         return tuple(source_from_url(url) for url in urls)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tokens") from exc
-
-
-def _open_host(simulate: str | None, speed: float) -> Host:
-    if simulate is None:
-        return real_host()
-    try:
-        return simulated_host(simulate, speed)
-    except scenarios.ScenarioError as exc:
-        raise click.UsageError(str(exc)) from exc
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -416,28 +408,21 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
     health window before ``sim_at_s`` is replayed poll by poll, as a daemon would have seen it.
     """
     clock = ManualClock()
-    if simulate is None:
-        host = real_host()
-    else:
-        try:
-            host = simulated_host(simulate, clock=clock)
-        except scenarios.ScenarioError as exc:
-            raise click.UsageError(str(exc)) from exc
-    servers = start_simulated_servers(host)
-    tokens = TokenTracker([source for _, source in servers], clock.time) if servers else None
-    sampler = Sampler(host.reader_factory, host.clock, health=health, tokens=tokens)
-    snapshot = sampler.poll_once()
-    if simulate is not None:
-        # Two polls more than the window, so the token sources' window is complete too.
-        clock.advance(max(0.0, sim_at_s - health.window_seconds - 2 * sampler.poll_interval_s))
-        while clock.sim_seconds() < sim_at_s:
-            clock.advance(min(sampler.poll_interval_s, sim_at_s - clock.sim_seconds()))
-            snapshot = sampler.poll_once()
-            if tokens is not None:
-                tokens.scrape_all()
-        if tokens is not None:  # one last poll takes in the last scrape
-            snapshot = sampler.poll_once()
-    sampler.stop()
-    for endpoint, _ in servers:
-        endpoint.stop()
-    return to_document(snapshot)
+    options = RuntimeOptions(simulate=simulate, health=health)
+    try:
+        host = open_host(options, clock)
+    except scenarios.ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with assemble(options, host=host) as rt:
+        rt.start(threads=False)
+        snapshot = rt.step()
+        if simulate is not None:
+            # Two polls more than the window, so the token sources' window is complete too.
+            interval = rt.sampler.poll_interval_s
+            clock.advance(max(0.0, sim_at_s - health.window_seconds - 2 * interval))
+            while clock.sim_seconds() < sim_at_s:
+                clock.advance(min(interval, sim_at_s - clock.sim_seconds()))
+                rt.step()
+                rt.scrape_tokens()
+            snapshot = rt.step()  # one last poll takes in the last scrape
+        return to_document(snapshot)

@@ -8,6 +8,7 @@ refused whole, with an error that names the file (or variable), the key and the 
 
     poll_interval = "1s"          # --poll-interval
     process_interval = "10s"      # --process-interval
+    tokens_window = "60s"         # --tokens-window: the tokens-per-joule window (10 s or more)
     [web]
     listen_address = ":9961"      # --web.listen-address
     config_file = "web.yml"       # --web.config.file (TLS, basic auth; relative to this file)
@@ -18,7 +19,6 @@ refused whole, with an error that names the file (or variable), the key and the 
     speed = 1.0                   # --sim-speed
     [log]
     level = "info"                # --log.level
-    tokens_window = "60s"         # --tokens-window: the tokens-per-joule window (10 s or more)
     [[tokens]]                    # --tokens URL: an inference server to count tokens from
     url = "http://127.0.0.1:8000/metrics"
     preset = "vllm"               # or auto; more keys in gpuwatch/tokens/source.py and the README
@@ -46,7 +46,7 @@ from typing import Any
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
-from gpuwatch.exporter.web import (
+from gpuwatch.exporter.address import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_READ_TIMEOUT_S,

@@ -18,12 +18,10 @@ from dataclasses import replace
 from typing import Any
 
 from gpuwatch import __version__, config, logsetup
-from gpuwatch.exporter.registry import build_registry
 from gpuwatch.exporter.web import WebServer
-from gpuwatch.host import Host, start_simulated_servers
+from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
 from gpuwatch.sampler import Sampler
 from gpuwatch.sdnotify import Notifier, Watchdog, watchdog_interval_s
-from gpuwatch.tokens.tracker import TokenTracker
 from gpuwatch.webconfig import WebConfigError, WebConfigSource
 
 log = logging.getLogger("gpuwatch")
@@ -35,10 +33,11 @@ EXIT_FAILURE = 1
 SWITCH_INTERVAL_S = 0.0005
 
 
-def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.ServeSettings]) -> int:
+def run(settings: config.ServeSettings, reread: Callable[[], config.ServeSettings]) -> int:
     """Serve until SIGTERM/SIGINT; ``reread`` builds fresh settings on SIGHUP (may raise ConfigError).
 
-    ``settings.web_config_file`` must already have been checked (:func:`gpuwatch.webconfig.load`).
+    ``settings.web_config_file`` must already have been checked (:func:`gpuwatch.webconfig.load`),
+    and ``settings.simulate`` loaded once (a broken scenario raises ScenarioError here).
     """
     if hasattr(os, "geteuid") and os.geteuid() == 0 and settings.simulate is None:
         log.warning("running as root; gpuwatch needs only read access to /dev/nvidia*")
@@ -46,23 +45,33 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
     # over only every switch interval (5 ms by default), several times per scrape. A shorter
     # interval bounds that wait (benchmarks/scrape.py: /metrics p99 with 20 scrapers).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    notifier = Notifier()
-    sampler = Sampler(
-        host.reader_factory,
-        host.clock,
-        settings.poll_interval_s,
-        settings.process_interval_s,
+    with assemble(runtime_options(settings)) as rt:
+        return _serve(settings, reread, rt)
+
+
+def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
+    """What the runtime needs of the serve settings."""
+    return RuntimeOptions(
+        simulate=settings.simulate,
+        sim_speed=settings.sim_speed,
+        poll_interval_s=settings.poll_interval_s,
+        process_interval_s=settings.process_interval_s,
         health=settings.health,
+        tokens=settings.tokens,
+        tokens_window_s=settings.tokens_window_s,
         event_thread=True,
     )
-    registry = build_registry(lambda: sampler.latest)
+
+
+def _serve(settings: config.ServeSettings, reread: Callable[[], config.ServeSettings], rt: Runtime) -> int:
+    notifier = Notifier()
     web_config = WebConfigSource(settings.web_config_file)
-    try:
+    try:  # bound before the simulated servers take their ports, so none can take this one
         web = WebServer(
             settings.listen_address,
-            registry,
-            lambda: sampler.latest,
-            sampler.ready.is_set,
+            rt.exposition,
+            rt.status_document,
+            rt.sampler.ready.is_set,
             web_config,
             settings.limits,
         )
@@ -88,45 +97,32 @@ def run(settings: config.ServeSettings, host: Host, reread: Callable[[], config.
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    # Token sources: the configured ones, or else the simulated servers of the scenario.
-    simulated_servers = start_simulated_servers(host)
-    for endpoint, _ in simulated_servers:
+    rt.start()
+    for endpoint in rt.servers:
         log.info("simulated %s server on %s", endpoint.server.spec.kind, endpoint.url)
-    sources = settings.tokens or tuple(source for _, source in simulated_servers)
-    tokens = TokenTracker(sources, host.clock.time, settings.tokens_window_s) if sources else None
-    sampler.tokens = tokens
-    sampler.on_poll = web.exposition.prerender
-    if tokens is not None:
-        tokens.start()
-    sampler.start()
     web.start()
     log.info(
         "gpuwatch %s on %s: serving %s/metrics every %gs",
         __version__,
-        host.description,
+        rt.host.description,
         web.url,
         settings.poll_interval_s,
     )
-    watchdog = _start_watchdog(notifier, sampler)
+    watchdog = _start_watchdog(notifier, rt.sampler)
     announced = False
     while not stop.is_set():
         wake.wait(0.5 if announced else 0.05)
         wake.clear()
-        if not announced and sampler.ready.is_set():
-            notifier.send(READY=1, STATUS=_describe(sampler))
+        if not announced and rt.sampler.ready.is_set():
+            notifier.send(READY=1, STATUS=_describe(rt.sampler))
             announced = True
         if hangup.is_set() and not stop.is_set():
             hangup.clear()
-            settings = _reload(settings, reread, sampler, web_config, notifier)
+            settings = _reload(settings, reread, rt, web_config, notifier)
     notifier.send(STOPPING=1)
     if watchdog is not None:
         watchdog.stop()
     web.stop()
-    sampler.stop(timeout_s=1.0)
-    if tokens is not None:
-        tokens.stop(timeout_s=0.5)
-    for endpoint, _ in simulated_servers:
-        endpoint.stop()
     log.info("stopped")
     return EXIT_OK
 
@@ -152,7 +148,7 @@ def _describe(sampler: Sampler) -> str:
 def _reload(
     current: config.ServeSettings,
     reread: Callable[[], config.ServeSettings],
-    sampler: Sampler,
+    rt: Runtime,
     web_config: WebConfigSource,
     notifier: Notifier,
 ) -> config.ServeSettings:
@@ -170,10 +166,7 @@ def _reload(
             key = config.key_for_field(name)
             log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
-    sampler.poll_interval_s = new.poll_interval_s
-    sampler.process_interval_s = new.process_interval_s
-    if sampler.tokens is not None:
-        sampler.tokens.window_s = new.tokens_window_s
+    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s)
     logsetup.set_level(new.log_level)
     log.info(
         "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",
@@ -182,5 +175,5 @@ def _reload(
         new.log_level,
         new.web_config_file or "none",
     )
-    notifier.send(READY=1, STATUS=_describe(sampler))
+    notifier.send(READY=1, STATUS=_describe(rt.sampler))
     return new

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gpuwatch.loop import Clock, WallClock
 from gpuwatch.nvml import NvmlReader, use_library
-from gpuwatch.sampler import Clock, WallClock
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint

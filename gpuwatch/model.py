@@ -10,10 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gpuwatch.analysis.efficiency import Efficiency
-from gpuwatch.analysis.health import Verdict
-from gpuwatch.analysis.throttle import ThrottleSummary
-from gpuwatch.records import record
+from gpuwatch.records import Efficiency, ThrottleSummary, Verdict, record
 
 UNKNOWN_VERDICT = Verdict("unknown", ("not polled yet",), {})
 
@@ -96,6 +93,8 @@ class GpuStatus:
     reading: GpuReading | None = None
     error: str | None = None
     stale_since: float | None = None  # when the read that has not returned began; the values are older
+    # degrees left before the first thermal limit: the driver's margin, else max_operating - temperature
+    temperature_margin_celsius: float | None = None
     energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
     energy_resets: int = 0  # times the driver's energy counter went back (driver reload, GPU reset)
     violation_seconds_total: Mapping[str, float] = field(default_factory=dict)  # reset-safe
@@ -103,7 +102,6 @@ class GpuStatus:
     pcie_counters_total: Mapping[str, float] = field(default_factory=dict)  # replay_errors, *_bytes; reset-safe
     processes: tuple[GpuProcess, ...] = ()
     throttle: ThrottleSummary | None = None  # over the health window
-    throttle_class: str | None = None  # this poll's own class
     clocks_event_seconds: Mapping[str, float] = field(default_factory=dict)  # time each reason was active
     xid_errors: Mapping[int, int] = field(default_factory=dict)  # Xid -> count since gpuwatch started
     recent_xids: tuple[tuple[float, int], ...] = ()  # (timestamp, Xid), newest last
@@ -141,4 +139,19 @@ class Snapshot:
     polls_total: int = 0
     nvml_errors_total: Mapping[str, int] = field(default_factory=dict)
     verdict: Verdict = UNKNOWN_VERDICT  # the host's: the worst GPU, or unknown without NVML
-    sources: tuple[SourceStatus, ...] = ()  # token sources, in configured order
+    # token sources, in configured order: never filled by the sampler, but merged in at render time
+    # from the token tracker's own SourcesSnapshot (gpuwatch.runtime.MergedSnapshot)
+    sources: tuple[SourceStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesSnapshot:
+    """The token tracker's view after taking in one GPU snapshot; replaced whole, like a Snapshot.
+
+    Energy is that of the GPU poll at ``gpu_timestamp``; token counts are those scraped after the
+    poll before it (a scrape starts when a poll wakes it), so tokens lag energy by one poll. The
+    efficiency window lines the two series up by their own timestamps, so the lag costs no accuracy.
+    """
+
+    gpu_timestamp: float  # of the GPU snapshot whose energy this took in
+    sources: tuple[SourceStatus, ...] = ()

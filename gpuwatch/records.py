@@ -1,4 +1,6 @@
-"""``@record``: the immutable value classes built for every GPU on every poll.
+"""``@record``, and the result types the analysis hands to the model.
+
+``@record`` marks the immutable value classes built for every GPU on every poll.
 
 A record is read-only to the type checker (mypy reports any assignment to a field, as for a frozen
 dataclass) and a plain slotted dataclass at run time. ``dataclass(frozen=True)`` enforces the same
@@ -9,6 +11,7 @@ against 1.3 µs). Nothing changes a record once built; snapshots share them betw
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar, dataclass_transform
 
@@ -19,3 +22,36 @@ T = TypeVar("T")
 def record(cls: type[T]) -> type[T]:
     """A slotted dataclass that mypy treats as frozen (see the module doc)."""
     return dataclass(slots=True)(cls)
+
+
+# -- what the analysis returns and the model carries (here so that neither imports the other) ----
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A state, the reasons for it (worst first), and each check's own state."""
+
+    state: str
+    reasons: tuple[str, ...]
+    checks: Mapping[str, str]
+
+
+@record
+class ThrottleSummary:
+    """The window at a glance: time fractions per class, the dominant one, and clock loss."""
+
+    window_seconds: float  # time the window actually covers (less than its length after a start)
+    ratios: Mapping[str, float]
+    dominant: str | None  # None when the window holds no time yet
+    clock_loss_ratio: float | None  # mean 1 - SM/max over busy polls; None when never busy
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved."""
+
+    window_seconds: float
+    joules: float
+    tokens: Mapping[str, float]
+    tokens_per_joule: Mapping[str, float]
+    joules_per_token: Mapping[str, float]

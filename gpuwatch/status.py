@@ -10,12 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gpuwatch import __version__
+from gpuwatch.labels import EXIT_CODES
 from gpuwatch.model import GpuStatus, Snapshot, SourceStatus
 
 SCHEMA_VERSION = 1
-
-# The Nagios plugin convention (also Icinga, Sensu, Zabbix, cron): exit code per state.
-EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
 
 def to_document(snapshot: Snapshot) -> dict[str, Any]:
@@ -62,6 +60,7 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         "uuid": g.uuid,
         "name": g.name,
         "pci_bus_id": g.pci_bus_id,
+        "serial": g.serial,  # the board serial, for an RMA; null where the card has none (GeForce)
         "up": status.up,
         "error": status.error,
         "stale_since": status.stale_since,
@@ -96,12 +95,9 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         ],
     }
     if r is not None:
-        margin = r.temperature_margin_celsius
-        if margin is None and r.temperature_celsius is not None and "max_operating" in thresholds:
-            margin = thresholds["max_operating"] - r.temperature_celsius
         doc.update(
             temperature_celsius=r.temperature_celsius,
-            temperature_margin_celsius=margin,
+            temperature_margin_celsius=status.temperature_margin_celsius,
             power_watts=r.power_watts,
             power_limit_watts=r.power_limit_watts,
             sm_clock_hertz=r.clocks_hertz.get("sm"),

@@ -12,13 +12,14 @@ from typing import NoReturn
 import pynvml
 import pytest
 
-from gpuwatch.host import Host, simulated_host, start_simulated_servers
+from gpuwatch.host import Host
 from gpuwatch.nvml import use_library
+from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock
-from gpuwatch.sim.inference import InferenceEndpoint
 from gpuwatch.sim.library import SimulatedNvmlLibrary
+from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
 
 
@@ -33,17 +34,27 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 
 @dataclass
 class SimRun:
-    host: Host
+    runtime: Runtime
     clock: ManualClock
-    sampler: Sampler
-    tokens: TokenTracker | None = None
+
+    @property
+    def host(self) -> Host:
+        return self.runtime.host
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.runtime.sampler
+
+    @property
+    def tokens(self) -> TokenTracker | None:
+        return self.runtime.tokens
 
     def at(self, seconds: float):  # type: ignore[no-untyped-def]
-        """Advance simulated time to ``seconds``, poll once, then scrape the token sources once."""
+        """Advance simulated time to ``seconds``, poll once (the tracker takes the poll in), then
+        scrape the token sources once; the merged snapshot."""
         self.clock.advance(seconds - self.clock.sim_seconds())
-        snapshot = self.sampler.poll_once()
-        if self.tokens is not None:
-            self.tokens.scrape_all()
+        snapshot = self.runtime.step()
+        self.runtime.scrape_tokens()
         return snapshot
 
     def through(self, start: float, end: float, step: float = 1.0):  # type: ignore[no-untyped-def]
@@ -56,27 +67,30 @@ class SimRun:
 
 @pytest.fixture
 def sim() -> Iterator[Callable[..., SimRun]]:
-    """Factory: ``sim("inference-host")`` installs that scenario beneath pynvml."""
-    samplers: list[Sampler] = []
-    endpoints: list[InferenceEndpoint] = []
+    """Factory: ``sim("inference-host")`` installs that scenario beneath pynvml, in a runtime whose
+    token sources are the scenario's simulated servers (or ``tokens``), stepped by hand."""
+    with contextlib.ExitStack() as stack:
 
-    def make(scenario: str, poll_interval_s: float = 1.0, process_interval_s: float = 10.0) -> SimRun:
-        """The scenario's simulated inference servers are scraped as token sources after each poll."""
-        clock = ManualClock()
-        host = simulated_host(scenario, clock=clock)
-        servers = start_simulated_servers(host)
-        endpoints.extend(endpoint for endpoint, _ in servers)
-        tokens = TokenTracker([source for _, source in servers], clock.time) if servers else None
-        sampler = Sampler(host.reader_factory, host.clock, poll_interval_s, process_interval_s, tokens=tokens)
-        samplers.append(sampler)
-        return SimRun(host, clock, sampler, tokens)
+        def make(
+            scenario: str,
+            poll_interval_s: float = 1.0,
+            process_interval_s: float = 10.0,
+            tokens: tuple[SourceConfig, ...] = (),
+            sim_source_timeout_s: float | None = None,
+        ) -> SimRun:
+            clock = ManualClock()
+            options = RuntimeOptions(
+                simulate=scenario,
+                poll_interval_s=poll_interval_s,
+                process_interval_s=process_interval_s,
+                tokens=tokens,
+                sim_source_timeout_s=sim_source_timeout_s,
+            )
+            runtime = stack.enter_context(assemble(options, clock=clock))
+            runtime.start(threads=False)
+            return SimRun(runtime, clock)
 
-    yield make
-    for sampler in samplers:
-        sampler.stop()
-    for endpoint in endpoints:
-        endpoint.stop()
-    use_library(None)
+        yield make
 
 
 def skip_outside_ci(reason: str, in_ci: str) -> NoReturn:

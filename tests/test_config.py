@@ -228,3 +228,17 @@ def test_token_sources_from_the_environment():
 def test_a_short_token_window_is_refused(tmp_path):
     with pytest.raises(config.ConfigError, match="key 'tokens_window': value '5s': out of range: must be between 10 s"):
         config.load_file(write(tmp_path, 'tokens_window = "5s"\n'))
+
+
+def test_the_example_in_the_config_docstring_is_what_the_loader_accepts(tmp_path):
+    import textwrap
+
+    from gpuwatch import config as config_module
+
+    doc = config_module.__doc__ or ""
+    example = textwrap.dedent("\n".join(line for line in doc.splitlines() if line.startswith("    ")))
+    path = tmp_path / "gpuwatch.toml"
+    path.write_text(example)
+    settings = config_module.load(str(path), {}, {})
+    assert settings.tokens_window_s == 60 and settings.simulate == "inference-host"
+    assert settings.tokens[0].url == "http://127.0.0.1:8000/metrics"

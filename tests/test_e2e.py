@@ -141,8 +141,10 @@ def test_simulated_inference_host_over_http(tmp_path, promtool, sim):
         status = subprocess.run(
             [sys.executable, "-m", "gpuwatch", "status", "--url", d.url, "--json"], capture_output=True, text=True
         )
-        assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
+        # GPU 2 heats towards its 93 °C max-operating point over these simulated minutes; how far it
+        # has got depends on how fast this machine ran them, so either verdict is right here.
+        assert (doc["verdict"], status.returncode) in {("ok", 0), ("warning", 1)}, status.stderr
         assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
         assert {g["uuid"] for g in doc["gpus"]} == {dict(k)["uuid"] for k in second["gpuwatch_gpu_up"]}
         (source,) = doc["sources"]

@@ -80,3 +80,17 @@ def test_before_the_first_poll_only_self_metrics_are_served():
     assert "gpuwatch_nvml_up 0.0" in text
     assert "gpuwatch_gpu_" not in text
     assert "gpuwatch_last_poll_timestamp_seconds" not in text
+
+
+def test_a_family_refuses_a_second_label_set():
+    from gpuwatch.exporter.families import Families
+    from gpuwatch.model import GpuIdentity
+
+    f = Families()
+    gpu = GpuIdentity(index=0, uuid="GPU-a", name="x", pci_bus_id="0")
+    f.gpu_gauge("gpuwatch_gpu_x", "doc", gpu, 1.0, sensor="gpu")
+    f.gpu_gauge("gpuwatch_gpu_x", "doc", gpu, 2.0, sensor="memory")  # same names, other values: fine
+    with pytest.raises(ValueError, match="differ"):
+        f.gpu_gauge("gpuwatch_gpu_x", "doc", gpu, 3.0, clock="sm")
+    with pytest.raises(ValueError, match="differ"):
+        f.gauge("gpuwatch_gpu_x", "doc", 4.0)

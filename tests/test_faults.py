@@ -144,9 +144,9 @@ def test_a_hung_gpu_is_left_behind_marked_stale_while_the_others_are_polled(run)
     hung = threading.Thread(target=poll)
     hung.start()
     assert gate.entered.wait(10)  # GPU 0's first call hangs
-    assert not r.sampler.check_stalled()  # not for long enough yet
-    r.now[0] += r.sampler.stuck_after_s
-    assert r.sampler.check_stalled()
+    assert not r.sampler.loop.check_stalled()  # not for long enough yet
+    r.now[0] += r.sampler.loop.stuck_after_s
+    assert r.sampler.loop.check_stalled()
 
     during = [r.at(t) for t in (11.5, 12.5, 13.5)]
     for s in during:

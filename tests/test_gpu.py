@@ -5,13 +5,14 @@ Skipped, not failed, where NVML does not load, so CI without a GPU stays green.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus_client import generate_latest
 
 from gpuwatch.exporter.registry import build_registry
-from gpuwatch.host import real_host
 from gpuwatch.nvml import NvmlReader, NvmlUnavailable
-from gpuwatch.sampler import Sampler
+from gpuwatch.runtime import RuntimeOptions, assemble
 
 pytestmark = pytest.mark.gpu
 
@@ -24,14 +25,11 @@ def snapshots():
     except NvmlUnavailable as exc:
         pytest.skip(f"no NVIDIA driver here: {exc}")
     probe.close()
-    host = real_host()
-    sampler = Sampler(host.reader_factory, host.clock)
-    first = sampler.poll_once()
-    import time
-
-    time.sleep(1.5)
-    second = sampler.poll_once()
-    sampler.stop()
+    with assemble(RuntimeOptions()) as rt:
+        rt.start(threads=False)
+        first = rt.step()
+        time.sleep(1.5)  # two polls a moment apart, so the energy counter moves
+        second = rt.step()
     return first, second
 
 

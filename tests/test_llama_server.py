@@ -26,7 +26,6 @@ from llama_server import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.tokens.source import SourceConfig
-from gpuwatch.tokens.tracker import TokenTracker
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.slow]
 
@@ -84,9 +83,7 @@ def test_token_counters_match_the_completions(llama_server: str, sim: Any) -> No
     before = read_token_counters(llama_server)
     assert before == TokenCounters(0, 0, 0)
     # gpuwatch watches the real server as a token source on a simulated GPU: preset recognised, GPU 0 configured.
-    run = sim("healthy")
-    tokens = TokenTracker([SourceConfig(url=llama_server + "/metrics", name="llama", gpus=(0,))], run.clock.time)
-    run.sampler.tokens = run.tokens = tokens
+    run = sim("healthy", tokens=(SourceConfig(url=llama_server + "/metrics", name="llama", gpus=(0,)),))
     run.at(1)
 
     story = "once upon a time there lived a gpu"

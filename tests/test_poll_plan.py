@@ -145,19 +145,19 @@ def test_the_poll_loop_prerenders_only_while_someone_scrapes():
     now = [0.0]
     snapshots = [Snapshot(timestamp=1.0, nvml_up=True)]
     exposition = CachedExposition(registry, lambda: snapshots[-1], monotonic=lambda: now[0])
-    exposition.prerender(snapshots[-1])
+    exposition.prerender()
     assert renders["collect"] == 0  # nobody has scraped: nothing rendered
     exposition.render("")
     assert renders["collect"] == 1
     snapshots.append(Snapshot(timestamp=2.0, nvml_up=True))
     now[0] = 1.0
-    exposition.prerender(snapshots[-1])
+    exposition.prerender()
     assert renders["collect"] == 2
     exposition.render("")
     assert renders["collect"] == 2  # the scrape found the poll already rendered
     now[0] = 60.0
     snapshots.append(Snapshot(timestamp=3.0, nvml_up=True))
-    exposition.prerender(snapshots[-1])
+    exposition.prerender()
     assert renders["collect"] == 2  # the last scrape is long past
 
 
@@ -165,7 +165,7 @@ def _polls(exposition, snapshots, now, scrapes_per_poll: list[int]) -> None:  # 
     for scrapes in scrapes_per_poll:
         snapshots.append(Snapshot(timestamp=snapshots[-1].timestamp + 1, nvml_up=True))
         now[0] += 0.1
-        exposition.prerender(snapshots[-1])
+        exposition.prerender()
         for _ in range(scrapes):
             exposition.render("")
 

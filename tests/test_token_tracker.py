@@ -7,8 +7,9 @@ import threading
 from dataclasses import dataclass, field
 
 import pytest
+from waiting import wait_until
 
-from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus
+from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus, Snapshot
 from gpuwatch.tokens.attribution import Attribution, AttributionError
 from gpuwatch.tokens.fetch import FetchError, Response
 from gpuwatch.tokens.source import SourceConfig
@@ -47,6 +48,10 @@ class FakeHost:
     up: list[bool] = field(default_factory=lambda: [True, True])
     pids: dict[int, tuple[int, ...]] = field(default_factory=lambda: {0: (42,), 1: (42,)})
 
+    def snapshot(self) -> Snapshot:
+        """One poll of the two GPUs, as the sampler publishes it."""
+        return Snapshot(timestamp=self.now, nvml_up=True, gpus=tuple(self.statuses()))
+
     def statuses(self) -> list[GpuStatus]:
         return [
             GpuStatus(
@@ -70,7 +75,7 @@ def run(tracker, host, server, seconds, watts=(150.0, 250.0), tokens_per_s=800.0
             host.energy[i] += w
         server.generation += tokens_per_s
         server.prompt += 2 * tokens_per_s
-        published.append(tracker.observe(host.statuses())[0])
+        published.append(tracker.observe(host.snapshot()).sources[0])
         tracker.scrape_all()
     return published
 
@@ -94,7 +99,7 @@ def test_a_server_restart_drops_the_window_and_keeps_the_total_rising(caplog):
     server, host = FakeServer(), FakeHost()
     tracker = make(server, host, gpus=(0, 1))
     run(tracker, host, server, 30)
-    before = tracker.observe(host.statuses())[0].tokens_total["generation"]
+    before = tracker.observe(host.snapshot()).sources[0].tokens_total["generation"]
     server.generation, server.prompt, server.start_time = 0.0, 0.0, 2000.0
     with caplog.at_level(logging.INFO, logger="gpuwatch.tokens"):
         after = run(tracker, host, server, 12)
@@ -207,11 +212,41 @@ def test_a_stuck_scrape_never_holds_up_the_poll():
     tracker = TokenTracker([source], lambda: host.now, fetcher=stuck, attributor=lambda u, p: pytest.fail())
     tracker.start()
     try:
-        tracker.observe(host.statuses())
+        tracker.observe(host.snapshot())
         assert entered.wait(5)
         for _ in range(100):
             host.now += 1
-            assert tracker.observe(host.statuses())[0].error == "not scraped yet"
+            assert tracker.observe(host.snapshot()).sources[0].error == "not scraped yet"
     finally:
         release.set()
+        tracker.stop()
+
+
+def test_a_sources_snapshot_has_this_polls_energy_and_the_tokens_scraped_after_the_poll_before():
+    """The one-poll lag between energy and tokens, as published."""
+    server, host = FakeServer(), FakeHost()
+    tracker = make(server, host, gpus=(0, 1))
+    host.now, server.generation = 1.0, 800.0
+    first = tracker.observe(host.snapshot())
+    assert first.gpu_timestamp == 1.0 and first.sources[0].tokens_total == {}  # nothing scraped yet
+    tracker.scrape_all()  # the scrape the poll at 1 s woke
+    host.now, server.generation = 2.0, 1600.0  # the server counts on; the next scrape follows the next poll
+    second = tracker.observe(host.snapshot())
+    assert second.gpu_timestamp == 2.0 and second.sources[0].tokens_total["generation"] == 800.0
+    assert tracker.latest is second
+
+
+def test_once_started_the_tracker_takes_snapshots_in_on_its_own_thread():
+    server, host = FakeServer(), FakeHost()
+    tracker = make(server, host, gpus=(0, 1))
+    threads: list[str] = []
+    tracker.subscribe(lambda published: threads.append(threading.current_thread().name))
+    tracker.start()
+    try:
+        host.now = 1.0
+        tracker.on_snapshot(host.snapshot())  # what the poll thread calls: a hand-off, no bookkeeping
+        assert wait_until(lambda: tracker.latest is not None)
+        assert threads == ["gpuwatch-tokens"]
+        assert tracker.latest is not None and tracker.latest.gpu_timestamp == 1.0
+    finally:
         tracker.stop()

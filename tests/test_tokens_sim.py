@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
 from gpuwatch.exporter.registry import build_registry
-from gpuwatch.host import simulated_host, start_simulated_servers
-from gpuwatch.nvml import use_library
-from gpuwatch.sampler import Sampler
-from gpuwatch.sim.clock import ManualClock
-from gpuwatch.tokens.tracker import TokenTracker
 
 
 def truth_between(history: dict[float, tuple[float, float]], start: float, end: float) -> float:
@@ -93,34 +87,21 @@ EXPECTED_ERRORS = {
 }
 
 
-def test_server_faults_and_a_driver_reload_never_give_a_bad_figure(tmp_path: Path, caplog):
+def test_server_faults_and_a_driver_reload_never_give_a_bad_figure(tmp_path: Path, caplog, sim):
     scenario = tmp_path / "token-faults.toml"
     scenario.write_text(SERVER_FAULTS)
-    clock = ManualClock()
-    host = simulated_host(str(scenario), clock=clock)
-    servers = start_simulated_servers(host)
-    try:
-        sources = [replace(source, timeout_s=0.1) for _, source in servers]
-        tracker = TokenTracker(sources, clock.time)
-        sampler = Sampler(host.reader_factory, host.clock, tokens=tracker)
-        statuses, totals, energy, expositions = {}, [], [], {}
-        with caplog.at_level(logging.INFO, logger="gpuwatch"):
-            for t in range(1, 241):
-                clock.advance(1.0)
-                snapshot = sampler.poll_once()
-                tracker.scrape_all()
-                source = snapshot.sources[0]
-                statuses[t] = source
-                expositions[t] = generate_latest(build_registry(lambda s=snapshot: s, include_process=False)).decode()
-                totals.append(source.tokens_total.get("generation", 0.0))
-                energy.append(snapshot.gpus[0].energy_joules_total)
-                for value in (source.efficiency.tokens_per_joule if source.efficiency else {}).values():
-                    assert math.isfinite(value) and value >= 0, (t, value)
-        sampler.stop()
-    finally:
-        for endpoint, _ in servers:
-            endpoint.stop()
-        use_library(None)
+    run = sim(str(scenario), sim_source_timeout_s=0.1)
+    statuses, totals, energy, expositions = {}, [], [], {}
+    with caplog.at_level(logging.INFO, logger="gpuwatch"):
+        for t in range(1, 241):
+            snapshot = run.at(t)
+            source = snapshot.sources[0]
+            statuses[t] = source
+            expositions[t] = generate_latest(build_registry(lambda s=snapshot: s, include_process=False)).decode()
+            totals.append(source.tokens_total.get("generation", 0.0))
+            energy.append(snapshot.gpus[0].energy_joules_total)
+            for value in (source.efficiency.tokens_per_joule if source.efficiency else {}).values():
+                assert math.isfinite(value) and value >= 0, (t, value)
     for t, error in EXPECTED_ERRORS.items():
         # The status of a poll reflects the scrape after the poll before it.
         assert not statuses[t + 1].up and error in (statuses[t + 1].error or ""), (t, statuses[t + 1])

@@ -13,31 +13,26 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gpuwatch.records import Efficiency
+
 DEFAULT_WINDOW_S = 60.0
 MIN_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class EnergyPoint:
+    """The energy counter of a source's GPUs at one poll."""
+
     timestamp: float
     joules: float  # summed over every GPU of the source
 
 
 @dataclass(frozen=True, slots=True)
 class TokenPoint:
+    """A source's token counters at one scrape."""
+
     timestamp: float
     tokens: Mapping[str, float]  # kind -> counter value
-
-
-@dataclass(frozen=True, slots=True)
-class Efficiency:
-    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved."""
-
-    window_seconds: float
-    joules: float
-    tokens: Mapping[str, float]
-    tokens_per_joule: Mapping[str, float]
-    joules_per_token: Mapping[str, float]
 
 
 def energy_at(points: Sequence[EnergyPoint], timestamp: float) -> float | None:

@@ -29,10 +29,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuwatch.analysis.throttle import ThrottleSummary
-from gpuwatch.records import record
+from gpuwatch.labels import HEALTH_STATES
+from gpuwatch.records import ThrottleSummary, Verdict, record
 
-STATES = ("ok", "warning", "critical", "unknown")
+STATES = HEALTH_STATES
 _SEVERITY = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
 
 # Xids that mean the GPU or its memory is in trouble (NVIDIA's Xid catalogue): 48 DBE, 62 internal
@@ -76,15 +76,6 @@ class GpuFacts:
     retired_pages_pending: bool | None = None
     recent_xids: Sequence[tuple[float, int]] = ()  # (timestamp, xid)
     now: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A state, the reasons for it (worst first), and each check's own state."""
-
-    state: str
-    reasons: tuple[str, ...]
-    checks: Mapping[str, str]
 
 
 def worst(states: Iterable[str]) -> str:

@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gpuwatch.records import record
+from gpuwatch.labels import THROTTLE_CLASSES
+from gpuwatch.records import ThrottleSummary, record
 
-CLASSES = ("none", "idle", "power_cap", "thermal", "power_brake", "hw_slowdown", "clocks_setting", "unknown")
+CLASSES = THROTTLE_CLASSES
 _PRECEDENCE = ("power_brake", "thermal", "hw_slowdown", "power_cap", "clocks_setting", "idle", "unknown", "none")
 
 LOW_CLOCK_RATIO = 0.9
@@ -62,16 +63,6 @@ def classify(sample: ThrottleSample, low_clock_ratio: float = LOW_CLOCK_RATIO) -
     return "none"
 
 
-@record
-class ThrottleSummary:
-    """The window at a glance: time fractions per class, the dominant one, and clock loss."""
-
-    window_seconds: float  # time the window actually covers (less than its length after a start)
-    ratios: Mapping[str, float]
-    dominant: str | None  # None when the window holds no time yet
-    clock_loss_ratio: float | None  # mean 1 - SM/max over busy polls; None when never busy
-
-
 @dataclass(slots=True)
 class ThrottleWindow:
     """A sliding window of classified polls, time-weighted.
@@ -90,7 +81,6 @@ class ThrottleWindow:
     _time_in: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
     _loss_sum: float = 0.0
     _loss_count: int = 0
-    last_class: str | None = None  # the class of the latest poll
     _class_polls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))  # polls held, by class
 
     def add(self, sample: ThrottleSample) -> float:
@@ -100,7 +90,7 @@ class ThrottleWindow:
         else:
             span = min(max(0.0, sample.timestamp - self._last_timestamp), self.max_gap_seconds)
         self._last_timestamp = sample.timestamp
-        cls = self.last_class = classify(sample, self.low_clock_ratio)
+        cls = classify(sample, self.low_clock_ratio)
         loss = 1.0 - sample.sm_clock_ratio if sample.busy and sample.sm_clock_ratio is not None else None
         self._polls.append((sample.timestamp - span, sample.timestamp, cls, loss))
         self._count(span, cls, loss, +1)

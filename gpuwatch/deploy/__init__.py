@@ -1,0 +1,1 @@
+"""The systemd unit, sysusers file, defaults and config that `gpuwatch install-service` writes."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gpuwatch.exporter.families import Families
+from gpuwatch.labels import CLOCK_EVENT_REASONS
 from gpuwatch.model import Snapshot
-from gpuwatch.nvml.fields import CLOCK_EVENT_REASONS
 
 
 def collect(snapshot: Snapshot) -> Families:

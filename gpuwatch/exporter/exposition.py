@@ -98,8 +98,10 @@ class CachedExposition:
                     self._bodies[key] = compressed
         return compressed, content_type, "gzip"
 
-    def prerender(self, snapshot: Snapshot) -> None:
-        """After a poll: render the text format now if scrapers are active (see the module doc)."""
+    def prerender(self) -> None:
+        """After a poll: render the text format of the latest snapshot now if scrapers are active
+        (see the module doc)."""
+        snapshot = self._latest()
         with self._lock:
             rate = (1 - _RATE_WEIGHT) * self._scrapes_per_poll + _RATE_WEIGHT * self._scrapes_since_poll
             self._scrapes_per_poll, self._scrapes_since_poll = rate, 0

@@ -15,18 +15,24 @@ class Families:
     """Collects samples into families created on first use.
 
     A family with no samples is never emitted, so a value no GPU supports has no series at all
-    (not a zero). Every per-GPU sample carries ``gpu`` (NVML index) and ``uuid``.
+    (not a zero). Every per-GPU sample carries ``gpu`` (NVML index) and ``uuid``. A family keeps the
+    label names of its first sample; a sample with other names raises ValueError (the collector
+    then fails alone, see exporter/registry.py).
     """
 
     def __init__(self) -> None:
-        self._families: dict[str, Metric] = {}
+        self._families: dict[str, tuple[Metric, tuple[str, ...]]] = {}
 
     def _family(self, kind: str, name: str, documentation: str, labels: tuple[str, ...]) -> Metric:
-        family = self._families.get(name)
-        if family is None:
+        known = self._families.get(name)
+        if known is None:
             factory = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            family = factory(name, documentation, labels=list(labels))
-            self._families[name] = family
+            created: Metric = factory(name, documentation, labels=list(labels))
+            self._families[name] = (created, labels)
+            return created
+        family, first = known
+        if labels != first:  # one family, one label set: else the exposition has clashing series
+            raise ValueError(f"{name}: labels {labels} differ from the family's {first}")
         return family
 
     def gauge(self, name: str, documentation: str, value: float | None, /, **labels: str) -> None:
@@ -55,4 +61,4 @@ class Families:
             family.add_metric(list(labels.values()), float(value))  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+        return (family for family, _ in self._families.values())

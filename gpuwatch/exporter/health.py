@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from gpuwatch.analysis.health import STATES
 from gpuwatch.exporter.families import Families
+from gpuwatch.labels import EXIT_CODES, HEALTH_STATES
 from gpuwatch.model import Snapshot
-from gpuwatch.status import EXIT_CODES
 
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()
-    for state in STATES:
+    for state in HEALTH_STATES:
         f.gauge(
             "gpuwatch_health",
             "1 for the host's verdict (the worst of its GPUs; unknown without NVML), else 0.",
@@ -19,7 +18,7 @@ def collect(snapshot: Snapshot) -> Families:
         )
     for status in snapshot.gpus:
         g, verdict = status.identity, status.verdict
-        for state in STATES:
+        for state in HEALTH_STATES:
             f.gpu_gauge(
                 "gpuwatch_gpu_health",
                 "1 for the GPU's verdict (ok, warning, critical, unknown), else 0; `gpuwatch status` says why.",

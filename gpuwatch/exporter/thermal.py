@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import Snapshot
 
@@ -32,7 +30,7 @@ def collect(snapshot: Snapshot) -> Families:
             "Degrees left before the first thermal slowdown threshold (nvmlDeviceGetMarginTemperature, or "
             "max_operating minus the GPU temperature where the driver has no margin query).",
             g,
-            _margin(r.temperature_margin_celsius, r.temperature_celsius, g.temperature_thresholds_celsius),
+            status.temperature_margin_celsius,
         )
         f.gpu_gauge(
             "gpuwatch_gpu_fan_speed_ratio",
@@ -42,12 +40,3 @@ def collect(snapshot: Snapshot) -> Families:
             r.fan_speed_ratio,
         )
     return f
-
-
-def _margin(reported: float | None, temperature: float | None, thresholds: Mapping[str, float]) -> float | None:
-    if reported is not None:
-        return reported
-    limit = thresholds.get("max_operating")
-    if limit is None or temperature is None:
-        return None
-    return float(limit - temperature)

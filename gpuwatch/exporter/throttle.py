@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gpuwatch.analysis.throttle import CLASSES
 from gpuwatch.exporter.families import Families
+from gpuwatch.labels import THROTTLE_CLASSES
 from gpuwatch.model import Snapshot
 
 
@@ -24,7 +24,7 @@ def collect(snapshot: Snapshot) -> Families:
         if throttle is None or throttle.dominant is None:
             continue
         window = f"over the last {throttle.window_seconds:.0f} s" if throttle.window_seconds else "at the last poll"
-        for cls in CLASSES:
+        for cls in THROTTLE_CLASSES:
             f.gpu_gauge(
                 "gpuwatch_gpu_throttle_class",
                 "1 for the class that held clocks down for most of the health window, else 0 "

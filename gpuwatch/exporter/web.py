@@ -1,7 +1,8 @@
 """The HTTP server: /metrics, /status, /-/healthy, /-/ready and a landing page.
 
-Every handler reads the sampler's latest snapshot; none calls NVML. Request handling is bounded so
-that a slow or hostile client cannot starve scrapes:
+Every handler reads the latest snapshot (through the exposition and the status document it is
+given); none calls NVML. Request handling is bounded so that a slow or hostile client cannot
+starve scrapes:
 
 * a connection holds no request slot while its TLS handshake and request head arrive, which must
   happen within ``read_timeout_s`` (else 408), in at most ``MAX_HEAD_BYTES`` (else 431); so clients
@@ -27,52 +28,17 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from gpuwatch import __version__
+from gpuwatch.exporter.address import Limits, parse_listen_address
 from gpuwatch.exporter.exposition import GZIP_LEVEL, GZIP_MIN_BYTES, CachedExposition
-from gpuwatch.model import Snapshot
-from gpuwatch.status import to_document
 from gpuwatch.webconfig import WebConfig, WebConfigSource
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9961
-DEFAULT_LISTEN_ADDRESS = f":{DEFAULT_PORT}"
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; a scrape sends well under 1 KiB
-DEFAULT_MAX_REQUESTS = 40  # node_exporter's --web.max-requests default
-DEFAULT_READ_TIMEOUT_S = 10.0
-CONNECTIONS_PER_REQUEST = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on request handling (``--web.max-requests``, ``--web.read-timeout``)."""
-
-    max_requests: int = DEFAULT_MAX_REQUESTS
-    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
-
-    @property
-    def max_connections(self) -> int:
-        return CONNECTIONS_PER_REQUEST * self.max_requests
-
-
-class ListenAddressError(ValueError):
-    """A --web.listen-address that is not host:port."""
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """Split ``host:port``, ``[v6]:port`` or ``:port`` (all interfaces), as Prometheus exporters do."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ListenAddressError(f"{address!r} is not host:port (e.g. ':{DEFAULT_PORT}' or '127.0.0.1:{DEFAULT_PORT}')")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
 
 
 class _Server(ThreadingHTTPServer):
@@ -154,22 +120,22 @@ class _Server(ThreadingHTTPServer):
 
 
 class WebServer:
-    """Serves the exposition of ``registry`` and the ``/status`` document of ``latest()``."""
+    """Serves ``exposition`` at /metrics and ``status_document()`` at /status."""
 
     def __init__(
         self,
         listen_address: str,
-        registry: CollectorRegistry,
-        latest: Callable[[], Snapshot],
+        exposition: CachedExposition,
+        status_document: Callable[[], dict[str, Any]],
         ready: Callable[[], bool],
         web_config: WebConfigSource | None = None,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
     ) -> None:
         host, port = parse_listen_address(listen_address)
-        self.exposition = CachedExposition(registry, latest)  # the poll loop may call its prerender
-        handler = _make_handler(self.exposition, latest, ready)
+        self.exposition = exposition
+        handler = _make_handler(exposition, status_document, ready)
         self.web_config = web_config or WebConfigSource(None)
-        self._server = _bind(host, port, handler, self.web_config, limits)
+        self._server = _bind(host, port, handler, self.web_config, limits or Limits())
         self._thread: threading.Thread | None = None
 
     @property
@@ -230,7 +196,7 @@ _LANDING = """<!doctype html>
 
 
 def _make_handler(
-    exposition: CachedExposition, latest: Callable[[], Snapshot], ready: Callable[[], bool]
+    exposition: CachedExposition, status_document: Callable[[], dict[str, Any]], ready: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"gpuwatch/{__version__}"
@@ -279,7 +245,7 @@ def _make_handler(
                 )
                 self._send(200, content_type, body, encoding)
             elif path == "/status":
-                body = json.dumps(to_document(latest()), indent=2).encode() + b"\n"
+                body = json.dumps(status_document(), indent=2).encode() + b"\n"
                 self._send(200, "application/json", body)
             elif path == "/-/healthy":
                 self._send(200, "text/plain; charset=utf-8", b"OK\n")

@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import pynvml
 
+from gpuwatch import labels
+
 # Clock event reason bits -> label. Bits not listed (0x200, 0x400 in the newest bindings) are
 # reported as "other" rather than dropped: the mask is not closed (nvml.h).
 CLOCK_EVENT_REASONS: dict[str, int] = {
@@ -19,6 +21,7 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
     "hw_power_brake": pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown,
     "display_clocks": pynvml.nvmlClocksThrottleReasonDisplayClockSetting,
 }
+assert tuple(CLOCK_EVENT_REASONS) == labels.CLOCK_EVENT_REASONS, "one list of reasons, in one order"
 _KNOWN_REASON_BITS = sum(CLOCK_EVENT_REASONS.values())
 
 

@@ -23,6 +23,8 @@ class AttributionError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
+    """The GPUs a source runs on, and the process that told."""
+
     gpus: tuple[int, ...]
     pid: int  # the process listening on the source's port
 

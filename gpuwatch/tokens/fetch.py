@@ -18,6 +18,8 @@ class FetchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """A token endpoint's body, and what says when the server started."""
+
     text: str
     start_time_header: str | None  # llama.cpp's Process-Start-Time-Unix: changes when it restarts
 

@@ -1,9 +1,13 @@
 """Token sources on the poll's rhythm: scrape each server, find its GPUs, join tokens with energy.
 
-Each source has a thread of its own that the sampler wakes after every poll, so a slow, dead or
-enormous endpoint delays nothing but its own next scrape. The sampler hands every poll's GPU
-statuses to :meth:`TokenTracker.observe`, which records the energy of each source's GPUs and
-returns the sources' statuses for the snapshot; no NVML call is made here.
+The tracker is downstream of the sampler: it subscribes to the GPU snapshots
+(:meth:`TokenTracker.on_snapshot`) and publishes a :class:`~gpuwatch.model.SourcesSnapshot` of its
+own (:attr:`TokenTracker.latest`), which `/metrics` and `/status` merge with the GPU snapshot when
+they render. Once started, a thread of the tracker's takes each GPU snapshot in
+(:meth:`TokenTracker.observe`: the energy of each source's GPUs, then the sources' statuses), so the
+poll thread does no token bookkeeping; and each source has a scraping thread of its own, woken after
+every snapshot taken in, so a slow, dead or enormous endpoint delays nothing but its own next scrape.
+Tokens lag energy by one poll (see SourcesSnapshot). No NVML call is made here.
 
 A source's token series starts again when its server restarts, and its energy series when a GPU's
 energy counter resets (driver reload), when its GPUs change, or while one of them reports no
@@ -27,7 +31,7 @@ from gpuwatch.analysis.efficiency import (
     TokenPoint,
     window_efficiency,
 )
-from gpuwatch.model import GpuStatus, SourceStatus
+from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
 from gpuwatch.tokens import attribution, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
 from gpuwatch.tokens.parse import ExpositionError, TokenCounts, read_counts, sample_names
@@ -85,6 +89,7 @@ class TokenTracker:
         ]
         self._clock = clock
         self.window_s = window_s
+        self._min_window_asked_s = min_window_s
         self._min_window_s = min(min_window_s, window_s)
         self._fetch = fetcher
         self._attribute = attributor
@@ -92,15 +97,34 @@ class TokenTracker:
         self._gpu_pids: dict[int, tuple[int, ...]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._arrived = threading.Event()  # a GPU snapshot waits in _pending for the tracker's thread
+        self._pending: Snapshot | None = None
+        self._subscribers: list[Callable[[SourcesSnapshot], None]] = []
+        self.latest: SourcesSnapshot | None = None  # None until the first GPU snapshot is taken in
 
-    @property
-    def names(self) -> list[str]:
-        return [s.config.name for s in self._sources]
+    def configure(self, window_s: float) -> None:
+        """A new efficiency window (SIGHUP); safe from any thread, used from the next snapshot on."""
+        with self._lock:
+            self.window_s = window_s
+            self._min_window_s = min(self._min_window_asked_s, window_s)
 
-    # -- from the poll loop -------------------------------------------------------------------------
+    def subscribe(self, subscriber: Callable[[SourcesSnapshot], None]) -> None:
+        """Called with each SourcesSnapshot, after :attr:`latest` is set (subscribe before start)."""
+        self._subscribers.append(subscriber)
 
-    def observe(self, gpus: Sequence[GpuStatus]) -> tuple[SourceStatus, ...]:
-        """Record this poll's energy for every source, wake the scrapers, return the sources' statuses."""
+    # -- downstream of the sampler ------------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """The sampler's subscriber: hand the snapshot to the tracker's thread (or, not started, take it in now)."""
+        if not self._threads:
+            self.observe(snapshot)
+            return
+        self._pending = snapshot  # a newer one replaces one not taken in yet: energy counters are cumulative
+        self._arrived.set()
+
+    def observe(self, snapshot: Snapshot) -> SourcesSnapshot:
+        """Record this poll's energy for every source, wake the scrapers, publish the sources' statuses."""
+        gpus = snapshot.gpus
         by_index = {g.identity.index: g for g in gpus}
         with self._lock:
             self._gpu_pids = {g.identity.index: tuple(p.pid for p in g.processes) for g in gpus if g.up}
@@ -108,10 +132,13 @@ class TokenTracker:
                 self._record_energy(source, by_index)
                 if source.pids and not any(source.pids & set(p) for p in self._gpu_pids.values()):
                     source.reattribute = True  # its processes left every GPU: restarted elsewhere?
-            statuses = tuple(self._status(s) for s in self._sources)
+            published = SourcesSnapshot(snapshot.timestamp, tuple(self._status(s) for s in self._sources))
+        self.latest = published
         for source in self._sources:
             source.wake.set()
-        return statuses
+        for subscriber in self._subscribers:
+            subscriber(published)
+        return published
 
     def _record_energy(self, source: _Source, by_index: Mapping[int, GpuStatus]) -> None:
         if not source.gpus:
@@ -269,13 +296,31 @@ class TokenTracker:
     # -- threads --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """One scraping thread per source, woken by :meth:`observe`."""
+        """The thread that takes GPU snapshots in, and one scraping thread per source."""
+        threads = [threading.Thread(target=self._take_in, name="gpuwatch-tokens", daemon=True)]
         for source in self._sources:
-            thread = threading.Thread(
-                target=self._run, args=(source,), name=f"gpuwatch-tokens-{source.config.name}", daemon=True
+            threads.append(
+                threading.Thread(
+                    target=self._run, args=(source,), name=f"gpuwatch-tokens-{source.config.name}", daemon=True
+                )
             )
+        self._threads = threads
+        for thread in threads:
             thread.start()
-            self._threads.append(thread)
+
+    def _take_in(self) -> None:
+        while True:
+            self._arrived.wait()
+            self._arrived.clear()
+            snapshot, self._pending = self._pending, None
+            if self._stop.is_set():
+                return
+            if snapshot is None:
+                continue
+            try:
+                self.observe(snapshot)
+            except Exception:  # a bug in one snapshot's bookkeeping must not end it
+                log.exception("token sources: taking a GPU snapshot in failed")
 
     def _run(self, source: _Source) -> None:
         while True:
@@ -290,6 +335,7 @@ class TokenTracker:
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
+        self._arrived.set()
         for source in self._sources:
             source.wake.set()
         for thread in self._threads:

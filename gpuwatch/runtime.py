@@ -1,0 +1,184 @@
+"""The runtime, assembled in one place: host (real or simulated driver), sampler, token tracker,
+exposition, and their teardown in one order.
+
+The daemon, `gpuwatch status --direct/--simulate`, the tests and the benchmarks all build it here::
+
+    with assemble(RuntimeOptions(simulate="inference-host")) as rt:
+        rt.start(threads=False)      # simulated servers, token tracker
+        snapshot = rt.step()         # one poll, the tracker takes it in
+
+Data flows one way: the sampler publishes each GPU snapshot to its subscribers (the token tracker,
+or else the exposition's pre-rendering); the tracker publishes a SourcesSnapshot of its own (and
+then the exposition pre-renders); :meth:`Runtime.latest` merges the two when anything renders.
+
+Threading contract: :meth:`Runtime.reconfigure` may be called from any thread (the daemon calls it
+on SIGHUP from its main thread); it only sets intervals and the tokens window, each picked up by
+the next poll, wait or snapshot. Nothing else is changed on a running runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
+from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.exporter.exposition import CachedExposition
+from gpuwatch.exporter.registry import build_registry
+from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
+from gpuwatch.model import Snapshot, SourcesSnapshot
+from gpuwatch.nvml import use_library
+from gpuwatch.sampler import Sampler
+from gpuwatch.sim.clock import ManualClock, SimClock
+from gpuwatch.sim.inference import InferenceEndpoint
+from gpuwatch.status import to_document
+from gpuwatch.tokens.source import SourceConfig
+from gpuwatch.tokens.tracker import TokenTracker
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """What a runtime is built from (a subset of the serve settings)."""
+
+    simulate: str | None = None  # scenario name or path; None reads the real driver
+    sim_speed: float = 1.0
+    poll_interval_s: float = 1.0
+    process_interval_s: float = 10.0
+    health: HealthThresholds = field(default_factory=HealthThresholds)
+    tokens: tuple[SourceConfig, ...] = ()  # none: the simulated scenario's own servers, if any
+    tokens_window_s: float = DEFAULT_WINDOW_S
+    event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
+    sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+
+
+class MergedSnapshot:
+    """The GPU snapshot with the token sources' merged in; the same object while neither changes,
+    so a rendering cached by snapshot stays valid until one of them does."""
+
+    def __init__(self, sampler: Sampler, tokens: TokenTracker | None) -> None:
+        self._sampler = sampler
+        self._tokens = tokens
+        self._last: tuple[Snapshot, SourcesSnapshot | None, Snapshot] | None = None
+
+    def __call__(self) -> Snapshot:
+        gpus = self._sampler.latest
+        sources = None if self._tokens is None else self._tokens.latest
+        last = self._last
+        if last is not None and last[0] is gpus and last[1] is sources:
+            return last[2]
+        merged = gpus if sources is None else replace(gpus, sources=sources.sources)
+        self._last = (gpus, sources, merged)
+        return merged
+
+
+class Runtime:
+    """Everything `gpuwatch serve` runs, built by :func:`assemble`."""
+
+    def __init__(self, host: Host, options: RuntimeOptions) -> None:
+        self.host = host
+        self.options = options
+        self.sampler = Sampler(
+            host.reader_factory,
+            host.clock,
+            options.poll_interval_s,
+            options.process_interval_s,
+            health=options.health,
+            event_thread=options.event_thread,
+        )
+        self.servers: list[InferenceEndpoint] = []
+        self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
+        self.registry: CollectorRegistry = build_registry(self.latest)
+        self.exposition = CachedExposition(self.registry, self.latest)
+        self._tokens: TokenTracker | None = None
+        self._started = False
+
+    @property
+    def tokens(self) -> TokenTracker | None:
+        """The token tracker, once :meth:`start` found sources to track."""
+        return self._tokens
+
+    def latest(self) -> Snapshot:
+        """The latest GPU snapshot with the token sources merged in (what /metrics and /status show)."""
+        return self._latest()
+
+    def status_document(self) -> dict[str, Any]:
+        """The ``/status`` JSON document of :meth:`latest`."""
+        return to_document(self.latest())
+
+    def start(self, threads: bool = True) -> None:
+        """Start the scenario's simulated servers, the token tracker and (with ``threads``) polling.
+
+        Without ``threads`` nothing runs by itself: :meth:`step` polls, :meth:`scrape_tokens` scrapes.
+        """
+        assert not self._started, "a runtime starts once"
+        self._started = True
+        simulated = start_simulated_servers(self.host)
+        self.servers = [endpoint for endpoint, _ in simulated]
+        sources: Sequence[SourceConfig] = self.options.tokens or [source for _, source in simulated]
+        if not self.options.tokens and self.options.sim_source_timeout_s is not None:
+            sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
+        prerender = self.exposition.prerender
+        if sources:
+            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
+            self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
+            self.sampler.subscribe(tracker.on_snapshot)
+            tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
+        else:
+            self.sampler.subscribe(lambda _: prerender())
+        if threads:
+            if self._tokens is not None:
+                self._tokens.start()
+            self.sampler.start()
+
+    def step(self) -> Snapshot:
+        """One poll (the token tracker takes it in on this thread); the merged snapshot."""
+        self.sampler.poll_once()
+        return self.latest()
+
+    def scrape_tokens(self) -> None:
+        """Scrape every token source once, on this thread."""
+        if self._tokens is not None:
+            self._tokens.scrape_all()
+
+    def reconfigure(self, poll_interval_s: float, process_interval_s: float, tokens_window_s: float) -> None:
+        """New intervals and tokens window (see the module doc's threading contract)."""
+        self.sampler.configure(poll_interval_s, process_interval_s)
+        if self._tokens is not None:
+            self._tokens.configure(tokens_window_s)
+
+    def close(self) -> None:
+        """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""
+        self.sampler.stop(timeout_s=1.0)
+        if self._tokens is not None:
+            self._tokens.stop(timeout_s=0.5)
+        for endpoint in self.servers:
+            endpoint.stop()
+        if self.host.library is not None:
+            use_library(None)
+
+
+def open_host(options: RuntimeOptions, clock: SimClock | ManualClock | None = None) -> Host:
+    """The real driver, or the scenario's simulated one (may raise ScenarioError)."""
+    if options.simulate is None:
+        return real_host()
+    return simulated_host(options.simulate, options.sim_speed, clock=clock)
+
+
+@contextlib.contextmanager
+def assemble(
+    options: RuntimeOptions, clock: SimClock | ManualClock | None = None, host: Host | None = None
+) -> Iterator[Runtime]:
+    """Build a runtime (nothing runs until :meth:`Runtime.start`) and tear it down on exit.
+
+    ``clock`` steps a simulated host by hand (tests, `status --simulate`); ``host`` is for a host
+    built elsewhere (a test's own reader factory).
+    """
+    runtime = Runtime(host or open_host(options, clock), options)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
