@@ -12,21 +12,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
+from gpuwatch import __version__, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.web import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
-from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
-from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import exit_code, render_nagios, render_table, to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.source import from_url as source_from_url
 from gpuwatch.tokens.tracker import TokenTracker
+
+# gpuwatch.daemon, .host and .sampler import pynvml (and its internals, gpuwatch.nvml.prepared):
+# they are imported where a command runs, so `--help` works whatever nvidia-ml-py is installed.
+if TYPE_CHECKING:
+    from gpuwatch.host import Host
 
 log = logging.getLogger("gpuwatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,6 +213,8 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     except (config.ConfigError, webconfig.WebConfigError) as exc:
         _config_error(str(exc))
     _setup_logging(settings.log_level)
+    from gpuwatch import daemon
+
     sys.exit(daemon.run(settings, _open_host(settings.simulate, settings.sim_speed), reread))
 
 
@@ -286,6 +291,8 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
 
 
 def _open_host(simulate: str | None, speed: float) -> Host:
+    from gpuwatch.host import real_host, simulated_host
+
     if simulate is None:
         return real_host()
     try:
@@ -415,6 +422,9 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
     On real GPUs that is a single poll (verdicts see one instant). On a simulated host the
     health window before ``sim_at_s`` is replayed poll by poll, as a daemon would have seen it.
     """
+    from gpuwatch.host import real_host, simulated_host, start_simulated_servers
+    from gpuwatch.sampler import Sampler
+
     clock = ManualClock()
     if simulate is None:
         host = real_host()
