@@ -16,15 +16,17 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from gpuwatch import __version__, config, daemon, install, logsetup, webconfig
+from gpuwatch import __version__, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
-from gpuwatch.runtime import RuntimeOptions, assemble, open_host
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import exit_code, render_nagios, render_table, to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.source import from_url as source_from_url
+
+# gpuwatch.daemon and .runtime import pynvml (and its internals, gpuwatch.nvml.prepared): they are
+# imported where a command runs, so `--help` works whatever nvidia-ml-py is installed.
 
 log = logging.getLogger("gpuwatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -211,6 +213,8 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
             scenarios.load(settings.simulate)
         except scenarios.ScenarioError as exc:
             raise click.UsageError(str(exc)) from exc
+    from gpuwatch import daemon
+
     sys.exit(daemon.run(settings, reread))
 
 
@@ -407,6 +411,8 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
     On real GPUs that is a single poll (verdicts see one instant). On a simulated host the
     health window before ``sim_at_s`` is replayed poll by poll, as a daemon would have seen it.
     """
+    from gpuwatch.runtime import RuntimeOptions, assemble, open_host
+
     clock = ManualClock()
     options = RuntimeOptions(simulate=simulate, health=health)
     try:
