@@ -32,6 +32,7 @@ log = logging.getLogger("gpuwatch")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_UNKNOWN = 3  # Nagios plugin convention: could not read anything
+CAPTURE_SIMULATED_AT_S = 60.0  # a simulated host is captured under way, not at its first instant
 EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h); the unit's RestartPreventExitStatus= stops a restart loop
 
 
@@ -432,3 +433,47 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
                 rt.scrape_tokens()
             snapshot = rt.step()  # one last poll takes in the last scrape
         return to_document(snapshot)
+
+
+# -- capture --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the JSON here (default: stdout)."
+)
+@click.option("--no-mask", is_flag=True, help="Keep serial numbers, UUIDs and process names (masked by default).")
+@_simulate_option("Capture a simulated host instead of the real driver (after its first simulated minute).")
+def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
+    """Record what NVML answers here, for every query gpuwatch makes, as JSON.
+
+    Driver, NVML and CUDA versions; for each GPU every entry point and field id gpuwatch reads,
+    with NVML's return code and one sample of the value. Attach it to a bug report, or replay it
+    as a simulated host with `gpuwatch serve --simulate FILE.json`.
+    """
+    from gpuwatch.nvml import capture as recorder
+    from gpuwatch.runtime import RuntimeOptions, open_host
+
+    clock = ManualClock()
+    try:
+        host = open_host(RuntimeOptions(simulate=simulate), clock)
+    except scenarios.ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
+    clock.advance(CAPTURE_SIMULATED_AT_S)
+    try:
+        doc = recorder.capture(mask=not no_mask)
+    except recorder.NvmlError as exc:
+        click.echo(f"gpuwatch: cannot capture: NVML answered {exc}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    finally:
+        if host.library is not None:
+            from gpuwatch.nvml import use_library
+
+            use_library(None)
+    text = json.dumps(doc, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as out:
+        out.write(text)
+    click.echo(f"gpuwatch: {len(doc['gpus'])} GPU(s) captured to {output}", err=True)
