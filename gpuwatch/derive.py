@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
+from gpuwatch.analysis import thermal
 from gpuwatch.analysis.counters import ResetSafeCounter
 from gpuwatch.analysis.health import GpuFacts, HealthThresholds, VerdictCache, gpu_verdict
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds
@@ -179,6 +180,8 @@ def _answered(
     xid_errors, recent_xids = history.xids()
     throttle = window.summary()
     ecc = reading.ecc_errors
+    temperature, margin = reading.temperature_celsius, reading.temperature_margin_celsius
+    absolute, tlimit = identity.temperature_thresholds_celsius, identity.temperature_tlimit_celsius
     facts = GpuFacts(
         index=identity.index,
         up=True,
@@ -197,7 +200,9 @@ def _answered(
         identity=identity,
         up=True,
         reading=reading,
-        temperature_margin_celsius=temperature_margin(reading, identity),
+        temperature_margin_celsius=thermal.margin_celsius(temperature, margin, absolute),
+        temperature_thresholds_celsius=thermal.thresholds_celsius(temperature, margin, absolute, tlimit),
+        temperature_reference=thermal.reference(absolute, tlimit, margin),
         energy_joules_total=None if energy is None else energy.total,
         energy_resets=0 if energy is None else energy.resets,
         violation_seconds_total=history.violations.advance(reading.violation_seconds),
@@ -212,17 +217,6 @@ def _answered(
     )
     history.last_read = status
     return status
-
-
-def temperature_margin(reading: GpuReading, identity: GpuIdentity) -> float | None:
-    """Degrees left before the first thermal limit: the driver's own margin where it answers, else
-    max_operating minus the GPU temperature. Computed once here; the exporter and `status` read it."""
-    if reading.temperature_margin_celsius is not None:
-        return reading.temperature_margin_celsius
-    limit = identity.temperature_thresholds_celsius.get("max_operating")
-    if limit is None or reading.temperature_celsius is None:
-        return None
-    return float(limit - reading.temperature_celsius)
 
 
 def throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> ThrottleSample:

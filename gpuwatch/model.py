@@ -28,8 +28,12 @@ class GpuIdentity:
     power_limit_default_watts: float | None = None
     power_limit_min_watts: float | None = None
     power_limit_max_watts: float | None = None
-    # shutdown, slowdown, max_operating, memory_max, target; absent where not reported (Ada+).
+    # shutdown, slowdown, max_operating, memory_max, target in °C (nvmlDeviceGetTemperatureThreshold);
+    # absent where not reported (Ada and Hopper on most drivers)
     temperature_thresholds_celsius: Mapping[str, float] = field(default_factory=dict)
+    # shutdown, slowdown, max_operating, memory_max as offsets from the T.Limit point (field ids
+    # 193-196, R535+): -8, -2, 0 on an H100; absent where not reported (Ampere and older)
+    temperature_tlimit_celsius: Mapping[str, float] = field(default_factory=dict)
     max_clocks_hertz: Mapping[str, float] = field(default_factory=dict)
     memory_size_bytes: int | None = None
     bar1_size_bytes: int | None = None
@@ -93,8 +97,11 @@ class GpuStatus:
     reading: GpuReading | None = None
     error: str | None = None
     stale_since: float | None = None  # when the read that has not returned began; the values are older
-    # degrees left before the first thermal limit: the driver's margin, else max_operating - temperature
+    # degrees left before the max-operating point: the driver's margin, else max_operating - temperature
     temperature_margin_celsius: float | None = None
+    # absolute thresholds in °C: the driver's, or derived from its T.Limit offsets (analysis/thermal.py)
+    temperature_thresholds_celsius: Mapping[str, float] = field(default_factory=dict)
+    temperature_reference: str | None = None  # absolute, tlimit, margin or none (analysis/thermal.py)
     energy_joules_total: float | None = None  # reset-safe: never decreases while gpuwatch runs
     energy_resets: int = 0  # times the driver's energy counter went back (driver reload, GPU reset)
     violation_seconds_total: Mapping[str, float] = field(default_factory=dict)  # reset-safe

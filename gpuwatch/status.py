@@ -54,7 +54,7 @@ def _source(source: SourceStatus) -> dict[str, Any]:
 
 def _gpu(status: GpuStatus) -> dict[str, Any]:
     g, r = status.identity, status.reading
-    thresholds = dict(g.temperature_thresholds_celsius)
+    thresholds = dict(status.temperature_thresholds_celsius or g.temperature_thresholds_celsius)
     doc: dict[str, Any] = {
         "index": g.index,
         "uuid": g.uuid,
@@ -75,6 +75,8 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         "temperature_celsius": None,
         "temperature_limit_celsius": thresholds.get("max_operating"),
         "temperature_thresholds_celsius": thresholds,
+        "temperature_tlimit_celsius": dict(g.temperature_tlimit_celsius),
+        "temperature_reference": status.temperature_reference,
         "temperature_margin_celsius": None,
         "power_watts": None,
         "power_limit_watts": None,

@@ -110,9 +110,10 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
     checks = {"up": "ok"}
     bad: list[tuple[str, str]] = []
     check, state, reason = _temperature(facts, limits, name)
-    checks[check] = state
-    if state != "ok":
-        bad.append((state, reason))
+    if state:  # absent where the GPU reports a temperature but no limit to compare it with
+        checks[check] = state
+        if state != "ok":
+            bad.append((state, reason))
     cap_reason = ""
     throttle = facts.throttle
     if throttle is not None and throttle.dominant is not None:
@@ -231,6 +232,10 @@ def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[
         if margin <= limits.margin_warning_celsius:
             return "temperature", "warning", f"{name}: {margin:.0f} °C margin, at the max-operating point"
         return "temperature", "ok", ""
+    if t is not None:
+        # A temperature and no limit: an Ada or Hopper card on a driver before R570 (T.Limit offsets,
+        # no margin query). The driver's own thermal slowdown still shows in the throttle checks.
+        return "temperature", "", ""
     return "temperature", "unknown", f"{name}: temperature not reported"
 
 

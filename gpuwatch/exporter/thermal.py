@@ -15,20 +15,33 @@ def collect(snapshot: Snapshot) -> Families:
         doc = "Temperature from nvmlDeviceGetTemperature (gpu) and NVML_FI_DEV_MEMORY_TEMP (memory, HBM parts)."
         f.gpu_gauge("gpuwatch_gpu_temperature_celsius", doc, g, r.temperature_celsius, sensor="gpu")
         f.gpu_gauge("gpuwatch_gpu_temperature_celsius", doc, g, r.memory_temperature_celsius, sensor="memory")
-        for threshold, value in g.temperature_thresholds_celsius.items():
+        for threshold, value in status.temperature_thresholds_celsius.items():
             f.gpu_gauge(
                 "gpuwatch_gpu_temperature_threshold_celsius",
-                "The card's own temperature thresholds (nvmlDeviceGetTemperatureThreshold): max_operating is "
-                "where SW thermal slowdown starts, slowdown where hardware halves clocks. Absent on parts "
-                "that report only a margin (Ada and later).",
+                "The card's own temperature thresholds in °C: max_operating is where SW thermal slowdown "
+                "starts, slowdown where hardware cuts clocks. From nvmlDeviceGetTemperatureThreshold where the "
+                "driver answers it (Ampere and older); on cards that give T.Limit offsets instead (Ada, Hopper), "
+                "the T.Limit point (temperature + nvmlDeviceGetMarginTemperature) minus each offset. Absent "
+                "where neither can be had.",
+                g,
+                value,
+                threshold=threshold,
+            )
+        for threshold, value in g.temperature_tlimit_celsius.items():
+            f.gpu_gauge(
+                "gpuwatch_gpu_temperature_threshold_tlimit_celsius",
+                "Thresholds as the driver gives them relative to the T.Limit point (NVML_FI_DEV_TEMPERATURE_*_TLIMIT, "
+                "field ids 193-196, read once): slowdown -2 means 2 °C past the max-operating point. Absent on "
+                "cards that report only absolute thresholds.",
                 g,
                 value,
                 threshold=threshold,
             )
         f.gpu_gauge(
             "gpuwatch_gpu_temperature_margin_celsius",
-            "Degrees left before the first thermal slowdown threshold (nvmlDeviceGetMarginTemperature, or "
-            "max_operating minus the GPU temperature where the driver has no margin query).",
+            "Degrees left before the max-operating point, the same on every card: nvmlDeviceGetMarginTemperature "
+            "(nvidia-smi's T.Limit temperature, R570+) where the driver answers it, else max_operating minus "
+            "the GPU temperature. Negative past it.",
             g,
             status.temperature_margin_celsius,
         )
