@@ -178,7 +178,7 @@ class Sampler:
         self._events: XidWatcher | None = None
         self._nvml_error: str | None = "not polled yet"
         self._open_backoff = Backoff()
-        self._errors_before: Counter[str] = Counter()  # of readers closed since start
+        self._errors_before: Counter[tuple[int, str]] = Counter()  # of readers closed since start
         self._history: dict[str, _GpuHistory] = {}
         self._next_processes_at = float("-inf")
         self._polls = 0
