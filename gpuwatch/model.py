@@ -144,7 +144,7 @@ class Snapshot:
     gpus: tuple[GpuStatus, ...] = ()
     poll_duration_seconds: float = 0.0
     polls_total: int = 0
-    nvml_errors_total: Mapping[str, int] = field(default_factory=dict)
+    nvml_errors_total: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (GPU index, query) -> count
     verdict: Verdict = UNKNOWN_VERDICT  # the host's: the worst GPU, or unknown without NVML
     # token sources, in configured order: never filled by the sampler, but merged in at render time
     # from the token tracker's own SourcesSnapshot (gpuwatch.runtime.MergedSnapshot)

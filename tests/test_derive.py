@@ -87,9 +87,9 @@ ROWS = [
         {"temperature_margin_celsius": 9.0},
     ),
     Row(
-        "a margin-only card has no margin without the driver's",
+        "a card with a temperature and no limit has no temperature check, and is not unknown",
         [Read(reading(1))],
-        {"temperature_margin_celsius": None, "verdict.state": "unknown"},
+        {"temperature_margin_celsius": None, "verdict.state": "ok", "temperature_reference": "none"},
         identity=L40S,
     ),
     Row(
@@ -144,6 +144,8 @@ def _get(status: Any, path: str) -> Any:
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.name)
 def test_derive(row: Row) -> None:
     status = run(row)
+    if row.expect.get("temperature_reference") == "none":
+        assert "temperature" not in status.verdict.checks
     for path, expected in row.expect.items():
         value = _get(status, path)
         if isinstance(expected, dict):

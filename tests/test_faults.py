@@ -261,7 +261,7 @@ def test_error_storms_are_counted_logged_at_a_bounded_rate_and_skip_no_poll_of_t
         assert s.gpus[1].up and s.gpus[1].reading.timestamp == s.timestamp  # GPU 1: every poll
     errors = [sum(s.nvml_errors_total.values()) for s in snapshots]
     assert errors == sorted(errors) and errors[-1] > 100  # the error counter moved
-    assert 'gpuwatch_nvml_errors_total{query="' in exposition(snapshots[-1])
+    assert 'gpuwatch_nvml_errors_total{gpu="0",query="' in exposition(snapshots[-1])
     # Two kinds of message (a failed poll, a failed query), each at most 5 a minute.
     assert {rec.msg for rec in handler.records} >= {"GPU %d: poll failed: %s", "GPU %d: %s failed: %s"}
     assert len(handler.records) <= 2 * 5 * 7

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, use_library
+from gpuwatch.nvml.reader import FIELDS, check_fields
 from gpuwatch.sim import abi, scenario
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
@@ -220,7 +222,8 @@ def test_a_call_that_answered_once_is_not_written_off_by_a_passing_not_supported
         clock.advance(11)
         during = reader.read(0, slow=False)
         assert during.temperature_celsius is None and during.power_watts is None
-        assert reader.errors["temperature#0"] == 1 and reader.errors["field_values"] == 1
+        errors = reader.error_counts()
+        assert errors[0, "nvmlDeviceGetTemperatureV"] == 1 and errors[0, "nvmlDeviceGetFieldValues"] == 1
         clock.advance(5)
         after = reader.read(0)
         assert after.temperature_celsius is not None and after.power_watts is not None
@@ -248,14 +251,14 @@ def test_one_field_failing_in_the_batch_costs_that_value_only(monkeypatch):
         monkeypatch.setattr(library, "_field_table", without_average_power)
         clock.advance(1)
         during = reader.read(0)
-        assert during.power_watts is None and reader.errors["power_mw"] == 1
+        assert during.power_watts is None and reader.error_counts() == {(0, "nvmlDeviceGetFieldValues:power_watts"): 1}
         assert during.violation_seconds["power"] == -5e-9  # decoded as the type the entry names
         assert during.energy_joules > before.energy_joules and during.temperature_celsius is not None
         monkeypatch.setattr(library, "_field_table", table)
         clock.advance(1)
         after = reader.read(0)
         assert after.power_watts is not None and after.violation_seconds["power"] >= before.violation_seconds["power"]
-        assert reader.errors["power_mw"] == 1
+        assert reader.error_counts() == {(0, "nvmlDeviceGetFieldValues:power_watts"): 1}
     finally:
         reader.close()
 
@@ -278,3 +281,77 @@ def test_a_driver_reload_is_a_lost_session_not_a_lost_gpu():
         assert fresh.read(0).power_watts > 0
     finally:
         fresh.close()
+
+
+def test_each_field_reads_the_same_through_the_batch_as_through_its_direct_call():
+    """A driver without nvmlDeviceGetFieldValues reads every field that has a direct call through
+    it; at the same instant the two paths agree, unit conversion and label included."""
+    text = '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+    readings = []
+    for hidden in ((), ("nvmlDeviceGetFieldValues",)):
+        clock = ManualClock()
+        use_library(SimulatedNvmlLibrary(scenario.parse(text), clock.sim_seconds, hidden_symbols=hidden))
+        reader = NvmlReader(clock.time)
+        reader.open()
+        try:
+            clock.advance(90)
+            readings.append(reader.read(0))
+        finally:
+            reader.close()
+            use_library(None)
+    batch, direct = readings
+    for f in FIELDS:
+        if f.direct is None:
+            continue
+        value = getattr(direct, f.name)
+        assert value == getattr(batch, f.name), f.key
+        if f.label is not None:
+            assert f.label in value, f.key
+            assert type(value[f.label]) is type(f.unit(0)), f.key
+        else:
+            assert value is not None and type(value) is type(f.unit(0)), f.key
+
+
+def test_a_declaration_that_does_not_fit_the_reading_fails_at_import_time():
+    check_fields(FIELDS)
+    power = next(f for f in FIELDS if f.name == "power_watts")
+    with pytest.raises(TypeError, match="no attribute 'power_mw'"):
+        check_fields((replace(power, name="power_mw"),))
+    with pytest.raises(TypeError, match="mapping attribute"):
+        check_fields((replace(power, label="average"),))
+    with pytest.raises(TypeError, match="mapping attribute"):
+        check_fields((replace(power, name="ecc_errors"),))
+    with pytest.raises(TypeError, match="field id is declared twice"):
+        check_fields((power, replace(power, name="power_instant_watts")))
+
+
+def test_errors_are_counted_by_gpu_and_nvml_function():
+    """Every query an error is counted under names an NVML function (a C entry point the driver was
+    asked for), and for one of several values, which."""
+    text = (
+        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+        '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
+        '[[gpu.fault]]\nkind = "not_supported"\nat_s = 10\nduration_s = 200\nratio = 0.3\n'
+    )
+    reader, clock, library = _reader_over(text)
+    reader.open()
+    try:
+        reader.read(1)
+        reader.processes(1)
+        for _ in range(100):
+            clock.advance(2)
+            reader.read(0, slow=False)
+            reader.read(1)
+            reader.processes(1)
+        errors = reader.error_counts()
+    finally:
+        reader.close()
+    assert {gpu for gpu, _ in errors} == {1}
+    queries = {query for _, query in errors}
+    assert {"nvmlDeviceGetTemperatureV", "nvmlDeviceGetClockInfo:sm", "nvmlDeviceGetFanSpeed"} <= queries
+    assert "nvmlDeviceGetFieldValues" in queries  # the batch call (one entry's failure: the test above)
+    for query in queries:
+        function, _, what = query.partition(":")
+        assert library.calls_by_symbol[function] > 0, query
+        if function == "nvmlDeviceGetFieldValues" and what:
+            assert what in {f.key for f in FIELDS}, query

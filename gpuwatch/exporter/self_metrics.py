@@ -30,11 +30,15 @@ def collect(snapshot: Snapshot) -> Families:
     )
     f.gauge("gpuwatch_poll_duration_seconds", "Wall time the last poll took.", snapshot.poll_duration_seconds)
     f.counter("gpuwatch_polls", "Polls since gpuwatch started.", snapshot.polls_total)
-    for query, count in sorted(snapshot.nvml_errors_total.items()):
+    for (gpu, query), count in sorted(snapshot.nvml_errors_total.items()):
         f.counter(
             "gpuwatch_nvml_errors",
-            "NVML queries that failed with an error other than NotSupported.",
+            "NVML queries that failed with an error other than NotSupported (or with NotSupported after "
+            "answering before), by GPU index and query: the NVML function, then after ':' what it was asked "
+            "for where one function answers several (nvmlDeviceGetClockInfo:sm; "
+            "nvmlDeviceGetFieldValues:power_watts is one value of the field batch).",
             count,
+            gpu=str(gpu),
             query=query,
         )
     return f

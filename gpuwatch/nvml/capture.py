@@ -23,18 +23,11 @@ import pynvml
 
 from gpuwatch import __version__
 from gpuwatch.nvml import fields
+from gpuwatch.nvml.reader import FIELDS
 
 FORMAT = "gpuwatch-capture/1"
 NvmlError = pynvml.NVMLError
 MASKED = "masked"
-
-# The T.Limit field ids (R545+): offsets from the T.Limit point, not absolute temperatures.
-TLIMIT_FIELDS: dict[str, int] = {
-    "shutdown": 193,  # NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT
-    "slowdown": 194,  # NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT
-    "memory_max": 195,  # NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT
-    "max_operating": 196,  # NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT
-}
 
 
 def _field_ids() -> dict[int, str]:
@@ -43,24 +36,7 @@ def _field_ids() -> dict[int, str]:
     for name, value in vars(pynvml).items():  # the first of aliases (later ones renamed the field)
         if name.startswith("NVML_FI_DEV_") and isinstance(value, int):
             by_value.setdefault(value, name)
-    ids = {
-        pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
-        pynvml.NVML_FI_DEV_POWER_AVERAGE,
-        pynvml.NVML_FI_DEV_POWER_INSTANT,
-        pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,
-        pynvml.NVML_FI_DEV_MEMORY_TEMP,
-        pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
-        pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
-        pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES,
-        pynvml.NVML_FI_DEV_RETIRED_PENDING,
-        pynvml.NVML_FI_DEV_REMAPPED_PENDING,
-        pynvml.NVML_FI_DEV_REMAPPED_FAILURE,
-        *fields.VIOLATION_FIELDS.values(),
-        *fields.ECC_FIELDS.values(),
-        *fields.RETIRED_PAGE_FIELDS.values(),
-        *fields.REMAPPED_ROW_FIELDS.values(),
-        *TLIMIT_FIELDS.values(),
-    }
+    ids = {f.field_id for f in FIELDS} | set(fields.TEMPERATURE_TLIMIT_FIELDS.values())
     return {fid: by_value.get(fid, f"field {fid}") for fid in sorted(ids)}
 
 

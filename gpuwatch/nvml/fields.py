@@ -34,49 +34,6 @@ def decode_reasons(mask: int) -> frozenset[str]:
     return frozenset(names)
 
 
-# Violation (time below target clocks) counters, ns since driver load. Ids 74-79 are stable across
-# driver branches; the newer clock-event counters (251-253 or 269-271) were renumbered, so they are
-# not used (shared/research/nvml.md §3.5).
-VIOLATION_FIELDS: dict[str, int] = {
-    "power": pynvml.NVML_FI_DEV_PERF_POLICY_POWER,
-    "thermal": pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL,
-    "sync_boost": pynvml.NVML_FI_DEV_PERF_POLICY_SYNC_BOOST,
-    "board_limit": pynvml.NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT,
-    "low_utilization": pynvml.NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION,
-    "reliability": pynvml.NVML_FI_DEV_PERF_POLICY_RELIABILITY,
-}
-VIOLATION_POLICIES: dict[str, int] = {
-    "power": pynvml.NVML_PERF_POLICY_POWER,
-    "thermal": pynvml.NVML_PERF_POLICY_THERMAL,
-    "sync_boost": pynvml.NVML_PERF_POLICY_SYNC_BOOST,
-    "board_limit": pynvml.NVML_PERF_POLICY_BOARD_LIMIT,
-    "low_utilization": pynvml.NVML_PERF_POLICY_LOW_UTILIZATION,
-    "reliability": pynvml.NVML_PERF_POLICY_RELIABILITY,
-}
-
-# (type, scope) -> field id, and the matching nvmlDeviceGetTotalEccErrors arguments.
-ECC_FIELDS: dict[tuple[str, str], int] = {
-    ("corrected", "volatile"): pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
-    ("uncorrected", "volatile"): pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
-    ("corrected", "aggregate"): pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
-    ("uncorrected", "aggregate"): pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
-}
-ECC_ARGUMENTS: dict[tuple[str, str], tuple[int, int]] = {
-    ("corrected", "volatile"): (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC),
-    ("uncorrected", "volatile"): (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC),
-    ("corrected", "aggregate"): (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC),
-    ("uncorrected", "aggregate"): (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC),
-}
-
-RETIRED_PAGE_FIELDS: dict[str, int] = {
-    "multiple_single_bit": pynvml.NVML_FI_DEV_RETIRED_SBE,
-    "double_bit": pynvml.NVML_FI_DEV_RETIRED_DBE,
-}
-REMAPPED_ROW_FIELDS: dict[str, int] = {
-    "correctable": pynvml.NVML_FI_DEV_REMAPPED_COR,
-    "uncorrectable": pynvml.NVML_FI_DEV_REMAPPED_UNC,
-}
-
 # nvmlTemperatureThresholds_t -> label (absolute °C; NotSupported on Ada and later).
 TEMPERATURE_THRESHOLDS: dict[str, int] = {
     "shutdown": pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN,
@@ -84,6 +41,14 @@ TEMPERATURE_THRESHOLDS: dict[str, int] = {
     "max_operating": pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX,
     "memory_max": pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX,
     "target": pynvml.NVML_TEMPERATURE_THRESHOLD_ACOUSTIC_CURR,
+}
+
+# Thresholds relative to the T.Limit point (R535+; Ada and Hopper answer, Ampere does not): read once.
+TEMPERATURE_TLIMIT_FIELDS: dict[str, int] = {
+    "shutdown": pynvml.NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT,
+    "slowdown": pynvml.NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT,
+    "memory_max": pynvml.NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT,
+    "max_operating": pynvml.NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT,
 }
 
 CLOCKS: dict[str, int] = {

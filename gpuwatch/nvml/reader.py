@@ -9,16 +9,17 @@ Policy, per shared/research/nvml.md §4.4:
 * Versioned symbols are tried newest first and the working one is kept
   (``nvmlDeviceGetTemperatureV`` → ``nvmlDeviceGetTemperature``, ``…ClocksEventReasons`` →
   ``…ClocksThrottleReasons``, memory info v2 → v1, processes ``_v3`` → ``_v2``).
-* Every value with a field id is read in one ``nvmlDeviceGetFieldValues`` call per GPU and loop;
-  the ids are probed once and each element's own return code is checked.
+* Every value with a field id is declared once in :data:`FIELDS`, named by the
+  :class:`GpuReading` attribute it fills, and read in one ``nvmlDeviceGetFieldValues`` call per
+  GPU and loop; the ids are probed once and each element's own return code is checked.
 * A fast poll makes seven NVML calls per GPU: the field batch, temperature, temperature margin,
   SM clock, utilization, clock event reasons and memory info (plus a direct call for each field an
   old driver lacks). Values that change slowly or cost more (fan, P-state, the graphics, video and
   memory clocks, encoder and decoder utilisation, BAR1 use, PCIe link generation and width; in the
   second field batch the power cap, the violation, PCIe traffic and replay counters, remapped rows,
   aggregate ECC counts and retired pages) are read only when the caller asks for a slow read (the
-  sampler's process loop) and carried between reads (research/nvml.md §7; see ``_data`` for why
-  each field is where it is).
+  sampler's process loop) and carried between reads (research/nvml.md §7; see :data:`FIELDS` for
+  why each field is where it is).
 * A query that has answered once and later answers NotSupported (a driver in trouble) is not
   written off: that poll's value is ``None`` and the error is counted, like any other error.
 * ``GpuIsLost``, ``ResetRequired`` and ``IrqIssue`` raise :class:`GpuLost` for that GPU only; a
@@ -28,18 +29,22 @@ Policy, per shared/research/nvml.md §4.4:
 * ``Uninitialized``, ``DriverNotLoaded`` and ``LibRmVersionMismatch`` from any call mean the
   session is gone (the driver was unloaded or reloaded) and raise :class:`NvmlSessionLost`: the
   caller closes this reader and opens a new one.
+* A query is named by its NVML function, with what it asks for after ``:`` where one function
+  answers several (``nvmlDeviceGetClockInfo:sm``, ``nvmlDeviceGetFieldValues:power_watts``): in
+  the log, in the set of queries a GPU does not answer, and in :meth:`NvmlReader.error_counts`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from types import MappingProxyType
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import psutil
@@ -97,99 +102,180 @@ class NvmlSessionLost(Exception):
     """NVML stopped answering for every GPU (the driver was unloaded or reloaded): open it again."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Datum:
-    """A value with a field id, and optionally a direct call for drivers without the field."""
+# -- values read by field id ----------------------------------------------------------------------
+#
+# Each value NVML reports by field id is one declaration in FIELDS below, named by the GpuReading
+# attribute it fills. The reader asks every declared field once per GPU when it opens it, reads
+# those that answered in one nvmlDeviceGetFieldValues batch per loop (fast or slow), reads the rest
+# through their direct call where they have one, converts each to SI units and hands the lot to
+# GpuReading by name. Adding a value: one declaration here, its GpuReading attribute, and one
+# collector line in gpuwatch/exporter/.
 
-    key: str
+
+def from_milli(value: float) -> float:
+    """mW → W, mJ → J."""
+    return value / 1e3
+
+
+def from_nano(value: float) -> float:
+    """ns → s."""
+    return value / 1e9
+
+
+Label = str | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """The direct NVML call for a driver without a field: ``function(handle, *args)``, and of the
+    struct it returns, ``member`` where one is named. ``function`` is pynvml's wrapper, which bears
+    the NVML function's name."""
+
+    function: Callable[..., Any]
+    args: tuple[int, ...] = ()
+    member: str | None = None
+
+    def bind(self, handle: Any) -> Callable[[], Any]:
+        """The call for one GPU, with no arguments left."""
+        call = partial(self.function, handle, *self.args)
+        if self.member is None:
+            return call
+        member = attrgetter(self.member)
+        return lambda: member(call())
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One value NVML reports by field id (``nvmlDeviceGetFieldValues``).
+
+    ``name`` is the :class:`GpuReading` attribute it fills; ``unit`` turns NVML's number into that
+    attribute's (mW → W, ns → s, a count, a flag); for an attribute that maps labels to values,
+    ``label`` is this value's key in it. ``direct`` is the call for drivers that lack the field;
+    ``slow`` reads it on the slow loop (see the module doc).
+    """
+
+    name: str
     field_id: int
-    fallback: Callable[[Any], int] | None = None
-    slow: bool = False  # read on the slow loop (counts that move rarely and matter over hours)
+    unit: Callable[[float], Any]
+    direct: Direct | None = None
+    label: Label | None = None
+    slow: bool = False
 
     @property
-    def grouping(self) -> tuple[str, Any]:
-        """``("ecc", ("corrected", "volatile"))`` for ``ecc:corrected:volatile``; ``("", key)`` for a scalar."""
-        group, sep, label = self.key.partition(":")
-        if not sep:
-            return "", self.key
-        return group, tuple(label.split(":")) if group == "ecc" else label
+    def key(self) -> str:
+        """``power_watts``; for a labelled value ``ecc_errors:corrected:volatile`` (logs, error queries)."""
+        if self.label is None:
+            return self.name
+        return ":".join((self.name, *((self.label,) if isinstance(self.label, str) else self.label)))
+
+    @property
+    def direct_query(self) -> str:
+        """The direct call's query name: the NVML function, and for a labelled value its label."""
+        assert self.direct is not None
+        function = self.direct.function.__name__
+        return function + self.key.removeprefix(self.name)
+
+    def put(self, values: dict[str, Any], raw: float) -> None:
+        """Convert ``raw`` and file it under this value's attribute (and label) in ``values``."""
+        label = self.label
+        if label is None:
+            values[self.name] = self.unit(raw)
+        elif (mapping := values.get(self.name)) is not None:
+            mapping[label] = self.unit(raw)
+        else:
+            values[self.name] = {label: self.unit(raw)}
 
 
-def _violation_getter(policy: int) -> Callable[[Any], int]:
-    def get(handle: Any) -> int:
-        return int(pynvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime)
-
-    return get
+_ECC = pynvml.nvmlDeviceGetTotalEccErrors
+_CORRECTED, _UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+_VOLATILE, _AGGREGATE = pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC
 
 
-def _ecc_getter(error_type: int, counter_type: int) -> Callable[[Any], int]:
-    def get(handle: Any) -> int:
-        return int(pynvml.nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type))
-
-    return get
+def _violation(policy: int) -> Direct:
+    return Direct(pynvml.nvmlDeviceGetViolationStatus, (policy,), "violationTime")
 
 
-def _data() -> list[_Datum]:
-    # Every poll: what the poll's own judgements and rates need now (energy and power for tokens
-    # per joule, volatile ECC and remap flags for the verdict). The slow loop: counters that are
-    # only ever read as rates over minutes (violations, PCIe traffic and replays), counts that move
-    # a few times in a GPU's life (remapped rows, aggregate ECC, retired pages) and the power cap,
-    # which moves when someone sets it. Each is still in every reading, as of the last slow read.
-    data = [
-        _Datum(
-            "energy_mj",
-            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
-            pynvml.nvmlDeviceGetTotalEnergyConsumption,
-        ),
-        # The 1 s average nvmlDeviceGetPowerUsage returns on Ampere and later (not GA100); older
-        # parts lack the field and keep the direct call, which reports their instant reading.
-        _Datum("power_mw", pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.nvmlDeviceGetPowerUsage),
-        _Datum("power_instant_mw", pynvml.NVML_FI_DEV_POWER_INSTANT),
-        _Datum(
-            "power_limit_mw",
-            pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,
-            pynvml.nvmlDeviceGetEnforcedPowerLimit,
-            slow=True,
-        ),
-        _Datum("memory_temperature", pynvml.NVML_FI_DEV_MEMORY_TEMP),
-        _Datum(
-            "pcie_replay",
-            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
-            pynvml.nvmlDeviceGetPcieReplayCounter,
-            slow=True,
-        ),
-        _Datum("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, slow=True),
-        _Datum("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, slow=True),
-        _Datum("retired_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING, slow=True),
-        _Datum("remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING),
-        _Datum("remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE),
-    ]
-    for policy, fid in fields.VIOLATION_FIELDS.items():
-        getter = _violation_getter(fields.VIOLATION_POLICIES[policy])
-        data.append(_Datum(f"violation:{policy}", fid, getter, slow=True))
-    for key, fid in fields.ECC_FIELDS.items():
-        # Volatile counts every poll (an uncorrectable error is critical now); aggregates, which
-        # only restate them across driver loads, on the slow loop (research/nvml.md §7).
-        getter = _ecc_getter(*fields.ECC_ARGUMENTS[key])
-        data.append(_Datum(f"ecc:{key[0]}:{key[1]}", fid, getter, slow=key[1] == "aggregate"))
-    for cause, fid in fields.RETIRED_PAGE_FIELDS.items():
-        data.append(_Datum(f"retired:{cause}", fid, slow=True))
-    for kind, fid in fields.REMAPPED_ROW_FIELDS.items():
-        data.append(_Datum(f"remapped:{kind}", fid, slow=True))
-    return data
+# Every poll: what the poll's own judgements and rates need now (energy and power for tokens per
+# joule, volatile ECC and the remap flags for the verdict). The slow loop: counters only ever read
+# as rates over minutes (violations, PCIe traffic and replays), counts that move a few times in a
+# GPU's life (remapped rows, aggregate ECC, retired pages) and the power cap, which moves when
+# someone sets it. Each is still in every reading, as of the last slow read (research/nvml.md §7).
+# The nvidia-smi equivalent follows each where it has one (`--query-gpu=` name or `-q` line).
+# fmt: off
+FIELDS: tuple[Field, ...] = (
+    # mJ since the driver loaded
+    Field("energy_joules", pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, from_milli,
+          Direct(pynvml.nvmlDeviceGetTotalEnergyConsumption)),
+    # power.draw.average: the 1 s average nvmlDeviceGetPowerUsage returns on Ampere and later (not
+    # GA100); older parts lack the field and keep the direct call, which reports their instant reading.
+    Field("power_watts", pynvml.NVML_FI_DEV_POWER_AVERAGE, from_milli, Direct(pynvml.nvmlDeviceGetPowerUsage)),
+    Field("power_instant_watts", pynvml.NVML_FI_DEV_POWER_INSTANT, from_milli),  # power.draw.instant
+    Field("power_limit_watts", pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, from_milli,  # enforced.power.limit
+          Direct(pynvml.nvmlDeviceGetEnforcedPowerLimit), slow=True),
+    Field("memory_temperature_celsius", pynvml.NVML_FI_DEV_MEMORY_TEMP, float),  # temperature.memory (HBM)
+    Field("pcie_replay_errors", pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, int,  # `-q` "Replays Since Reset"
+          Direct(pynvml.nvmlDeviceGetPcieReplayCounter), slow=True),
+    Field("pcie_transmit_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, int, slow=True),
+    Field("pcie_receive_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, int, slow=True),
+    Field("retired_pages_pending", pynvml.NVML_FI_DEV_RETIRED_PENDING, bool, slow=True),  # retired_pages.pending
+    Field("row_remap_pending", pynvml.NVML_FI_DEV_REMAPPED_PENDING, bool),  # `-q -d ROW_REMAPPER` "Pending"
+    Field("row_remap_failure", pynvml.NVML_FI_DEV_REMAPPED_FAILURE, bool),  # … "Remapping Failure Occurred"
+    # Time below target clocks per policy, ns since driver load. Ids 74-79 are stable across driver
+    # branches; the newer clock-event counters (251-253 or 269-271) were renumbered, so they are not
+    # used (shared/research/nvml.md §3.5). nvidia-smi `-q -d PERFORMANCE` shows the reasons, not these.
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_POWER, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_POWER), label="power", slow=True),
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_THERMAL), label="thermal", slow=True),
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_SYNC_BOOST, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_SYNC_BOOST), label="sync_boost", slow=True),
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_BOARD_LIMIT), label="board_limit", slow=True),
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_LOW_UTILIZATION), label="low_utilization", slow=True),
+    Field("violation_seconds", pynvml.NVML_FI_DEV_PERF_POLICY_RELIABILITY, from_nano,
+          _violation(pynvml.NVML_PERF_POLICY_RELIABILITY), label="reliability", slow=True),
+    # ecc.errors.{corrected,uncorrected}.{volatile,aggregate}.total. Volatile counts every poll (an
+    # uncorrectable error is critical now); aggregates, which only restate them across driver loads,
+    # on the slow loop (research/nvml.md §7).
+    Field("ecc_errors", pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, int,
+          Direct(_ECC, (_CORRECTED, _VOLATILE)), label=("corrected", "volatile")),
+    Field("ecc_errors", pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, int,
+          Direct(_ECC, (_UNCORRECTED, _VOLATILE)), label=("uncorrected", "volatile")),
+    Field("ecc_errors", pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL, int,
+          Direct(_ECC, (_CORRECTED, _AGGREGATE)), label=("corrected", "aggregate"), slow=True),
+    Field("ecc_errors", pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, int,
+          Direct(_ECC, (_UNCORRECTED, _AGGREGATE)), label=("uncorrected", "aggregate"), slow=True),
+    # retired_pages.single_bit_ecc.count, retired_pages.double_bit.count (pre-Ampere)
+    Field("retired_pages", pynvml.NVML_FI_DEV_RETIRED_SBE, int, label="multiple_single_bit", slow=True),
+    Field("retired_pages", pynvml.NVML_FI_DEV_RETIRED_DBE, int, label="double_bit", slow=True),
+    # `-q -d ROW_REMAPPER` "Correctable Error", "Uncorrectable Error" (Ampere and later)
+    Field("remapped_rows", pynvml.NVML_FI_DEV_REMAPPED_COR, int, label="correctable", slow=True),
+    Field("remapped_rows", pynvml.NVML_FI_DEV_REMAPPED_UNC, int, label="uncorrectable", slow=True),
+)
+# fmt: on
 
 
-_DATA = _data()
-# group -> how a raw value becomes the exported one (violation counters are in ns).
-_GROUP_SCALE: dict[str, Callable[[float], float | int]] = {
-    "violation": lambda ns: ns / 1e9,
-    "ecc": int,
-    "retired": int,
-    "remapped": int,
-}
-# key -> (group, label, scale): how a poll sorts a field value, without parsing its key.
-_SORTING = {datum.key: (group, label, _GROUP_SCALE.get(group)) for datum in _DATA for group, label in [datum.grouping]}
-_EMPTY: Mapping[Any, Any] = MappingProxyType({})  # a group no field of this GPU reports
+def check_fields(declared: tuple[Field, ...]) -> None:
+    """Raise TypeError unless ``declared`` fits :class:`GpuReading`: each names one of its attributes,
+    labelled exactly when that attribute maps labels to values; no field id or key twice."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(GpuReading)}
+    for f in declared:
+        kind = kinds.get(f.name)
+        if kind is None:
+            raise TypeError(f"field {f.key}: GpuReading has no attribute {f.name!r}")
+        if (f.label is not None) != kind.startswith("Mapping["):
+            raise TypeError(f"field {f.key}: a label goes with a mapping attribute and only there ({kind})")
+    for what, seen in (("field id", [f.field_id for f in declared]), ("key", [f.key for f in declared])):
+        if len(set(seen)) != len(seen):
+            raise TypeError(f"a {what} is declared twice: {[k for k, n in Counter[object](seen).items() if n > 1]}")
+
+
+check_fields(FIELDS)  # at import: a declaration that does not fit fails here, not in a poll
+# Labelled attributes with values on both loops (ECC): a fast read and the slow values it carries
+# each have a mapping for these, joined into one.
+_BOTH_LOOPS = tuple({f.name for f in FIELDS if f.label is not None and not f.slow} & {f.name for f in FIELDS if f.slow})
+_FIELD_VALUES = "nvmlDeviceGetFieldValues"
 
 
 def _no_handle() -> Any:
@@ -204,85 +290,74 @@ def _memory_v1(memory: Any) -> tuple[int, int, int, None]:
 _NO_MEMORY = (None, None, None, None)
 
 
-# Versioned queries, newest first (module doc): name -> one builder per variant, each turning a
-# handle into a call with no arguments. A device builds its calls once, when it is opened.
-_VARIANTS: dict[str, tuple[Callable[[Any], Callable[[], Any]], ...]] = {
+# Versioned queries, newest first (module doc): name -> (NVML function, builder) per variant, each
+# builder turning a handle into a call with no arguments. A device builds its calls once, when it
+# is opened. The function's name is the variant's query name (errors, written-off queries).
+_VARIANTS: dict[str, tuple[tuple[str, Callable[[Any], Callable[[], Any]]], ...]] = {
     "temperature": (
-        prepared.temperature,
-        lambda h: partial(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+        ("nvmlDeviceGetTemperatureV", prepared.temperature),
+        (
+            "nvmlDeviceGetTemperature",
+            lambda h: partial(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+        ),
     ),
     "clock_event_reasons": (
-        lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h),
-        lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h),
+        ("nvmlDeviceGetCurrentClocksEventReasons", lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)),
+        (
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+            lambda h: partial(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h),
+        ),
     ),
     # (total, used, free, reserved) in bytes; v1 has no reserved
     "memory_info": (
-        prepared.memory_info,
-        lambda h: lambda: _memory_v1(pynvml.nvmlDeviceGetMemoryInfo(h)),
+        ("nvmlDeviceGetMemoryInfo_v2", prepared.memory_info),
+        ("nvmlDeviceGetMemoryInfo", lambda h: lambda: _memory_v1(pynvml.nvmlDeviceGetMemoryInfo(h))),
     ),
     "processes:compute": (
-        lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v3, h),
-        lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v2, h),
+        (
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v3, h),
+        ),
+        (
+            "nvmlDeviceGetComputeRunningProcesses_v2",
+            lambda h: partial(pynvml.nvmlDeviceGetComputeRunningProcesses_v2, h),
+        ),
     ),
     "processes:graphics": (
-        lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3, h),
-        lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2, h),
+        (
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3, h),
+        ),
+        (
+            "nvmlDeviceGetGraphicsRunningProcesses_v2",
+            lambda h: partial(pynvml.nvmlDeviceGetGraphicsRunningProcesses_v2, h),
+        ),
     ),
 }
 
 
 # The SM clock is read every poll (throttling shows there first; a reading lists it first). The
 # graphics and video clocks follow it, and the memory clock moves only with the P-state, so those
-# three are read on the slow loop: (label, query key, NVML clock type).
-_SLOW_CLOCKS = tuple((label, f"clock:{label}", code) for label, code in fields.CLOCKS.items() if label != "sm")
+# three are read on the slow loop: (label, query name, NVML clock type).
+_SLOW_CLOCKS = tuple(
+    (label, f"nvmlDeviceGetClockInfo:{label}", code) for label, code in fields.CLOCKS.items() if label != "sm"
+)
 
 
 @dataclass(slots=True)
 class _FieldSet:
     """The field values read together: one batch, plus direct calls where the driver lacks a field."""
 
-    data: list[_Datum] = field(default_factory=list)
-    fallbacks: list[_Datum] = field(default_factory=list)
+    batched: list[Field] = field(default_factory=list)  # in the batch's order
+    direct: list[tuple[Field, str, Callable[[], Any]]] = field(default_factory=list)  # (field, query, call)
     request: FieldRequest | None = None
-    keys: tuple[str, ...] = ()  # of data, in the batch's order
-
-
-@dataclass(slots=True)
-class _Values:
-    """Field values sorted for a reading: scalars by key, grouped ones by group and label, scaled.
-    Only groups with a value have a dict. Neither dict changes once read."""
-
-    scalars: dict[str, float] = field(default_factory=dict)
-    groups: dict[str, dict[Any, Any]] = field(default_factory=dict)
-
-    def put(self, key: str, value: float) -> None:
-        group, label, scale = _SORTING[key]
-        if scale is None:
-            self.scalars[label] = value
-        elif (of := self.groups.get(group)) is not None:
-            of[label] = scale(value)
-        else:
-            self.groups[group] = {label: scale(value)}
-
-    def merged(self, carried: _Values) -> _Values:
-        """These values with those carried from the last slow read. Where one side has none of a
-        kind, the other's dict is shared rather than copied."""
-        mine, theirs = self.scalars, carried.scalars
-        scalars = mine | theirs if mine and theirs else mine or theirs
-        groups = carried.groups
-        if self.groups:
-            groups = dict(groups)
-            for group, mine_of in self.groups.items():
-                theirs_of = groups.get(group)
-                groups[group] = mine_of | theirs_of if theirs_of else mine_of
-        return _Values(scalars, groups)
 
 
 @dataclass(frozen=True, slots=True)
 class _SlowValues:
     """Values read on the slow loop and carried into every reading until the next slow read."""
 
-    values: _Values = field(default_factory=_Values)  # from the slow field set
+    field_values: dict[str, Any] = field(default_factory=dict)  # attribute -> value, from the slow field set
     fan: int | None = None
     clocks_hertz: dict[str, float] = field(default_factory=dict)
     utilization_ratio: dict[str, float] = field(default_factory=dict)
@@ -308,15 +383,15 @@ class _Device:
     # pid -> (name, user) of the processes in the last listing: a process keeps its name and user
     # while it holds memory, so each is looked up once, not on every slow read
     described: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
-    # name -> (variant key, call) newest first, see _VARIANTS; built once the handle is known
+    # name -> (query name, call) newest first, see _VARIANTS; built once the handle is known
     variants: dict[str, tuple[tuple[str, Callable[[], Any]], ...]] = field(default_factory=dict)
     utilization: Callable[[], tuple[int, int]] = _no_handle  # (gpu, memory) in %, prepared with the handle
 
     def __post_init__(self) -> None:
         if self.handle is not None:
             self.variants = {
-                name: tuple((f"{name}#{i}", build(self.handle)) for i, build in enumerate(builders))
-                for name, builders in _VARIANTS.items()
+                name: tuple((query, build(self.handle)) for query, build in variants)
+                for name, variants in _VARIANTS.items()
             }
             self.utilization = prepared.utilization(self.handle)
 
@@ -332,8 +407,8 @@ class NvmlReader:
         self._clock = clock
         self._devices: list[_Device] = []
         self._open = False
-        self._lock = threading.Lock()  # guards errors, counted from any reading thread
-        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()  # guards _errors, counted from any reading thread
+        self._errors: Counter[tuple[int, str]] = Counter()  # (GPU index, query name) -> errors
         self.driver_version: str | None = None
         self.cuda_driver_version: str | None = None
 
@@ -403,9 +478,6 @@ class NvmlReader:
         """One GPU's identity; read anew when a lost GPU comes back."""
         return self._devices[index].identity
 
-    def lost_reason(self, index: int) -> str | None:
-        return self._devices[index].lost
-
     def _system(self, fn: Callable[[], T]) -> T | None:
         try:
             return fn()
@@ -458,116 +530,147 @@ class NvmlReader:
 
     def _identity(self, d: _Device, uuid: str, name: str, pci_bus_id: str) -> GpuIdentity:
         h = d.handle
-        constraints = self._q(d, "power_constraints", pynvml.nvmlDeviceGetPowerManagementLimitConstraints, h)
-        default_limit = self._q(d, "power_default_limit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h)
+        constraints = self._call(d, pynvml.nvmlDeviceGetPowerManagementLimitConstraints, h)
+        default_limit = self._q(
+            d, "nvmlDeviceGetPowerManagementDefaultLimit", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h
+        )
         thresholds = {}
         for label, code in fields.TEMPERATURE_THRESHOLDS.items():
-            value = self._q(d, f"threshold:{label}", pynvml.nvmlDeviceGetTemperatureThreshold, h, code)
+            value = self._q(
+                d, f"nvmlDeviceGetTemperatureThreshold:{label}", pynvml.nvmlDeviceGetTemperatureThreshold, h, code
+            )
             if value is not None:
                 thresholds[label] = float(value)
+        tlimit = {}
+        request = FieldRequest(list(fields.TEMPERATURE_TLIMIT_FIELDS.values()))
+        answers = self._q(d, "nvmlDeviceGetFieldValues:temperature_tlimit_celsius", request.fetch, h)
+        for label, value in zip(fields.TEMPERATURE_TLIMIT_FIELDS, answers or (), strict=False):
+            if value is not None:  # each entry answers for itself: NotSupported on Ampere, memory_max on GDDR
+                tlimit[label] = value
         max_clocks = {}
         for label, code in fields.CLOCKS.items():
-            value = self._q(d, f"max_clock:{label}", pynvml.nvmlDeviceGetMaxClockInfo, h, code)
+            value = self._q(d, f"nvmlDeviceGetMaxClockInfo:{label}", pynvml.nvmlDeviceGetMaxClockInfo, h, code)
             if value:
                 max_clocks[label] = value * MHZ
         total, _, _, _ = self._first(d, "memory_info") or _NO_MEMORY
-        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
-        ecc = self._q(d, "ecc_mode", pynvml.nvmlDeviceGetEccMode, h)
+        bar1 = self._call(d, pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        ecc = self._call(d, pynvml.nvmlDeviceGetEccMode, h)
         return GpuIdentity(
             index=d.index,
             uuid=uuid,
             name=name,
             pci_bus_id=pci_bus_id,
-            serial=self._q(d, "serial", pynvml.nvmlDeviceGetSerial, h),
-            vbios_version=self._q(d, "vbios", pynvml.nvmlDeviceGetVbiosVersion, h),
+            serial=self._call(d, pynvml.nvmlDeviceGetSerial, h),
+            vbios_version=self._call(d, pynvml.nvmlDeviceGetVbiosVersion, h),
             power_limit_default_watts=None if default_limit is None else default_limit / 1000.0,
             power_limit_min_watts=None if constraints is None else constraints[0] / 1000.0,
             power_limit_max_watts=None if constraints is None else constraints[1] / 1000.0,
             temperature_thresholds_celsius=thresholds,
+            temperature_tlimit_celsius=tlimit,
             max_clocks_hertz=max_clocks,
             memory_size_bytes=total,
             bar1_size_bytes=None if bar1 is None else int(bar1.bar1Total),
             ecc_enabled=None if ecc is None else bool(ecc[0]),
-            pcie_max_generation=self._q(d, "pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
-            pcie_max_width=self._q(d, "pcie_max_width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, h),
+            pcie_max_generation=self._call(d, pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
+            pcie_max_width=self._call(d, pynvml.nvmlDeviceGetMaxPcieLinkWidth, h),
         )
 
     def _probe_fields(self, d: _Device) -> None:
-        """Ask every field once; keep those that answered, and a working fallback for the rest."""
+        """Ask every declared field once; keep those that answered, and a working direct call for the rest."""
         try:
-            values = pynvml.nvmlDeviceGetFieldValues(d.handle, [datum.field_id for datum in _DATA])
+            values = pynvml.nvmlDeviceGetFieldValues(d.handle, [f.field_id for f in FIELDS])
             answered = {v.fieldId for v in values if v.nvmlReturn == pynvml.NVML_SUCCESS}
         except _UNSUPPORTED:
-            answered = set()  # a driver without nvmlDeviceGetFieldValues: fallbacks only
+            answered = set()  # a driver without nvmlDeviceGetFieldValues: direct calls only
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except _SESSION_FATAL as exc:
             raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError as exc:
-            raise PollFailed(f"field values: {_describe(exc)}") from exc
-        for datum in _DATA:
-            fs = d.slow_fields if datum.slow else d.fast_fields
-            if datum.field_id in answered:
-                fs.data.append(datum)
-            elif datum.fallback is not None and self._q(d, datum.key, datum.fallback, d.handle) is not None:
-                fs.fallbacks.append(datum)
-            else:
-                d.unsupported.add(datum.key)
+            raise PollFailed(f"{_FIELD_VALUES}: {_describe(exc)}") from exc
+        missing = []
+        for f in FIELDS:
+            fs = d.slow_fields if f.slow else d.fast_fields
+            if f.field_id in answered:
+                fs.batched.append(f)
+                continue
+            if f.direct is not None:
+                query, call = f.direct_query, f.direct.bind(d.handle)
+                if self._q(d, query, call) is not None:
+                    fs.direct.append((f, query, call))
+                    continue
+            missing.append(f.key)
         for fs in (d.fast_fields, d.slow_fields):
-            fs.request = FieldRequest([datum.field_id for datum in fs.data]) if fs.data else None
-            fs.keys = tuple(datum.key for datum in fs.data)
-        missing = sorted(datum.key for datum in _DATA if datum.key in d.unsupported)
+            fs.request = FieldRequest([f.field_id for f in fs.batched]) if fs.batched else None
         if missing:
-            log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(missing))
+            log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(sorted(missing)))
 
     # -- one query --------------------------------------------------------------------------------
 
-    def _q(self, d: _Device, key: str, fn: Callable[..., T], *args: Any) -> T | None:
-        """Call one NVML getter for one GPU, translating errors by the policy in the module doc."""
-        if key in d.unsupported:
+    def _q(self, d: _Device, query: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """Call one NVML getter for one GPU, translating errors by the policy in the module doc.
+
+        ``query`` names the call in logs, in :meth:`error_counts` and in the set of calls this GPU
+        does not answer: the NVML function, then ``:`` and what it is asked for where one function
+        answers several (``nvmlDeviceGetClockInfo:sm``, ``nvmlDeviceGetTotalEccErrors:corrected:volatile``).
+        """
+        if query in d.unsupported:
             return None
         try:
             value = fn(*args)
         except _UNSUPPORTED as exc:
-            if key in d.answered:  # it worked before: a passing fault, not a missing feature
-                self._count_error(d, key, exc)
+            if query in d.answered:  # it worked before: a passing fault, not a missing feature
+                self._count_error(d, query, exc)
                 return None
-            d.unsupported.add(key)
-            log.info("GPU %d: %s not available (%s); not asking again", d.index, key, _describe(exc))
+            d.unsupported.add(query)
+            log.info("GPU %d: %s not available (%s); not asking again", d.index, query, _describe(exc))
             return None
         except _DEVICE_FATAL as exc:
             raise GpuLost(_describe(exc)) from exc
         except _SESSION_FATAL as exc:
             raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
-            self._count(key)
-            raise PollFailed(f"{key}: {_describe(exc)}") from exc
+            self._count(d.index, query)
+            raise PollFailed(f"{query}: {_describe(exc)}") from exc
         except pynvml.NVMLError as exc:
-            self._count_error(d, key, exc)
+            self._count_error(d, query, exc)
             return None
-        d.answered.add(key)
+        d.answered.add(query)
         return value
 
-    def error_counts(self) -> dict[str, int]:
-        """A copy of :attr:`errors`, safe while other threads read GPUs."""
+    def _call(self, d: _Device, fn: Callable[..., T], *args: Any) -> T | None:
+        """:meth:`_q` for a pynvml wrapper, named by its NVML function (pynvml's wrappers bear their
+        function's name)."""
+        return self._q(d, fn.__name__, fn, *args)
+
+    def error_counts(self) -> dict[tuple[int, str], int]:
+        """NVML errors other than NotSupported since this reader opened, by (GPU index, query name).
+
+        A query name is the NVML function (``nvmlDeviceGetMarginTemperature``), then ``:`` and what
+        it was asked for where one function answers several: a clock, threshold, policy or ECC
+        counter by gpuwatch's label (``nvmlDeviceGetClockInfo:sm``), or, for one entry of a field
+        batch, the reading attribute it fills (``nvmlDeviceGetFieldValues:power_watts``,
+        ``nvmlDeviceGetFieldValues:ecc_errors:corrected:volatile``). ``nvmlDeviceGetFieldValues``
+        alone is the batch call itself. A copy, safe while other threads read GPUs.
+        """
         with self._lock:
-            return dict(self.errors)
+            return dict(self._errors)
 
-    def _count(self, key: str) -> None:
+    def _count(self, index: int, query: str) -> None:
         with self._lock:
-            self.errors[key] += 1
+            self._errors[index, query] += 1
 
-    def _count_error(self, d: _Device, key: str, exc: pynvml.NVMLError) -> None:
-        self._count(key)
-        log.warning("GPU %d: %s failed: %s", d.index, key, _describe(exc))
+    def _count_error(self, d: _Device, query: str, exc: pynvml.NVMLError) -> None:
+        self._count(d.index, query)
+        log.warning("GPU %d: %s failed: %s", d.index, query, _describe(exc))
 
-    def _first(self, d: _Device, key: str) -> Any:
-        """Try the versioned variants of ``key`` newest first; the first the driver has is kept."""
-        for variant, call in d.variants[key]:
-            if variant in d.unsupported:
+    def _first(self, d: _Device, name: str) -> Any:
+        """Try the versioned variants of ``name`` newest first; the first the driver has is kept."""
+        for query, call in d.variants[name]:
+            if query in d.unsupported:
                 continue
-            value = self._q(d, variant, call)
-            if value is not None or variant not in d.unsupported:
+            value = self._q(d, query, call)
+            if value is not None or query not in d.unsupported:
                 return value
         return None
 
@@ -595,14 +698,12 @@ class NvmlReader:
 
     def _read(self, d: _Device) -> GpuReading:
         h = d.handle
-        values = self._field_values(d, d.fast_fields).merged(d.slow.values)
-        scalars, groups = values.scalars, values.groups
-
+        values = _merged(self._field_values(d, d.fast_fields), d.slow.field_values)
         temperature = self._first(d, "temperature")
-        margin = self._q(d, "temperature_margin", pynvml.nvmlDeviceGetMarginTemperature, h)
-        sm = self._q(d, "clock:sm", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+        margin = self._call(d, pynvml.nvmlDeviceGetMarginTemperature, h)
+        sm = self._q(d, "nvmlDeviceGetClockInfo:sm", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
         clocks = d.slow.clocks_hertz if sm is None else {"sm": sm * MHZ, **d.slow.clocks_hertz}
-        rates = self._q(d, "utilization", d.utilization)
+        rates = self._q(d, "nvmlDeviceGetUtilizationRates", d.utilization)
         utilization = (
             d.slow.utilization_ratio
             if rates is None
@@ -610,18 +711,12 @@ class NvmlReader:
         )
         reasons = self._first(d, "clock_event_reasons")
         _, used, free, reserved = self._first(d, "memory_info") or _NO_MEMORY
-
-        get = scalars.get
+        fan = d.slow.fan
         return GpuReading(
             timestamp=self._clock(),
-            power_watts=_scaled(get("power_mw"), 1e3),
-            power_instant_watts=_scaled(get("power_instant_mw"), 1e3),
-            power_limit_watts=_scaled(get("power_limit_mw"), 1e3),
-            energy_joules=_scaled(get("energy_mj"), 1e3),
             temperature_celsius=None if temperature is None else float(temperature),
-            memory_temperature_celsius=get("memory_temperature"),
             temperature_margin_celsius=None if margin is None else float(margin),
-            fan_speed_ratio=_scaled(d.slow.fan, 100),
+            fan_speed_ratio=None if fan is None else fan / 100,
             performance_state=d.slow.performance_state,
             clocks_hertz=clocks,
             utilization_ratio=utilization,
@@ -630,18 +725,9 @@ class NvmlReader:
             memory_reserved_bytes=reserved,
             bar1_used_bytes=d.slow.bar1_used_bytes,
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
-            violation_seconds=groups.get("violation", _EMPTY),
-            ecc_errors=groups.get("ecc", _EMPTY),
-            retired_pages=groups.get("retired", _EMPTY),
-            retired_pages_pending=_flag(get("retired_pending")),
-            remapped_rows=groups.get("remapped", _EMPTY),
-            row_remap_pending=_flag(get("remap_pending")),
-            row_remap_failure=_flag(get("remap_failure")),
             pcie_link_generation=d.slow.pcie_link_generation,
             pcie_link_width=d.slow.pcie_link_width,
-            pcie_replay_errors=_int(get("pcie_replay")),
-            pcie_transmit_bytes=_int(get("pcie_tx_bytes")),
-            pcie_receive_bytes=_int(get("pcie_rx_bytes")),
+            **values,  # every declared field this GPU reported, by attribute (FIELDS)
         )
 
     def _slow_clocks(self, d: _Device) -> dict[str, float]:
@@ -656,40 +742,40 @@ class NvmlReader:
         """The slow-loop values: fan, P-state, clocks but SM, encoder/decoder, BAR1, PCIe link."""
         h = d.handle
         utilization: dict[str, float] = {}
-        for engine, fn in (
-            ("encoder", pynvml.nvmlDeviceGetEncoderUtilization),
-            ("decoder", pynvml.nvmlDeviceGetDecoderUtilization),
+        for engine, query, fn in (
+            ("encoder", "nvmlDeviceGetEncoderUtilization", pynvml.nvmlDeviceGetEncoderUtilization),
+            ("decoder", "nvmlDeviceGetDecoderUtilization", pynvml.nvmlDeviceGetDecoderUtilization),
         ):
-            sample = self._q(d, f"utilization:{engine}", fn, h)
+            sample = self._q(d, query, fn, h)
             if sample is not None:
                 utilization[engine] = sample[0] / 100.0
-        bar1 = self._q(d, "bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
-        pstate = self._q(d, "pstate", pynvml.nvmlDeviceGetPerformanceState, h)
+        bar1 = self._call(d, pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        pstate = self._call(d, pynvml.nvmlDeviceGetPerformanceState, h)
         return _SlowValues(
-            values=self._field_values(d, d.slow_fields),
-            fan=self._q(d, "fan", pynvml.nvmlDeviceGetFanSpeed, h),
+            field_values=self._field_values(d, d.slow_fields),
+            fan=self._call(d, pynvml.nvmlDeviceGetFanSpeed, h),
             clocks_hertz=self._slow_clocks(d),
             utilization_ratio=utilization,
             bar1_used_bytes=None if bar1 is None else int(bar1.bar1Used),
-            pcie_link_generation=self._q(d, "pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
-            pcie_link_width=self._q(d, "pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            pcie_link_generation=self._call(d, pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            pcie_link_width=self._call(d, pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
             performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
         )
 
-    def _field_values(self, d: _Device, fs: _FieldSet) -> _Values:
-        """One field set: its batch, then direct calls for the fields this driver lacks."""
-        values = _Values()
-        put = values.put
+    def _field_values(self, d: _Device, fs: _FieldSet) -> dict[str, Any]:
+        """One field set, converted and filed by attribute: its batch, then direct calls for the
+        fields this driver lacks. Nothing changes the dict or its mappings once it is returned."""
+        values: dict[str, Any] = {}
         batch = None if fs.request is None else self._batch(d, fs.request)
         if batch is not None:
-            for key, value in zip(fs.keys, batch, strict=True):
-                if value is not None:
-                    put(key, value)
-                else:
-                    self._count(key)
-        for datum in fs.fallbacks:
-            if datum.fallback is not None and (value := self._q(d, datum.key, datum.fallback, d.handle)) is not None:
-                put(datum.key, float(value))
+            for f, raw in zip(fs.batched, batch, strict=True):
+                if raw is not None:
+                    f.put(values, raw)
+                else:  # this entry's own return code failed: that value, this read
+                    self._count(d.index, f"{_FIELD_VALUES}:{f.key}")
+        for f, query, call in fs.direct:
+            if (raw := self._q(d, query, call)) is not None:
+                f.put(values, raw)
         return values
 
     def _batch(self, d: _Device, request: FieldRequest) -> list[float | None] | None:
@@ -701,10 +787,10 @@ class NvmlReader:
         except _SESSION_FATAL as exc:
             raise NvmlSessionLost(_describe(exc)) from exc
         except pynvml.NVMLError_Unknown as exc:
-            self._count("field_values")
-            raise PollFailed(f"field values: {_describe(exc)}") from exc
+            self._count(d.index, _FIELD_VALUES)
+            raise PollFailed(f"{_FIELD_VALUES}: {_describe(exc)}") from exc
         except pynvml.NVMLError as exc:
-            self._count_error(d, "field_values", exc)
+            self._count_error(d, _FIELD_VALUES, exc)
             return None
 
     # -- slower loop ------------------------------------------------------------------------------
@@ -750,13 +836,14 @@ def _describe(exc: pynvml.NVMLError) -> str:
     return f"{type(exc).__name__.removeprefix('NVMLError_')} (code {exc.value})"
 
 
-def _scaled(value: float | None, divisor: float) -> float | None:
-    return None if value is None else value / divisor
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _flag(value: float | None) -> bool | None:
-    return None if value is None else bool(value)
+def _merged(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any]:
+    """A fast read's field values with those carried from the last slow read. A labelled attribute
+    read on both loops (ECC) gets one mapping with both; the rest is shared, not copied."""
+    if not slow:
+        return fast
+    merged = fast | slow
+    for name in _BOTH_LOOPS:
+        mine = fast.get(name)
+        if mine is not None and (theirs := slow.get(name)) is not None:
+            merged[name] = mine | theirs
+    return merged
