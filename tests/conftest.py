@@ -59,11 +59,14 @@ def sim() -> Iterator[Callable[..., SimRun]]:
     """Factory: ``sim("inference-host")`` installs that scenario beneath pynvml."""
     samplers: list[Sampler] = []
     endpoints: list[InferenceEndpoint] = []
+    libraries: list[SimulatedNvmlLibrary] = []
 
     def make(scenario: str, poll_interval_s: float = 1.0, process_interval_s: float = 10.0) -> SimRun:
         """The scenario's simulated inference servers are scraped as token sources after each poll."""
         clock = ManualClock()
         host = simulated_host(scenario, clock=clock)
+        assert host.library is not None
+        libraries.append(host.library)
         servers = start_simulated_servers(host)
         endpoints.extend(endpoint for endpoint, _ in servers)
         tokens = TokenTracker([source for _, source in servers], clock.time) if servers else None
@@ -76,6 +79,8 @@ def sim() -> Iterator[Callable[..., SimRun]]:
         sampler.stop()
     for endpoint in endpoints:
         endpoint.stop()
+    for library in libraries:
+        library.close()
     use_library(None)
 
 
@@ -116,13 +121,18 @@ def systemd_analyze() -> str:
 def nvml() -> Iterator[Callable[..., ManualClock]]:
     """Factory: ``nvml("inference-host", hidden=(...))`` installs that scenario and initialises pynvml."""
 
+    libraries: list[SimulatedNvmlLibrary] = []
+
     def install(name: str, hidden: tuple[str, ...] = ()) -> ManualClock:
         clock = ManualClock()
-        use_library(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        libraries.append(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        use_library(libraries[-1])
         pynvml.nvmlInit()
         return clock
 
     yield install
     with contextlib.suppress(pynvml.NVMLError):
         pynvml.nvmlShutdown()
+    for library in libraries:
+        library.close()
     use_library(None)

@@ -29,6 +29,7 @@ from gpuwatch.sim.inference import SimInferenceServer
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
 from gpuwatch.sim.scenario import Fault, Scenario
+from gpuwatch.sim.workloads import WorkloadProcesses
 
 _HANDLE_BASE = 0x6A000
 _HANDLE_STRIDE = 0x100
@@ -83,6 +84,7 @@ class SimulatedNvmlLibrary:
         self.scenario = scenario
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
         self.servers = [SimInferenceServer(spec, [self.gpus[i] for i in spec.gpus]) for spec in scenario.servers]
+        self.workloads = WorkloadProcesses(self.gpus, frozenset(server.pid for server in self.servers))
         self._clock = clock
         self._sleep = sleep
         self._hidden = frozenset(hidden_symbols)
@@ -215,6 +217,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlSystemGetProcessName(self, pid: Any, buf: Any, size: Any) -> None:
         self._check_init()
+        self.workloads.ensure_started()
         for gpu in self.gpus:
             for proc in gpu.processes:
                 if proc.pid == _val(pid):
@@ -461,6 +464,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
         gpu = self._gpu(handle)
+        self.workloads.ensure_started()
         procs = gpu.processes
         capacity = _val(count._obj)
         count._obj.value = len(procs)
@@ -614,6 +618,15 @@ class SimulatedNvmlLibrary:
             abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
         }
         return table
+
+    # == Entry points third-party tools call (issue 14) ===========================================
+    # gpustat and nvitop, run unmodified over the simulator (`gpuwatch sim-run`), call these. Each
+    # answers as a real card of the GPU's model does: a value, or NOT_SUPPORTED where that card's
+    # `nvidia-smi -q` says N/A (tests/data/captures, shared/data/captures).
+
+    def close(self) -> None:
+        """End the workload processes the library started (they end with this process anyway)."""
+        self.workloads.close()
 
 
 def _field(table: dict[int, tuple[bool, int, float]], field_id: int) -> tuple[int, float]:
