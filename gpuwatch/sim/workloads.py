@@ -43,16 +43,12 @@ _PLACEHOLDER_PID_BASE = 4194304  # 2^22, above any Linux pid: listed only until 
 
 # The child: ignore the terminal's Ctrl-C (its parent handles that), optionally detach, say its
 # pid, then wait for EOF on stdin. Run with -I -S, so it starts in about 10 ms and imports nothing.
-_CHILD = """\
-import os, signal
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-if {detach} and os.fork():
-    os._exit(0)
-os.write(1, b"%d\\n" % os.getpid())
-os.close(1)
-while os.read(0, 4096):
-    pass
-"""
+# One line, as it shows in ps and nvitop's COMMAND column after the workload's name.
+_CHILD = (
+    "import os,signal;signal.signal(signal.SIGINT,signal.SIG_IGN);"
+    "{detach}os.write(1,b'%d\\n'%os.getpid());os.close(1);[0 for _ in iter(lambda:os.read(0,4096),b'')]"
+)
+_DETACH = "os.fork() and os._exit(0);"
 
 
 class WorkloadProcesses:
@@ -111,7 +107,8 @@ class WorkloadProcesses:
                 os.symlink(python, link)
                 detach = placeholder not in self._server_pids
                 child = subprocess.Popen(
-                    [link, "-I", "-S", "-c", _CHILD.format(detach=detach)],
+                    [name, "-IS", "-c", _CHILD.format(detach=_DETACH if detach else "")],
+                    executable=link,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
