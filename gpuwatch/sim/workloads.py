@@ -17,8 +17,9 @@ Every such process blocks reading a pipe whose only writer is this process. Clos
 process dying in any way, SIGKILL included, since the kernel closes the pipe then. None outlives
 the simulation.
 
-A busy GPU that the scenario gives no process gets one (``python3``, holding most of the card's
-memory), as every GPU under load on a real host runs someone's program.
+A scenario's pid that names a process already running is listed as it is. A busy GPU that the
+scenario gives no process gets one (``python3``, holding most of the card's memory), as every GPU
+under load on a real host runs someone's program.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import tempfile
 import threading
 import weakref
 from dataclasses import replace
+
+import psutil
 
 from gpuwatch.sim.physics import SimGpu
 from gpuwatch.sim.profiles import MIB
@@ -84,7 +87,9 @@ class WorkloadProcesses:
             wanted: dict[int, str] = {}
             for gpu in self._gpus:
                 for proc in gpu.processes:
-                    wanted.setdefault(proc.pid, proc.name)
+                    # A scenario may name a process that runs already (a test's own worker): keep it.
+                    if proc.pid in self._server_pids or not psutil.pid_exists(proc.pid):
+                        wanted.setdefault(proc.pid, proc.name)
             self.real_pids = self._spawn(wanted)
             for gpu in self._gpus:
                 gpu.processes[:] = [replace(p, pid=self.real_pids.get(p.pid, p.pid)) for p in gpu.processes]
