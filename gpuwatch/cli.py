@@ -469,6 +469,7 @@ def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
         if host.library is not None:
             from gpuwatch.nvml import use_library
 
+            host.library.close()
             use_library(None)
     text = json.dumps(doc, indent=2) + "\n"
     if output is None:
@@ -477,3 +478,52 @@ def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
     with open(output, "w", encoding="utf-8") as out:
         out.write(text)
     click.echo(f"gpuwatch: {len(doc['gpus'])} GPU(s) captured to {output}", err=True)
+
+
+# -- sim-run --------------------------------------------------------------------------------------
+
+
+@main.command("sim-run", context_settings={"ignore_unknown_options": True})
+@click.argument("scenario")
+@click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--sim-speed",
+    "sim_speed",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per wall-clock second; 0 holds time still at --sim-at.",
+)
+@click.option(
+    "--sim-at",
+    "sim_at_s",
+    type=_Duration(),
+    default=None,
+    help="The simulated time the program starts at (e.g. 5m: GPUs warmed up, throttling begun); "
+    "default: the scenario's start.",
+)
+def sim_run(scenario: str, program: tuple[str, ...], sim_speed: float, sim_at_s: float | None) -> None:
+    """Run a Python NVML program in this process, over a simulated host's driver.
+
+    SCENARIO is a built-in scenario name or a TOML path. PROGRAM is a console script on PATH
+    (gpustat, nvitop, your own), a Python script path, or -m MODULE; put -- before it so its own
+    options pass through. It runs unmodified: the simulated driver library sits beneath pynvml,
+    so every NVML call it makes answers from simulated GPUs whose time keeps running. Exits with
+    the program's exit status (127: not found, 126: not a Python program).
+
+    \b
+    Examples:
+      gpuwatch sim-run inference-host -- gpustat --json
+      gpuwatch sim-run mixed-fleet --sim-at 5m -- nvitop --once
+      gpuwatch sim-run inference-host -- -m my_tool --verbose
+    """
+    from gpuwatch import simrun
+
+    try:
+        code = simrun.run(scenario, program, speed=sim_speed, start_s=sim_at_s or 0.0)
+    except simrun.ProgramError as exc:
+        click.echo(f"gpuwatch: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except scenarios.ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(code)

@@ -40,6 +40,7 @@ def simulated_host(scenario_name: str | None, speed: float = 1.0, clock: SimCloc
     scenario = scenarios.load(scenario_name)
     sim_clock = clock if clock is not None else SimClock(speed)
     library = SimulatedNvmlLibrary(scenario, sim_clock.sim_seconds)
+    library.workloads.ensure_started()  # now, not inside the first poll: a daemon's first poll stays quick
     use_library(library)
     return Host(
         clock=sim_clock,

@@ -158,6 +158,7 @@ class Runtime:
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:
+            self.host.library.close()  # its workload processes end with it
             use_library(None)
 
 

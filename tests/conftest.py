@@ -130,13 +130,18 @@ def systemd_analyze() -> str:
 def nvml() -> Iterator[Callable[..., ManualClock]]:
     """Factory: ``nvml("inference-host", hidden=(...))`` installs that scenario and initialises pynvml."""
 
+    libraries: list[SimulatedNvmlLibrary] = []
+
     def install(name: str, hidden: tuple[str, ...] = ()) -> ManualClock:
         clock = ManualClock()
-        use_library(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        libraries.append(SimulatedNvmlLibrary(scenario.load(name), clock.sim_seconds, hidden_symbols=hidden))
+        use_library(libraries[-1])
         pynvml.nvmlInit()
         return clock
 
     yield install
     with contextlib.suppress(pynvml.NVMLError):
         pynvml.nvmlShutdown()
+    for library in libraries:
+        library.close()
     use_library(None)

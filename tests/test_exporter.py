@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,8 +20,9 @@ _VOLATILE = [
     (re.compile(r"^(gpuwatch_scrape_collector_duration_seconds\{[^}]*\}) .*$", re.M), r"\1 0.0"),
     (re.compile(r"^(gpuwatch_poll_duration_seconds) .*$", re.M), r"\1 0.0"),
     (re.compile(r"^(gpuwatch_source_scrape_duration_seconds\{[^}]*\}) .*$", re.M), r"\1 0.0"),
-    # The simulated vLLM server runs in the test process: NVML lists that process on its GPUs.
-    (re.compile(rf'pid="{os.getpid()}",process="[^"]*",user="[^"]*"'), 'pid="SERVER",process="X",user="X"'),
+    # The simulator's workload processes are live ones started for the run: their pids differ
+    # every run and their user is whoever runs the tests; their names are the scenario's.
+    (re.compile(r'pid="\d+",process="([^"]*)",user="[^"]*"'), r'pid="PID",process="\1",user="USER"'),
 ]
 
 

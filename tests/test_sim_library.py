@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import subprocess
+import sys
 
+import psutil
 import pynvml
 import pytest
 
@@ -96,13 +98,80 @@ def test_hidden_symbols_look_like_an_older_driver(nvml):
 def test_processes_come_back_through_pynvmls_two_call_protocol(nvml):
     nvml("inference-host")
     procs = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(2))
-    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(4194507, 38000 * 2**20)]
-    assert pynvml.nvmlSystemGetProcessName(4194507) == "python3"
-    # The simulated vLLM server on GPUs 0-1 runs in this process, which NVML lists there.
+    assert [p.usedGpuMemory for p in procs] == [38000 * 2**20]
+    assert pynvml.nvmlSystemGetProcessName(procs[0].pid) == "python3"
     procs = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
-    assert [(p.pid, p.usedGpuMemory) for p in procs] == [(os.getpid(), 41200 * 2**20)]
-    assert pynvml.nvmlSystemGetProcessName(os.getpid()) == "vllm"
+    assert [p.usedGpuMemory for p in procs] == [41200 * 2**20]
+    assert pynvml.nvmlSystemGetProcessName(procs[0].pid) == "vllm"
     assert pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(3)) == []
+
+
+def test_listed_processes_are_live_and_named_as_their_workloads(nvml):
+    """The pids NVML lists name live processes, as on a real host: psutil reads their names and
+    users; the simulated server's process is a child of this one (where the server listens), a
+    scenario's other workload is not in this process's tree."""
+    nvml("inference-host")
+    pids = [
+        [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))]
+        for i in range(4)
+    ]
+    assert pids[0] == pids[1] and len(pids[0]) == 1 and len(pids[2]) == 1 and pids[3] == []
+    server, other = psutil.Process(pids[0][0]), psutil.Process(pids[2][0])
+    assert (server.name(), other.name()) == ("vllm", "python3")
+    assert server.username() == other.username() == psutil.Process().username()
+    children = {c.pid for c in psutil.Process().children(recursive=True)}
+    assert server.pid in children and other.pid not in children
+
+
+def test_closing_the_library_ends_its_processes():
+    library = SimulatedNvmlLibrary(scenario.load("inference-host"), ManualClock().sim_seconds)
+    use_library(library)
+    pynvml.nvmlInit()
+    try:
+        pids = {
+            p.pid
+            for i in (0, 2)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))
+        }
+    finally:
+        pynvml.nvmlShutdown()
+        library.close()
+        use_library(None)
+    assert len(pids) == 2
+    # Each process exits on reading EOF; the detached one is reaped by init, so allow it a moment.
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_processes_end_when_the_simulating_process_is_killed(tmp_path):
+    """SIGKILL gives no chance to clean up; the kernel closes the pipe each process waits on."""
+    code = (
+        "import pynvml, sys\n"
+        "from gpuwatch.host import simulated_host\n"
+        "from gpuwatch.sim.clock import ManualClock\n"
+        "simulated_host('inference-host', clock=ManualClock())\n"
+        "pynvml.nvmlInit()\n"
+        "pids = {p.pid for i in (0, 2) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))}\n"
+        "print(*pids, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pids = [int(pid) for pid in child.stdout.readline().split()]
+    assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
+    child.kill()
+    child.wait()
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_busy_gpu_always_lists_a_process_and_its_memory(nvml):
+    nvml("mixed-fleet")
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+        assert len(procs) == 1 and psutil.Process(procs[0].pid).name() == "python3"
+        assert pynvml.nvmlDeviceGetMemoryInfo(h).used >= procs[0].usedGpuMemory > 2**30
 
 
 def test_readings_depend_on_simulated_time_not_on_how_often_it_is_read():

@@ -17,6 +17,7 @@ ERROR_DRIVER_NOT_LOADED = 9
 ERROR_TIMEOUT = 10
 ERROR_LIBRARY_NOT_FOUND = 12  # pynvml's own code when libnvidia-ml.so.1 cannot be loaded
 ERROR_GPU_IS_LOST = 15
+ERROR_DEPRECATED = 26
 ERROR_UNKNOWN = 999
 
 ERROR_STRINGS = {
@@ -30,6 +31,7 @@ ERROR_STRINGS = {
     ERROR_TIMEOUT: b"Timeout",
     ERROR_LIBRARY_NOT_FOUND: b"NVML Shared Library Not Found",
     ERROR_GPU_IS_LOST: b"GPU is lost",
+    ERROR_DEPRECATED: b"Requested functionality has been deprecated",
     ERROR_UNKNOWN: b"Unknown Error",
 }
 
@@ -38,6 +40,11 @@ CLOCK_GRAPHICS = 0
 CLOCK_SM = 1
 CLOCK_MEM = 2
 CLOCK_VIDEO = 3
+
+# nvmlPcieUtilCounter_t / nvmlProcessMode_t
+PCIE_UTIL_TX_BYTES = 0
+PCIE_UTIL_RX_BYTES = 1
+PROCESS_MODE_COMPUTE = 0
 
 # nvmlTemperatureSensors_t / nvmlTemperatureThresholds_t
 TEMPERATURE_GPU = 0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 class SimClock:
-    """Simulated time that starts now and runs ``speed`` times faster than the wall clock.
+    """Simulated time that starts now (at ``start_s``) and runs ``speed`` times faster than the wall clock.
 
     ``sim_seconds`` drives the simulated driver; ``time`` is the daemon's wall-clock-shaped view of
     the same instant (epoch seconds); ``to_wall`` converts a span of simulated time into the wall
@@ -19,16 +19,18 @@ class SimClock:
         speed: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         epoch: float | None = None,
+        start_s: float = 0.0,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"simulation speed must be positive, got {speed}")
         self.speed = speed
         self._monotonic = monotonic
         self._start = monotonic()
+        self._start_s = start_s
         self._epoch = time.time() if epoch is None else epoch
 
     def sim_seconds(self) -> float:
-        return (self._monotonic() - self._start) * self.speed
+        return self._start_s + (self._monotonic() - self._start) * self.speed
 
     def time(self) -> float:
         return self._epoch + self.sim_seconds()

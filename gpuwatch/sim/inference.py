@@ -12,9 +12,9 @@ garbage and enormous responses.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +27,7 @@ from gpuwatch.sim.scenario import ServerFault, ServerSpec, SimProcess
 log = logging.getLogger(__name__)
 
 _BUSY_LOAD = 0.02
+_placeholder_pids = itertools.count(2**22 + 2**20)  # above any Linux pid, distinct from scenario pids
 _MEMORY_BOUND_SHARE = 0.75  # of decode speed that follows the memory clock; the rest follows SM
 _TOKENS_PER_REQUEST = 256
 _MAX_NUM_SEQS = 64
@@ -45,8 +46,11 @@ class SimInferenceServer:
         self.iterations = 0
         self.batch = 0.0
         self._restarts = sorted((f for f in spec.faults if f.kind == "restart"), key=lambda f: f.at_s)
+        # Listed under a placeholder pid until the simulated driver starts the live process that
+        # stands for this server's GPU work (gpuwatch.sim.workloads), a child of this process.
+        self.pid = next(_placeholder_pids)
         for gpu in gpus:
-            gpu.processes.append(SimProcess(pid=os.getpid(), name=spec.name, used_memory_bytes=spec.used_memory_bytes))
+            gpu.processes.append(SimProcess(pid=self.pid, name=spec.name, used_memory_bytes=spec.used_memory_bytes))
 
     def fault_active(self, kind: str, time_s: float) -> ServerFault | None:
         for fault in self.spec.faults:

@@ -29,6 +29,7 @@ from gpuwatch.sim.inference import SimInferenceServer
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
 from gpuwatch.sim.scenario import Fault, Scenario
+from gpuwatch.sim.workloads import WorkloadProcesses
 
 _HANDLE_BASE = 0x6A000
 _HANDLE_STRIDE = 0x100
@@ -83,6 +84,7 @@ class SimulatedNvmlLibrary:
         self.scenario = scenario
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
         self.servers = [SimInferenceServer(spec, [self.gpus[i] for i in spec.gpus]) for spec in scenario.servers]
+        self.workloads = WorkloadProcesses(self.gpus, frozenset(server.pid for server in self.servers))
         self._clock = clock
         self._sleep = sleep
         self._hidden = frozenset(hidden_symbols)
@@ -215,6 +217,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlSystemGetProcessName(self, pid: Any, buf: Any, size: Any) -> None:
         self._check_init()
+        self.workloads.ensure_started()
         for gpu in self.gpus:
             for proc in gpu.processes:
                 if proc.pid == _val(pid):
@@ -461,6 +464,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
         gpu = self._gpu(handle)
+        self.workloads.ensure_started()
         procs = gpu.processes
         capacity = _val(count._obj)
         count._obj.value = len(procs)
@@ -614,6 +618,208 @@ class SimulatedNvmlLibrary:
             abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
         }
         return table
+
+    # == Entry points third-party tools call (issue 14) ===========================================
+    # gpustat and nvitop, run unmodified over the simulator (`gpuwatch sim-run`), call these. Each
+    # answers as a real card of the GPU's model does: a value, or NOT_SUPPORTED where that card's
+    # `nvidia-smi -q` says N/A (tests/data/captures, shared/data/captures).
+
+    # Settings every capture shows at their defaults: persistence on, compute mode Default,
+    # no display active. (One L40S host has persistence off: a setting, not a property.)
+
+    def _nvmlDeviceGetPersistenceMode(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 1)
+
+    def _nvmlDeviceGetComputeMode(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 0)  # NVML_COMPUTEMODE_DEFAULT
+
+    def _nvmlDeviceGetDisplayActive(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 0)
+
+    def _nvmlDeviceGetDisplayMode(self, handle: Any, out: Any) -> None:
+        """R580 and later: deprecated (the L40S, H100 and H200 captures at 590/595 say so); before,
+        Enabled on the Ampere captures (A6000, A100 at 550/555), Disabled on the RTX 4090's."""
+        gpu = self._gpu(handle)
+        if self._driver_major() >= 580:
+            raise SimulatedNvmlError(abi.ERROR_DEPRECATED)
+        _set(out, int(gpu.profile.architecture == abi.ARCH_AMPERE))
+
+    def _nvmlDeviceGetDriverModel(self, handle: Any, current: Any, pending: Any) -> None:
+        self._gpu(handle)
+        raise SimulatedNvmlError(abi.ERROR_NOT_SUPPORTED)  # WDDM/TCC is Windows only: N/A on Linux
+
+    def _nvmlDeviceGetDriverModel_v2(self, handle: Any, current: Any, pending: Any) -> None:
+        return self._nvmlDeviceGetDriverModel(handle, current, pending)
+
+    def _nvmlDeviceGetCudaComputeCapability(self, handle: Any, major: Any, minor: Any) -> None:
+        gpu = self._gpu(handle)
+        cc_major, cc_minor = _compute_capability(gpu.profile.name, gpu.profile.architecture)
+        _set(major, cc_major)
+        _set(minor, cc_minor)
+
+    def _nvmlDeviceGetPowerState(self, handle: Any, out: Any) -> None:
+        return self._nvmlDeviceGetPerformanceState(handle, out)  # the deprecated name of the same query
+
+    # -- MIG: capable parts answer "disabled" (every capture but h200-mig); others NOT_SUPPORTED --
+
+    def _nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(_mig_capable(gpu.profile.name))
+        _set(current, 0)
+        _set(pending, 0)
+
+    def _nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 0)  # nvml.h: zero when MIG is not supported or not enabled
+
+    def _nvmlDeviceIsMigDeviceHandle(self, handle: Any, out: Any) -> None:
+        self._gpu(handle)
+        _set(out, 0)
+
+    def _nvmlDeviceGetConfComputeMemSizeInfo(self, handle: Any, out: Any) -> None:
+        """Hopper and later have confidential computing; with it off, nothing is protected [inferred]."""
+        gpu = self._gpu(handle)
+        _require(gpu.profile.architecture >= abi.ARCH_HOPPER)
+        out._obj.protectedMemSizeKib = 0
+        out._obj.unprotectedMemSizeKib = gpu.profile.memory_total_mib * 1024
+
+    # -- PCIe, NVLink, fans -----------------------------------------------------------------------
+
+    def _nvmlDeviceGetPcieThroughput(self, handle: Any, counter: Any, out: Any) -> None:
+        """KB/s over the driver's last 20 ms: the rates the simulated byte counters grow at under
+        load; at idle the 50 KB/s of housekeeping the idle A6000 and RTX 4090 captures show."""
+        gpu = self._gpu(handle)
+        rate = {abi.PCIE_UTIL_TX_BYTES: _PCIE_TX_BYTES_PER_S, abi.PCIE_UTIL_RX_BYTES: _PCIE_RX_BYTES_PER_S}.get(
+            _val(counter)
+        )
+        if rate is None:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        busy = gpu.state.pstate == 0 and gpu.load > 0
+        _set(out, round(rate * gpu.load / 1024) if busy else _PCIE_IDLE_KB_PER_S)
+
+    def _nvmlDeviceGetNvLinkState(self, handle: Any, link: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        links = _nvlink_links(gpu.profile.name)
+        _require(links > 0)
+        if not 0 <= _val(link) < links:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        _set(out, 1)
+
+    def _nvmlDeviceGetNumFans(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.fan)
+        _set(out, 1)  # the A6000 and RTX 4090 captures report one fan speed
+
+    def _nvmlDeviceGetFanSpeed_v2(self, handle: Any, fan: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(gpu.profile.fan)
+        if _val(fan) != 0:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        _set(out, gpu.state.fan_percent)
+
+    # -- processes: per-process utilization, the R550 detail list, MPS -------------------------
+
+    def _nvmlDeviceGetProcessUtilization(self, handle: Any, samples: Any, count: Any, last_seen_us: Any) -> int:
+        """One sample per listed process, the GPU's utilization shared by the memory each holds.
+
+        Stamped with the wall clock in microseconds, as the driver stamps its samples (callers ask
+        for samples newer than a wall-clock time); NOT_FOUND when none is newer than that."""
+        gpu = self._gpu(handle)
+        self.workloads.ensure_started()
+        stamp_us = time.time_ns() // 1000
+        procs = gpu.processes
+        if not procs or _val(last_seen_us) >= stamp_us:
+            return abi.ERROR_NOT_FOUND
+        capacity = _val(count._obj)
+        count._obj.value = len(procs)
+        if samples is None or capacity < len(procs):
+            return abi.ERROR_INSUFFICIENT_SIZE
+        held = sum(p.used_memory_bytes for p in procs) or 1
+        for slot, proc in zip(samples, procs, strict=False):
+            share = proc.used_memory_bytes / held
+            slot.pid = proc.pid
+            slot.timeStamp = stamp_us
+            slot.smUtil = round(gpu.state.utilization_gpu * share)
+            slot.memUtil = round(gpu.state.utilization_memory * share)
+            slot.encUtil = slot.decUtil = 0
+        return abi.SUCCESS
+
+    def _nvmlDeviceGetRunningProcessDetailList(self, handle: Any, out: Any) -> int:
+        """R550's process list (nvitop picks its process struct by whether this symbol exists)."""
+        gpu = self._gpu(handle)
+        self.workloads.ensure_started()
+        detail = out._obj
+        procs = gpu.processes if detail.mode == abi.PROCESS_MODE_COMPUTE else []
+        capacity = detail.numProcArrayEntries if detail.procArray else 0
+        detail.numProcArrayEntries = len(procs)
+        if not procs:
+            return abi.SUCCESS
+        if capacity < len(procs):
+            return abi.ERROR_INSUFFICIENT_SIZE
+        for i, proc in enumerate(procs):
+            slot = detail.procArray[i]
+            slot.pid = proc.pid
+            slot.usedGpuMemory = proc.used_memory_bytes
+            slot.gpuInstanceId = slot.computeInstanceId = 0xFFFFFFFF
+            slot.usedGpuCcProtectedMemory = 0
+        return abi.SUCCESS
+
+    def _nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
+        self._gpu(handle)
+        count._obj.value = 0  # no MPS server runs on a simulated host
+        return abi.SUCCESS
+
+    def _nvmlDeviceGetGraphicsRunningProcesses_v2(self, handle: Any, count: Any, infos: Any) -> int:
+        return self._nvmlDeviceGetGraphicsRunningProcesses_v3(handle, count, infos)
+
+    def _nvmlDeviceGetHandleByPciBusId_v2(self, bus_id: Any, out: Any) -> None:
+        self._check_init()
+        wanted = (getattr(bus_id, "value", bus_id) or b"").decode().upper()
+        gpu = next((g for g in self.gpus if wanted in (g.pci_bus_id, g.pci_bus_id[4:])), None)
+        if gpu is None:
+            raise SimulatedNvmlError(abi.ERROR_NOT_FOUND)
+        if gpu.state.lost:
+            raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
+        _write_pointer(out, self._handle(gpu.index))
+
+    def _driver_major(self) -> int:
+        return int(self.scenario.driver_version.split(".")[0])
+
+    def close(self) -> None:
+        """End the workload processes the library started (they end with this process anyway)."""
+        self.workloads.close()
+
+
+# -- per-model facts of the third-party entry points (a name fragment of the profile's card name) ---
+
+_PCIE_TX_BYTES_PER_S = 1.5e9  # at full load: the rate physics.py's byte counters grow at
+_PCIE_RX_BYTES_PER_S = 0.6e9
+_PCIE_IDLE_KB_PER_S = 50
+_MIG_CAPABLE = ("A100", "A30", "H100", "H200", "H800", "H20", "B200")
+# NVLink links per card: H100/H200 SXM 18 (the H100 and H200 captures' `nvlink -s`), A100 SXM4 12.
+_NVLINK_LINKS = (("H100 80GB HBM3", 18), ("H200", 18), ("A100-SXM4", 12))
+
+
+def _mig_capable(name: str) -> bool:
+    return any(part in name for part in _MIG_CAPABLE)
+
+
+def _nvlink_links(name: str) -> int:
+    return next((links for part, links in _NVLINK_LINKS if part in name), 0)
+
+
+def _compute_capability(name: str, architecture: int) -> tuple[int, int]:
+    """CUDA compute capability: GA100 8.0, other Ampere (GA10x) 8.6, Ada 8.9, Hopper 9.0."""
+    if architecture == abi.ARCH_AMPERE:
+        return (8, 0) if _mig_capable(name) else (8, 6)
+    if architecture == abi.ARCH_ADA:
+        return 8, 9
+    if architecture == abi.ARCH_HOPPER:
+        return 9, 0
+    return 10, 0  # Blackwell (GB100); the simulator has no older part
 
 
 def _field(table: dict[int, tuple[bool, int, float]], field_id: int) -> tuple[int, float]:
