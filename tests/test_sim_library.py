@@ -41,22 +41,27 @@ def test_field_values_report_per_element_return_codes(nvml):
         h, [pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, 9999]
     )
     assert values[0].nvmlReturn == pynvml.NVML_SUCCESS and values[0].value.ullVal > 0
-    assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
-    assert values[2].nvmlReturn == pynvml.NVML_ERROR_INVALID_ARGUMENT
+    assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # ECC is off on a GeForce
+    assert values[2].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # unknown: per element, not the batch
 
 
-def test_consumer_card_raises_pynvml_not_supported(nvml):
+def test_an_rtx_4090_answers_as_its_capture_does(nvml):
     nvml("consumer-gpu")
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetEccMode(h) == [0, 0]  # Disabled, not NotSupported
+    assert pynvml.nvmlDeviceGetRemappedRows(h) == (0, 0, 0, 0)
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_ACOUSTIC_CURR) == 84
     for call in (
-        lambda: pynvml.nvmlDeviceGetEccMode(h),
-        lambda: pynvml.nvmlDeviceGetRemappedRows(h),
         lambda: pynvml.nvmlDeviceGetSerial(h),
         lambda: pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX),
+        lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
+        ),
     ):
         with pytest.raises(pynvml.NVMLError_NotSupported):
             call()
     assert pynvml.nvmlDeviceGetMarginTemperature(h) > 0
+    assert pynvml.nvmlDeviceGetPciInfo(h).pciSubSystemId == 0xF29710B0
 
 
 def test_power_stays_under_the_cap_and_energy_integrates(nvml):
