@@ -301,7 +301,9 @@ class SimGpu:
     def memory_temperature_c(self) -> float:
         """HBM temperature: warmer than the die at idle, cooler under load, as the Hopper captures show."""
         p, ambient = self.profile, self.ambient_at(self.time_s)
-        return ambient + p.memory_temperature_offset_c + p.memory_temperature_ratio * (self.state.temperature_c - ambient)
+        return (
+            ambient + p.memory_temperature_offset_c + p.memory_temperature_ratio * (self.state.temperature_c - ambient)
+        )
 
     def margin_c(self) -> float:
         """Degrees left to the first slowdown threshold (what nvmlDeviceGetMarginTemperature gives)."""

@@ -346,9 +346,7 @@ _RTX4090 = DeviceProfile(
     thermal_time_constant_s=100.0,
 )
 
-PROFILES: dict[str, DeviceProfile] = {
-    p.key: p for p in (_A6000, _L40S, _A100_SXM4_80GB, _H100, _H200, _RTX4090)
-}
+PROFILES: dict[str, DeviceProfile] = {p.key: p for p in (_A6000, _L40S, _A100_SXM4_80GB, _H100, _H200, _RTX4090)}
 # Keys earlier releases used, still accepted in scenario files.
 ALIASES: dict[str, str] = {"a100": "a100-sxm4-80gb"}
 # Keys whose profile was removed (no real capture to ground it), with what to use instead.

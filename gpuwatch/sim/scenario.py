@@ -6,6 +6,7 @@ path. Errors name the file, the key and the value, so a typo never silently chan
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuwatch.sim.profiles import ALIASES, MIB, PROFILES, REMOVED, DeviceProfile
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIO = "inference-host"
 
@@ -175,7 +178,9 @@ def builtin_names() -> list[str]:
 
 
 def load(name_or_path: str | None) -> Scenario:
-    """Load a built-in scenario by name, or a scenario file by path."""
+    """Load a built-in scenario by name, or a scenario file by path: TOML, or the text of
+    ``nvidia-smi -q`` (a ``.txt`` file), which becomes a host of the captured cards
+    (:mod:`gpuwatch.sim.smi_host`; what the capture lacked is logged)."""
     name = name_or_path or DEFAULT_SCENARIO
     if name in builtin_names():
         res = resources.files("gpuwatch.sim") / "scenarios" / f"{name}.toml"
@@ -189,6 +194,13 @@ def load(name_or_path: str | None) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
+    from gpuwatch.sim import smi_host  # it builds Scenarios, so it imports this module
+
+    if path.suffix.lower() == ".txt" or smi_host.looks_like_smi(text):
+        host = smi_host.build(text, source=str(path))
+        for line in host.fallbacks:
+            log.info("%s: %s", path, line)
+        return host
     return parse(text, source=str(path))
 
 

@@ -186,8 +186,11 @@ class SmiGpu:
 
     def clocks(self, section: str = "Clocks") -> tuple[int | None, int | None, int | None, int | None]:
         """(graphics, sm, memory, video) MHz from ``Clocks`` or ``Max Clocks``."""
-        values = (self.tree.number(section, key) for key in ("Graphics", "SM", "Memory", "Video"))
-        return tuple(None if v is None else int(v) for v in values)  # type: ignore[return-value]
+        graphics, sm, memory, video = (
+            None if v is None else int(v)
+            for v in (self.tree.number(section, key) for key in ("Graphics", "SM", "Memory", "Video"))
+        )
+        return graphics, sm, memory, video
 
     @property
     def pstate(self) -> int | None:
@@ -197,8 +200,11 @@ class SmiGpu:
 
     @property
     def idle(self) -> bool:
-        """Whether the driver says the GPU is idle (the Idle clock event reason is active)."""
-        return self.tree.text(("Clocks Event Reasons", "Clocks Throttle Reasons"), "Idle") == "Active"
+        """Whether the GPU is idle: the driver says so (the Idle clock event reason), or nothing runs
+        on it and it shows no utilization (the reason can lag a moment behind)."""
+        if self.tree.text(("Clocks Event Reasons", "Clocks Throttle Reasons"), "Idle") == "Active":
+            return True
+        return self.utilization_gpu == 0 and not self.processes
 
     @property
     def utilization_gpu(self) -> float | None:
@@ -343,12 +349,14 @@ def parse(text: str) -> SmiCapture:
             nvlink_gpu = int(gpu_line.group(1))
         elif nvlink_gpu is not None and _NVLINK_LINK.match(lines[i - 1]):
             nvlink[nvlink_gpu] = nvlink.get(nvlink_gpu, 0) + 1
+        elif nvlink_gpu is not None and "does not have or support nvlink" in line.lower():
+            nvlink[nvlink_gpu] = 0
     return SmiCapture(gpus=gpus, nvlink_links=nvlink)
 
 
 def masked(value: str | None) -> bool:
     """Whether an identifier was masked when the capture was shared (all zeros)."""
-    return value is not None and bool(_MASKED.match(value.replace("-", "") or "0"))
+    return value is not None and bool(_MASKED.match(value))
 
 
 def _tree(block: list[str]) -> Node:
