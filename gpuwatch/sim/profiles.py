@@ -19,7 +19,7 @@ the T.Limit reading).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpuwatch.sim import abi
 
@@ -261,44 +261,23 @@ _H100 = DeviceProfile(
 # H200 (SXM, 141 GB HBM3e), driver 590.48.01 (h200__590.48.01.txt): 700/200/700 W, 143771 MiB
 # (614 reserved), T.Limit -8/-2/0 and memory T.Limit 0 with the point at 87 °C, BAR1 256 GiB, Gen5
 # x16 even idle, idle P0 at 345 MHz and 75-83 W, ECC on, 3072 remap banks, 18 NVLink links. HBM3e
-# 32 vs 28 °C idle, 41 vs 52 at 628 W.
-_H200 = DeviceProfile(
+# 32 vs 28 °C idle, 41 vs 52 at 628 W. The same board family as the H100: what differs is below.
+_H200 = replace(
+    _H100,
     key="h200",
     name="NVIDIA H200",
     pci_device_id=0x233510DE,
     pci_subsystem_id=0x18BE10DE,
-    brand=abi.BRAND_NVIDIA,
-    architecture=abi.ARCH_HOPPER,
     vbios_version="96.00.A5.00.03",
-    power_default_w=700.0,
-    power_min_w=200.0,
-    power_max_w=700.0,
-    thresholds=Thresholds(shutdown=95, slowdown=89, max_operating=87, memory_max=95),
-    thresholds_absolute=False,
-    thresholds_tlimit=True,
-    memory_tlimit=True,
     max_clocks_mhz=(1980, 1980, 3201, 1545),
     idle_clocks_mhz=(345, 345, 3201, 765),
-    idle_pstate=0,
-    idle_pcie_generation=5,
     memory_total_mib=143771,
     memory_reserved_mib=614,
     bar1_total_mib=262144,
-    pcie_max_generation=5,
-    pcie_max_width=16,
-    ecc=True,
-    row_remapping=True,
-    memory_temperature=True,
-    fan=False,
-    fan_zero_rpm=False,
-    serial=True,
-    nvlink_links=18,
-    power_average_field=True,
     idle_power_w=78.0,
     demand_power_w=740.0,
     ambient_celsius=25.0,
     thermal_resistance_c_per_w=0.044,
-    thermal_time_constant_s=60.0,
     memory_temperature_offset_c=6.0,
     memory_temperature_ratio=0.37,
 )
