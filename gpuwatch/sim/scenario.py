@@ -194,9 +194,9 @@ def load(name_or_path: str | None) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
-    from gpuwatch.sim import smi_host  # it builds Scenarios, so it imports this module
+    from gpuwatch.sim import smi, smi_host  # smi_host builds Scenarios, so it imports this module
 
-    if path.suffix.lower() == ".txt" or smi_host.looks_like_smi(text):
+    if path.suffix.lower() == ".txt" or smi.looks_like_smi(text):
         host = smi_host.build(text, source=str(path))
         for line in host.fallbacks:
             log.info("%s: %s", path, line)

@@ -354,6 +354,11 @@ def parse(text: str) -> SmiCapture:
     return SmiCapture(gpus=gpus, nvlink_links=nvlink)
 
 
+def looks_like_smi(text: str) -> bool:
+    """Whether ``text`` holds at least one ``nvidia-smi -q`` GPU block."""
+    return any(_GPU_HEADER.match(line) for line in text.splitlines())
+
+
 def masked(value: str | None) -> bool:
     """Whether an identifier was masked when the capture was shared (all zeros)."""
     return value is not None and bool(_MASKED.match(value))

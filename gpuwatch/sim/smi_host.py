@@ -60,11 +60,6 @@ _SERVED_MEMORY_MAX_MIB = 40000
 T = TypeVar("T")
 
 
-def looks_like_smi(text: str) -> bool:
-    """Whether ``text`` holds at least one ``nvidia-smi -q`` GPU block."""
-    return bool(re.search(r"^GPU [0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]\s*$", text, re.M))
-
-
 def build(text: str, source: str = "<nvidia-smi -q>") -> Scenario:
     """The simulated host of the cards in ``text``; ``source`` names it in errors and fallbacks."""
     capture = smi.parse(text)
