@@ -151,7 +151,8 @@ def main() -> None:
     help="How often to list GPU processes (a slow NVML call, kept off the fast loop).",
 )
 @_simulate_option(
-    f"Run on simulated GPUs: a built-in scenario name or a TOML path (default {scenarios.DEFAULT_SCENARIO})."
+    "Run on simulated GPUs: a built-in scenario name, a TOML path, or a saved `nvidia-smi -q` (.txt) "
+    f"to simulate those cards (default {scenarios.DEFAULT_SCENARIO})."
 )
 @click.option(
     "--sim-speed",
@@ -302,7 +303,9 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
     help="The running daemon to read; if it does not answer, NVML is sampled directly.",
 )
 @click.option("--direct", is_flag=True, help="Sample NVML in this process; do not ask a daemon.")
-@_simulate_option("Sample a simulated host in this process (implies --direct).")
+@_simulate_option(
+    "Sample a simulated host in this process (implies --direct): a scenario name or path, or an `nvidia-smi -q` .txt."
+)
 @click.option(
     "--sim-at",
     "sim_at_s",

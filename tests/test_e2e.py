@@ -168,17 +168,21 @@ def test_a_gpu_falling_off_the_bus_leaves_the_others_reporting(tmp_path):
         assert set(e2) == {"0", "2", "3"}
         assert all(e2[g] > e1[g] for g in e2)
         assert len(per_gpu(second, "gpuwatch_gpu_info")) == 4
-        assert per_gpu(second, "gpuwatch_gpu_xid_errors_total", xid="79") == {"1": 1.0}  # from the event thread
+        # NVML never delivers Xid 79 as an event (the kernel log has it): the GPU is simply lost.
+        assert per_gpu(second, "gpuwatch_gpu_xid_errors_total", xid="79") == {}
         assert per_gpu(second, "gpuwatch_gpu_health", state="critical") == {"0": 0.0, "1": 1.0, "2": 0.0, "3": 0.0}
         assert "GPU 1" in d.stderr and "lost" in d.stderr
 
 
-def test_consumer_gpu_exports_no_ecc_and_logs_no_error_per_poll(tmp_path):
+def test_consumer_gpu_exports_ecc_off_and_logs_no_error_per_poll(tmp_path):
     with daemon(tmp_path, "--simulate", "consumer-gpu", "--sim-speed", "60") as d:
         time.sleep(2)  # about 120 polls
         samples = d.metrics()
         assert samples["gpuwatch_polls_total"][frozenset()] > 50
-        assert not [name for name in samples if "ecc" in name or "remap" in name]
+        # As the RTX 4090 capture shows: ECC mode off (no error counts), row remapping answered.
+        assert set(per_gpu(samples, "gpuwatch_gpu_ecc_enabled").values()) == {0.0}
+        assert not [name for name in samples if name.startswith("gpuwatch_gpu_ecc_errors")]
+        assert len(per_gpu(samples, "gpuwatch_gpu_row_remap_pending")) == 2
         assert len(per_gpu(samples, "gpuwatch_gpu_power_watts")) == 2
     noisy = [line for line in d.stderr.splitlines() if " ERROR " in line or " WARNING " in line]
     assert noisy == []

@@ -112,7 +112,8 @@ def test_a_lost_gpu_is_critical_the_others_update_every_poll_and_it_is_picked_up
     # its first poll back, between slow reads, already has what the slow loop reads
     first_back = snapshots[102].gpus[1].reading
     assert first_back.performance_state is not None and "memory" in first_back.clocks_hertz
-    assert back.verdict.checks["up"] == "ok" and back.verdict.checks["xid"] == "critical"  # Xid 79 within the hour
+    # NVML delivered no Xid 79 event (a real driver never does), so nothing keeps it critical once back.
+    assert back.verdict.checks["up"] == "ok" and back.verdict.checks["xid"] == "ok"
     assert back.reading.power_watts > 0
     # the counter restarted at the reset; the exported total carried on
     assert back.reading.energy_joules < snapshots[38].gpus[1].reading.energy_joules

@@ -26,8 +26,14 @@ SLOW_ONLY = {
 }
 
 
-def test_a_fast_poll_makes_seven_calls_per_gpu_and_none_of_the_slow_ones(sim):
-    run = sim("inference-host", process_interval_s=10.0)
+@pytest.mark.parametrize(
+    ("scenario", "calls_per_gpu"),
+    # Seven where the card has a margin to ask (T.Limit: Ada, Hopper, R570+); an A6000 answers none, so
+    # after the first NotSupported the margin query is not asked again (its capture: T.Limit N/A).
+    [("inference-host", 6), ("consumer-gpu", 7)],
+)
+def test_a_fast_poll_makes_seven_calls_per_gpu_at_most_and_none_of_the_slow_ones(sim, scenario, calls_per_gpu):
+    run = sim(scenario, process_interval_s=10.0)
     run.at(1)  # opens NVML; the first poll also runs the slow loop
     calls = run.host.library.calls_by_symbol
     before = Counter(calls)
@@ -36,7 +42,7 @@ def test_a_fast_poll_makes_seven_calls_per_gpu_and_none_of_the_slow_ones(sim):
     gpus = len(run.host.library.gpus)
     events = fast.pop("nvmlEventSetWait_v2")  # one per poll for the whole host, not per GPU
     assert events == 1
-    assert sum(fast.values()) == 7 * gpus, fast
+    assert sum(fast.values()) == calls_per_gpu * gpus, fast
     assert fast["nvmlDeviceGetFieldValues"] == gpus
     assert fast["nvmlDeviceGetClockInfo"] == gpus  # the SM clock; the others wait for the slow loop
     assert not SLOW_ONLY & set(fast)

@@ -78,11 +78,11 @@ def test_consumer_card_omits_what_it_does_not_support_and_logs_it_once(open_read
     assert len(caplog.records) == logged_after_first_poll  # nothing logged per poll
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     gpu = reader.identities[0]
-    assert gpu.ecc_enabled is None and gpu.serial is None
-    assert gpu.temperature_thresholds_celsius == {}
+    assert gpu.ecc_enabled is False and gpu.serial is None  # ECC mode Disabled, as the capture shows
+    assert gpu.temperature_thresholds_celsius == {"target": 84.0}  # T.Limit card: the acoustic target only
     for reading in (first, last):
         assert reading.ecc_errors == {}
-        assert reading.remapped_rows == {} and reading.row_remap_pending is None
+        assert reading.remapped_rows == {"correctable": 0, "uncorrectable": 0} and reading.row_remap_pending is False
         assert reading.temperature_margin_celsius is not None
         assert reading.energy_joules is not None
 
@@ -92,14 +92,20 @@ def test_each_profile_reports_what_its_hardware_has(open_reader):
     clock.advance(60)
     names = [g.name for g in reader.identities]
     readings = {name: reader.read(i) for i, name in enumerate(names)}
-    assert readings["NVIDIA A100 80GB PCIe"].memory_temperature_celsius is not None  # HBM
+    assert readings["NVIDIA A100-SXM4-80GB"].memory_temperature_celsius is not None  # HBM
     assert readings["NVIDIA H100 80GB HBM3"].memory_temperature_celsius is not None
-    assert readings["NVIDIA L40"].memory_temperature_celsius is None
-    assert readings["NVIDIA L40"].fan_speed_ratio is None  # passive
+    h200 = readings["NVIDIA H200"]
+    assert h200.memory_temperature_celsius is not None and h200.temperature_celsius is not None
+    assert h200.memory_temperature_celsius < h200.temperature_celsius  # HBM3e under load: cooler than the die
+    assert readings["NVIDIA L40S"].memory_temperature_celsius is None
+    assert readings["NVIDIA L40S"].fan_speed_ratio is None  # passive
     assert readings["NVIDIA RTX A6000"].fan_speed_ratio is not None
-    l40 = reader.identities[names.index("NVIDIA L40")]
-    assert l40.temperature_thresholds_celsius == {}  # Ada reports a margin, not thresholds
-    assert readings["NVIDIA L40"].temperature_margin_celsius is not None
+    l40s = reader.identities[names.index("NVIDIA L40S")]
+    assert l40s.temperature_thresholds_celsius == {}  # Ada answers T.Limit offsets and a margin, not thresholds
+    assert readings["NVIDIA L40S"].temperature_margin_celsius is not None
+    a6000 = reader.identities[names.index("NVIDIA RTX A6000")]
+    assert a6000.temperature_thresholds_celsius["max_operating"] == 93.0
+    assert readings["NVIDIA RTX A6000"].temperature_margin_celsius is None  # no T.Limit on an A6000
     for name, reading in readings.items():
         assert reading.power_watts <= reading.power_limit_watts * 1.05, name
 
@@ -213,6 +219,7 @@ def test_a_lost_gpu_is_probed_again_on_a_backoff_and_read_again_after_a_reset(ca
 
 def test_a_call_that_answered_once_is_not_written_off_by_a_passing_not_supported():
     text = (
+        'driver_version = "570.133.07"\n'  # nvmlDeviceGetTemperatureV (temperature#0) is R570
         '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n[[gpu.fault]]\nkind = "not_supported"\nat_s = 10\nduration_s = 5\n'
     )
     reader, clock, _ = _reader_over(text)

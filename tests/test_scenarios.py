@@ -46,3 +46,15 @@ def test_mistakes_name_the_key(tmp_path, text, expected):
 def test_unknown_name_lists_the_builtins():
     with pytest.raises(scenario.ScenarioError, match="inference-host"):
         scenario.load("no-such-scenario")
+
+
+@pytest.mark.parametrize("name", scenario.builtin_names())
+def test_a_busy_gpu_always_has_its_process_and_its_memory(name):
+    """As on a real host: work on a GPU is some process's, holding memory there (issue 14)."""
+    loaded = scenario.load(name)
+    served = {i for server in loaded.servers for i in server.gpus}
+    for index, gpu in enumerate(loaded.gpus):
+        if max(level for _, level in gpu.load_steps) > 0.02:
+            held = sum(p.used_memory_bytes for p in gpu.processes)
+            assert index in served or held > 0, f"{name}: GPU {index} is busy with no process"
+            assert held < gpu.card.memory_total_mib * 2**20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import subprocess
 import sys
 
@@ -43,22 +44,27 @@ def test_field_values_report_per_element_return_codes(nvml):
         h, [pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, 9999]
     )
     assert values[0].nvmlReturn == pynvml.NVML_SUCCESS and values[0].value.ullVal > 0
-    assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
-    assert values[2].nvmlReturn == pynvml.NVML_ERROR_INVALID_ARGUMENT
+    assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # ECC is off on a GeForce
+    assert values[2].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # unknown: per element, not the batch
 
 
-def test_consumer_card_raises_pynvml_not_supported(nvml):
+def test_an_rtx_4090_answers_as_its_capture_does(nvml):
     nvml("consumer-gpu")
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetEccMode(h) == [0, 0]  # Disabled, not NotSupported
+    assert pynvml.nvmlDeviceGetRemappedRows(h) == (0, 0, 0, 0)
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_ACOUSTIC_CURR) == 84
     for call in (
-        lambda: pynvml.nvmlDeviceGetEccMode(h),
-        lambda: pynvml.nvmlDeviceGetRemappedRows(h),
         lambda: pynvml.nvmlDeviceGetSerial(h),
         lambda: pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX),
+        lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
+        ),
     ):
         with pytest.raises(pynvml.NVMLError_NotSupported):
             call()
     assert pynvml.nvmlDeviceGetMarginTemperature(h) > 0
+    assert pynvml.nvmlDeviceGetPciInfo(h).pciSubSystemId == 0xF29710B0
 
 
 def test_power_stays_under_the_cap_and_energy_integrates(nvml):
@@ -309,3 +315,63 @@ def test_init_can_hang():
         assert slept == [30]
     finally:
         use_library(None)
+
+
+# -- a driver as the captures show it --------------------------------------------------------------
+
+
+def test_entry_points_and_fields_follow_the_driver_branch(host):
+    """A 550 driver has no R570 calls (FunctionNotFound) and no R555 fields (NOT_SUPPORTED per element)."""
+    host('driver_version = "550.127.05"\n[[gpu]]\nprofile = "rtx-4090"\n')
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    for call in (
+        lambda: pynvml.nvmlDeviceGetMarginTemperature(h),
+        lambda: pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU),
+    ):
+        with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+            call()
+    tx, tlimit = pynvml.nvmlDeviceGetFieldValues(
+        h, [pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, pynvml.NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT]
+    )
+    assert tx.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # R555
+    assert tlimit.nvmlReturn == pynvml.NVML_SUCCESS and tlimit.value.siVal == -7  # R535
+    assert pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) > 0
+
+
+def test_a_versioned_struct_with_the_wrong_version_is_refused(nvml):
+    nvml("consumer-gpu")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2).total == 24564 * 2**20
+    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
+        pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2 - 1)
+    margin = pynvml.c_nvmlMarginTemperature_v1_t()
+    margin.version = pynvml.nvmlMarginTemperature_v1 + (1 << 24)
+    ret = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetMarginTemperature")(h, ctypes.byref(margin))
+    assert ret == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+
+
+def test_xid_79_is_never_an_event_the_gpu_is_simply_lost(nvml):
+    clock = nvml("xid-79")
+    lost = pynvml.nvmlDeviceGetHandleByIndex(1)
+    events = pynvml.nvmlEventSetCreate()
+    pynvml.nvmlDeviceRegisterEvents(lost, pynvml.nvmlEventTypeXidCriticalError, events)
+    clock.advance(41)
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        pynvml.nvmlEventSetWait_v2(events, 0)
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetPowerUsage(lost)
+
+
+def test_hopper_idles_at_p0_and_gen5_and_answers_memory_tlimit_0(nvml):
+    nvml("mixed-fleet")
+    names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(6)]
+    h = pynvml.nvmlDeviceGetHandleByIndex(names.index("NVIDIA H200"))
+    shutdown, slowdown, memory, gpu_max = pynvml.nvmlDeviceGetFieldValues(h, [193, 194, 195, 196])
+    assert (shutdown.value.siVal, slowdown.value.siVal, memory.value.siVal, gpu_max.value.siVal) == (-8, -2, 0, 0)
+    a6000 = pynvml.nvmlDeviceGetHandleByIndex(names.index("NVIDIA RTX A6000"))
+    assert all(
+        v.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED for v in pynvml.nvmlDeviceGetFieldValues(a6000, [193, 194])
+    )
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetMarginTemperature(a6000)  # no T.Limit on an A6000, even on R570

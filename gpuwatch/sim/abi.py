@@ -17,6 +17,7 @@ ERROR_DRIVER_NOT_LOADED = 9
 ERROR_TIMEOUT = 10
 ERROR_LIBRARY_NOT_FOUND = 12  # pynvml's own code when libnvidia-ml.so.1 cannot be loaded
 ERROR_GPU_IS_LOST = 15
+ERROR_ARGUMENT_VERSION_MISMATCH = 25
 ERROR_DEPRECATED = 26
 ERROR_UNKNOWN = 999
 
@@ -31,6 +32,7 @@ ERROR_STRINGS = {
     ERROR_TIMEOUT: b"Timeout",
     ERROR_LIBRARY_NOT_FOUND: b"NVML Shared Library Not Found",
     ERROR_GPU_IS_LOST: b"GPU is lost",
+    ERROR_ARGUMENT_VERSION_MISMATCH: b"Argument version mismatch",
     ERROR_DEPRECATED: b"Requested functionality has been deprecated",
     ERROR_UNKNOWN: b"Unknown Error",
 }
@@ -119,6 +121,7 @@ FI_PERF_POLICY_TOTAL_APP_CLOCKS = 80
 FI_PERF_POLICY_TOTAL_BASE_CLOCKS = 81
 FI_MEMORY_TEMP = 82
 FI_TOTAL_ENERGY_CONSUMPTION = 83
+FI_NVLINK_LINK_COUNT = 91
 FI_PCIE_REPLAY_COUNTER = 94
 FI_REMAPPED_COR = 142
 FI_REMAPPED_UNC = 143
@@ -138,6 +141,12 @@ FI_TEMPERATURE_MEM_MAX_TLIMIT = 195
 FI_TEMPERATURE_GPU_MAX_TLIMIT = 196
 FI_PCIE_COUNT_TX_BYTES = 197
 FI_PCIE_COUNT_RX_BYTES = 198
+
+# Versions of the versioned structs the simulator fills: NVML_STRUCT_VERSION(name, n) is
+# sizeof(struct) | n << 24; a caller that sets another answers ARGUMENT_VERSION_MISMATCH.
+MEMORY_V2 = 0x02000028  # nvmlMemory_v2_t, 40 bytes
+TEMPERATURE_V1 = 0x0100000C  # nvmlTemperature_v1_t, 12 bytes
+MARGIN_TEMPERATURE_V1 = 0x01000008  # nvmlMarginTemperature_v1_t, 8 bytes
 
 # Value stamped into usedGpuMemory when the driver cannot tell (NVML_VALUE_NOT_AVAILABLE).
 VALUE_NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF

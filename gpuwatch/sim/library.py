@@ -7,7 +7,9 @@ value, outputs ``byref``), writes its results through them and returns an ``nvml
 own wrappers, structs, version fallbacks and error classes therefore run unchanged on top of it.
 
 Symbols not implemented here are missing, exactly as on an older driver: pynvml raises
-``NVMLError_FunctionNotFound`` for them. ``hidden_symbols`` removes more, to emulate old drivers.
+``NVMLError_FunctionNotFound`` for them. So are those newer than the scenario's ``driver_version``
+(a 550 host has no ``nvmlDeviceGetMarginTemperature``), and field ids newer than it answer
+NOT_SUPPORTED. ``hidden_symbols`` removes more, to emulate old drivers.
 
 Faults of the driver as a whole (the scenario's top-level ``[[fault]]``) act here: ``nvmlInit``
 refused while the library or the kernel module is missing, or blocked; and a driver reload, after
@@ -35,6 +37,22 @@ _HANDLE_BASE = 0x6A000
 _HANDLE_STRIDE = 0x100
 _GENERATION_STRIDE = 0x100000  # handles of each driver load differ, so a reload invalidates old ones
 _EVENT_SET_BASE = 0x7E000
+
+# The driver branch that first shipped an entry point (shared/research/nvml.md §0, from the go-nvml
+# header history; gpustat for _v2 memory at 515). Entry points not listed are older than any
+# driver a scenario may name.
+_ENTRY_POINT_SINCE = {
+    "nvmlDeviceGetComputeRunningProcesses_v3": 510,
+    "nvmlDeviceGetGraphicsRunningProcesses_v3": 510,
+    "nvmlDeviceGetMemoryInfo_v2": 515,
+    "nvmlDeviceGetCurrentClocksEventReasons": 535,
+    "nvmlDeviceGetSupportedClocksEventReasons": 535,
+    "nvmlDeviceGetTemperatureV": 570,
+    "nvmlDeviceGetMarginTemperature": 570,
+}
+# Likewise for field ids: power readings and limits and the T.Limit thresholds (185-196) came with
+# R535, the PCIe byte counters (197, 198) with R555.
+_FIELD_SINCE = {**dict.fromkeys(range(185, 197), 535), 197: 555, 198: 555}
 
 
 class SimulatedNvmlError(Exception):
@@ -105,6 +123,8 @@ class SimulatedNvmlLibrary:
     def __getattr__(self, name: str) -> _EntryPoint:
         if not name.startswith("nvml") or name in self._hidden:
             raise AttributeError(name)
+        if _ENTRY_POINT_SINCE.get(name, 0) > self.scenario.driver_branch:
+            raise AttributeError(name)  # this driver predates the call
         impl = getattr(type(self), "_" + name, None)
         if impl is None:
             raise AttributeError(name)
@@ -282,7 +302,7 @@ class SimulatedNvmlLibrary:
         info.bus = gpu.pci_bus
         info.device = 0
         info.pciDeviceId = gpu.profile.pci_device_id
-        info.pciSubSystemId = 0x145913DC
+        info.pciSubSystemId = gpu.profile.pci_subsystem_id
 
     # -- power ------------------------------------------------------------------------------------
 
@@ -320,6 +340,7 @@ class SimulatedNvmlLibrary:
     def _nvmlDeviceGetTemperatureV(self, handle: Any, out: Any) -> None:
         gpu = self._gpu(handle)
         struct = out._obj
+        _check_version(struct, abi.TEMPERATURE_V1)
         if struct.sensorType != abi.TEMPERATURE_GPU:
             raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
         struct.temperature = round(gpu.state.temperature_c)
@@ -334,12 +355,18 @@ class SimulatedNvmlLibrary:
             abi.THRESHOLD_MEM_MAX: t.memory_max,
             abi.THRESHOLD_ACOUSTIC_CURR: t.target,
         }
-        value = values.get(_val(kind))
-        _require(gpu.profile.thresholds_absolute and value is not None)
+        kind = _val(kind)
+        value = values.get(kind)
+        # Cards that answer in T.Limit terms still answer their acoustic target (RTX 4090: 84).
+        _require(value is not None and (gpu.profile.thresholds_absolute or kind == abi.THRESHOLD_ACOUSTIC_CURR))
         _set(out, value)
 
     def _nvmlDeviceGetMarginTemperature(self, handle: Any, out: Any) -> None:
-        out._obj.marginTemperature = round(self._gpu(handle).margin_c())
+        """The T.Limit reading (nvidia-smi "GPU T.Limit Temp"); N/A on cards without T.Limit (A6000, A100)."""
+        gpu = self._gpu(handle)
+        _check_version(out._obj, abi.MARGIN_TEMPERATURE_V1)
+        _require(gpu.profile.thresholds_tlimit)
+        out._obj.marginTemperature = round(gpu.margin_c())
 
     def _nvmlDeviceGetFanSpeed(self, handle: Any, out: Any) -> None:
         gpu = self._gpu(handle)
@@ -404,6 +431,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> None:
         gpu = self._gpu(handle)
+        _check_version(out._obj, abi.MEMORY_V2)
         total = gpu.profile.memory_total_mib * MIB
         reserved = gpu.profile.memory_reserved_mib * MIB
         used = gpu.used_memory_bytes()
@@ -555,11 +583,12 @@ class SimulatedNvmlLibrary:
         gpu = self._gpu(handle)
         stamp_us = int(self._time_s * 1e6)
         table = self._field_table(gpu)  # once per call, not per field: the batch is one driver call
+        branch = self.scenario.driver_branch
         for entry in _plain_view(values._obj)[: _val(count)]:
             entry.timestamp = stamp_us
             entry.latencyUsec = 0
             try:
-                value_type, value = _field(table, entry.fieldId)
+                value_type, value = _field(table, entry.fieldId, branch)
             except SimulatedNvmlError as exc:
                 entry.nvmlReturn = exc.code
                 continue
@@ -611,9 +640,12 @@ class SimulatedNvmlLibrary:
             abi.FI_POWER_DEFAULT_LIMIT: (True, uint, round(p.power_default_w * 1000)),
             abi.FI_POWER_CURRENT_LIMIT: (True, uint, round(gpu.power_limit_w * 1000)),
             abi.FI_POWER_REQUESTED_LIMIT: (True, uint, round(gpu.power_limit_w * 1000)),
-            abi.FI_TEMPERATURE_SHUTDOWN_TLIMIT: (True, sint, t.shutdown - t.max_operating),
-            abi.FI_TEMPERATURE_SLOWDOWN_TLIMIT: (True, sint, t.slowdown - t.max_operating),
-            abi.FI_TEMPERATURE_GPU_MAX_TLIMIT: (True, sint, 0),
+            # Relative to the T.Limit point, negative above it (L40S -5/-2, H100 -8/-2, RTX 4090 -7/-2).
+            abi.FI_TEMPERATURE_SHUTDOWN_TLIMIT: (p.thresholds_tlimit, sint, t.max_operating - t.shutdown),
+            abi.FI_TEMPERATURE_SLOWDOWN_TLIMIT: (p.thresholds_tlimit, sint, t.max_operating - t.slowdown),
+            abi.FI_TEMPERATURE_GPU_MAX_TLIMIT: (p.thresholds_tlimit, sint, 0),
+            abi.FI_TEMPERATURE_MEM_MAX_TLIMIT: (p.memory_tlimit, sint, 0),  # Hopper answers 0
+            abi.FI_NVLINK_LINK_COUNT: (p.nvlink_links > 0, uint, p.nvlink_links),
             abi.FI_PCIE_COUNT_TX_BYTES: (True, ull, s.pcie_tx_bytes),
             abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
         }
@@ -702,7 +734,7 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetNvLinkState(self, handle: Any, link: Any, out: Any) -> None:
         gpu = self._gpu(handle)
-        links = _nvlink_links(gpu.profile.name)
+        links = gpu.profile.nvlink_links
         _require(links > 0)
         if not 0 <= _val(link) < links:
             raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
@@ -799,16 +831,10 @@ _PCIE_TX_BYTES_PER_S = 1.5e9  # at full load: the rate physics.py's byte counter
 _PCIE_RX_BYTES_PER_S = 0.6e9
 _PCIE_IDLE_KB_PER_S = 50
 _MIG_CAPABLE = ("A100", "A30", "H100", "H200", "H800", "H20", "B200")
-# NVLink links per card: H100/H200 SXM 18 (the H100 and H200 captures' `nvlink -s`), A100 SXM4 12.
-_NVLINK_LINKS = (("H100 80GB HBM3", 18), ("H200", 18), ("A100-SXM4", 12))
 
 
 def _mig_capable(name: str) -> bool:
     return any(part in name for part in _MIG_CAPABLE)
-
-
-def _nvlink_links(name: str) -> int:
-    return next((links for part, links in _NVLINK_LINKS if part in name), 0)
 
 
 def _compute_capability(name: str, architecture: int) -> tuple[int, int]:
@@ -822,21 +848,16 @@ def _compute_capability(name: str, architecture: int) -> tuple[int, int]:
     return 10, 0  # Blackwell (GB100); the simulator has no older part
 
 
-def _field(table: dict[int, tuple[bool, int, float]], field_id: int) -> tuple[int, float]:
-    """One field's (value type, value) from a GPU's field table, or the driver's per-field error."""
-    if field_id not in table:
-        # Retired pages (29-31) are a pre-Ampere mechanism: every profile here says N/A.
-        known = {
-            abi.FI_RETIRED_SBE,
-            abi.FI_RETIRED_DBE,
-            abi.FI_RETIRED_PENDING,
-            abi.FI_TEMPERATURE_MEM_MAX_TLIMIT,
-        }
-        code = abi.ERROR_NOT_SUPPORTED if field_id in known else abi.ERROR_INVALID_ARGUMENT
-        raise SimulatedNvmlError(code)
-    supported, value_type, value = table[field_id]
-    _require(supported)
-    return value_type, value
+def _field(table: dict[int, tuple[bool, int, float]], field_id: int, branch: int) -> tuple[int, float]:
+    """One field's (value type, value) from a GPU's field table, or the driver's per-field error.
+
+    A field the card lacks (retired pages on Ampere and newer), one this driver branch predates, or
+    one the simulator does not model answers NOT_SUPPORTED in its own element, as a real driver
+    does, never an error for the whole batch (shared/research/real-cards.md)."""
+    entry = table.get(field_id)
+    if entry is None or not entry[0] or _FIELD_SINCE.get(field_id, 0) > branch:
+        raise SimulatedNvmlError(abi.ERROR_NOT_SUPPORTED)
+    return entry[1], entry[2]
 
 
 # -- ctypes helpers -------------------------------------------------------------------------------
@@ -879,6 +900,12 @@ def _plain_view(array: Any) -> Any:
         assert issubclass(plain, ctypes.Structure)
         _PLAIN_STRUCTS[element] = plain
     return (plain * len(array)).from_buffer(array)
+
+
+def _check_version(struct: Any, expected: int) -> None:
+    """A versioned struct whose version field is not the one this entry point fills."""
+    if struct.version != expected:
+        raise SimulatedNvmlError(abi.ERROR_ARGUMENT_VERSION_MISMATCH)
 
 
 def _require(supported: bool) -> None:

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gpuwatch.sim import abi
-from gpuwatch.sim.profiles import PROFILES, DeviceProfile
+from gpuwatch.sim.profiles import DeviceProfile
 from gpuwatch.sim.scenario import Fault, GpuSpec, SimProcess
 
 STEP_S = 0.25
@@ -65,16 +65,21 @@ class SimGpu:
     def __init__(self, index: int, spec: GpuSpec, seed: int) -> None:
         self.index = index
         self.spec = spec
-        self.profile: DeviceProfile = PROFILES[spec.profile]
+        self.profile: DeviceProfile = spec.card
         self.rng = random.Random(seed * 1009 + index)
         # Intermittent call faults draw from their own stream, so the physics stays a function of
         # simulated time alone however often the GPU is read.
         self._call_rng = random.Random(seed * 7919 + index)
         self.power_limit_w = spec.power_limit_w or self.profile.power_default_w
-        self.uuid = "GPU-" + _uuid_from(self.rng)
-        self.serial = f"13{self.rng.randrange(10**10, 10**11)}"
+        # Drawn even where the scenario names them, so the rest of the run stays the same.
+        uuid, serial = "GPU-" + _uuid_from(self.rng), f"13{self.rng.randrange(10**10, 10**11)}"
+        self.uuid = spec.uuid or uuid
+        self.serial = spec.serial or serial
         self.pci_bus = 0x1B + index * 0x20
         self.pci_bus_id = f"00000000:{self.pci_bus:02X}:00.0"
+        if spec.pci_bus_id:
+            self.pci_bus_id = spec.pci_bus_id.upper()
+            self.pci_bus = int(self.pci_bus_id.split(":")[1], 16)
         self.load = 0.0  # the work asked of it in the latest step, 0..1
         self._sw_thermal_scale = 1.0
         self._hw_thermal = False
@@ -94,6 +99,9 @@ class SimGpu:
             energy_mj=self.rng.uniform(2e8, 9e8),
             power_w=start_power,
             power_avg_w=start_power,
+            pstate=self.profile.idle_pstate,
+            pcie_generation=self.profile.idle_pcie_generation,
+            fan_percent=self._fan_percent(spec.ambient_celsius + spec.thermal_resistance_c_per_w * start_power),
         )
         self.state.violation_ns = {policy: 0.0 for policy in range(6)}
 
@@ -137,8 +145,9 @@ class SimGpu:
             fault = self._pending_faults.pop(0)
             self._active.append(fault)
             if fault.kind == "fall_off_bus":
+                # Xid 79 reaches the kernel log only; NVML delivers no event for it (DCGM issue 162):
+                # the GPU simply answers GPU_IS_LOST from now on.
                 s.lost = True
-                self.event_log.append((abi.EVENT_XID_CRITICAL, 79))
             elif fault.kind == "ecc_corrected":
                 s.ecc_volatile[0] += fault.count
                 s.ecc_aggregate[0] += fault.count
@@ -258,8 +267,8 @@ class SimGpu:
             s.clocks_mhz = p.idle_clocks_mhz
             s.utilization_gpu = 0
             s.utilization_memory = 0
-            s.pstate = 8
-            s.pcie_generation = 1
+            s.pstate = p.idle_pstate
+            s.pcie_generation = p.idle_pcie_generation
         s.power_w = power
         self._avg_window.append(power)
         s.power_avg_w = sum(self._avg_window) / len(self._avg_window)
@@ -269,7 +278,7 @@ class SimGpu:
         ambient = self.ambient_at(self.time_s)
         target_c = ambient + self.spec.thermal_resistance_c_per_w * power
         s.temperature_c += (target_c - s.temperature_c) * (1.0 - math.exp(-STEP_S / self.spec.thermal_time_constant_s))
-        s.fan_percent = int(min(100, max(30, 30 + (s.temperature_c - 45) * 1.6)))
+        s.fan_percent = self._fan_percent(s.temperature_c)
 
         step_ns = STEP_S * 1e9
         if reasons & abi.REASON_SW_POWER_CAP:
@@ -281,11 +290,20 @@ class SimGpu:
 
     # -- derived readings -----------------------------------------------------------------------
 
+    def _fan_percent(self, temperature_c: float) -> int:
+        if self.profile.fan_zero_rpm and temperature_c < 50:
+            return 0  # GeForce boards stop their fans while cool (the RTX 4090 capture: 0 % at idle)
+        return int(min(100, max(30, 30 + (temperature_c - 45) * 1.6)))
+
     def used_memory_bytes(self) -> int:
         return sum(p.used_memory_bytes for p in self.processes) + 1024 * 1024
 
     def memory_temperature_c(self) -> float:
-        return self.state.temperature_c + (6.0 if self.state.pstate == 0 else 2.0)
+        """HBM temperature: warmer than the die at idle, cooler under load, as the Hopper captures show."""
+        p, ambient = self.profile, self.ambient_at(self.time_s)
+        return (
+            ambient + p.memory_temperature_offset_c + p.memory_temperature_ratio * (self.state.temperature_c - ambient)
+        )
 
     def margin_c(self) -> float:
         """Degrees left to the first slowdown threshold (what nvmlDeviceGetMarginTemperature gives)."""

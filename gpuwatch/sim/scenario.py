@@ -6,25 +6,28 @@ path. Errors name the file, the key and the value, so a typo never silently chan
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpuwatch.sim.profiles import MIB, PROFILES
+from gpuwatch.sim.profiles import ALIASES, MIB, PROFILES, REMOVED, DeviceProfile
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIO = "inference-host"
 
 FAULT_KINDS = frozenset(
     {
-        "fall_off_bus",  # every call for the GPU answers GPU_IS_LOST from then on
+        "fall_off_bus",  # Xid 79: every call for the GPU answers GPU_IS_LOST from then on (no NVML event)
         "ecc_corrected",  # `count` corrected (single-bit) errors
         "ecc_uncorrected",  # `count` uncorrected (double-bit) errors, volatile and aggregate
         "row_remap_pending",  # an uncorrectable row waits for a GPU reset to be remapped
         "row_remap_failure",  # the remapper ran out of spare rows
         "power_brake",  # external power-brake assertion for `duration_s`
-        "xid",  # an XID event with code `xid`
+        "xid",  # an XID event with code `xid` (not 79: NVML never delivers that one; use fall_off_bus)
         "energy_reset",  # the energy counter restarts from 0 (a driver reload)
         "unknown_error",  # calls for the GPU answer UNKNOWN for `duration_s` (a `ratio` of them, default all)
         "not_supported",  # calls for the GPU answer NOT_SUPPORTED for `duration_s` (a `ratio` of them)
@@ -133,6 +136,16 @@ class GpuSpec:
     burst_on_s: float | None = None
     burst_off_s: float | None = None
     burst_low: float = 0.05
+    # A host built from an nvidia-smi capture (gpuwatch.sim.smi_host) brings its own card and identity.
+    device: DeviceProfile | None = None
+    uuid: str | None = None
+    serial: str | None = None
+    pci_bus_id: str | None = None
+
+    @property
+    def card(self) -> DeviceProfile:
+        """The device profile this GPU simulates."""
+        return self.device or PROFILES[self.profile]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +161,14 @@ class Scenario:
     servers: tuple[ServerSpec, ...] = ()
     faults: tuple[Fault, ...] = ()  # of the driver as a whole (HOST_FAULT_KINDS)
     source: str = field(default="", compare=False)
+    # What the scenario could not take from its source and filled in (a host built from a capture).
+    fallbacks: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def driver_branch(self) -> int:
+        """The driver's branch number (550 for 550.127.05), which decides the entry points it has."""
+        head = self.driver_version.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
 
 
 def builtin_names() -> list[str]:
@@ -157,7 +178,9 @@ def builtin_names() -> list[str]:
 
 
 def load(name_or_path: str | None) -> Scenario:
-    """Load a built-in scenario by name, or a scenario file by path."""
+    """Load a built-in scenario by name, or a scenario file by path: TOML, or the text of
+    ``nvidia-smi -q`` (a ``.txt`` file), which becomes a host of the captured cards
+    (:mod:`gpuwatch.sim.smi_host`; what the capture lacked is logged)."""
     name = name_or_path or DEFAULT_SCENARIO
     if name in builtin_names():
         res = resources.files("gpuwatch.sim") / "scenarios" / f"{name}.toml"
@@ -171,6 +194,13 @@ def load(name_or_path: str | None) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
+    from gpuwatch.sim import smi, smi_host  # smi_host builds Scenarios, so it imports this module
+
+    if path.suffix.lower() == ".txt" or smi.looks_like_smi(text):
+        host = smi_host.build(text, source=str(path))
+        for line in host.fallbacks:
+            log.info("%s: %s", path, line)
+        return host
     return parse(text, source=str(path))
 
 
@@ -267,6 +297,9 @@ class _Reader:
         }
         g = self.table(raw, where, allowed)
         profile_key = self.string(g, "profile", where, default="rtx-a6000")
+        profile_key = ALIASES.get(profile_key, profile_key)
+        if profile_key in REMOVED:
+            raise self.fail(_join(where, "profile"), f"{profile_key!r} was removed: use {REMOVED[profile_key]}")
         if profile_key not in PROFILES:
             raise self.fail(_join(where, "profile"), f"{profile_key!r} is not a profile (known: {', '.join(PROFILES)})")
         profile = PROFILES[profile_key]
@@ -374,7 +407,11 @@ class _Reader:
         if kind not in kinds:
             raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(kinds))})")
         if kind == "xid" and "xid" not in f:
-            raise self.fail(_join(where, "xid"), "an xid fault needs its code, e.g. xid = 79")
+            raise self.fail(_join(where, "xid"), "an xid fault needs its code, e.g. xid = 48")
+        if kind == "xid" and f["xid"] == 79:
+            # DCGM issue 162, shared/research/real-cards.md: the driver logs Xid 79 to the kernel log;
+            # NVML shows the GPU as lost and delivers no event.
+            raise self.fail(_join(where, "xid"), 'NVML never delivers Xid 79 as an event: use kind = "fall_off_bus"')
         return Fault(
             kind=kind,
             at_s=self.number(f, "at_s", where, default=0.0, minimum=0),
