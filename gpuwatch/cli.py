@@ -445,7 +445,11 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the JSON here (default: stdout)."
 )
-@click.option("--no-mask", is_flag=True, help="Keep serial numbers, UUIDs and process names (masked by default).")
+@click.option(
+    "--no-mask",
+    is_flag=True,
+    help="Keep serial numbers, UUIDs and process names (masked by default; a simulated host's are never masked).",
+)
 @_simulate_option("Capture a simulated host instead of the real driver (after its first simulated minute).")
 def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
     """Record what NVML answers here, for every query gpuwatch makes, as JSON.
@@ -464,7 +468,8 @@ def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
         raise click.UsageError(str(exc)) from exc
     clock.advance(CAPTURE_SIMULATED_AT_S)
     try:
-        doc = recorder.capture(mask=not no_mask)
+        # A simulated host's identities are made up: kept, so that a replay shows the same series.
+        doc = recorder.capture(mask=not no_mask and simulate is None)
     except recorder.NvmlError as exc:
         click.echo(f"gpuwatch: cannot capture: NVML answered {exc}", err=True)
         sys.exit(EXIT_UNKNOWN)

@@ -61,9 +61,21 @@ def test_consumer_gpu_exports_ecc_off_and_row_remapping_as_its_capture_shows(sim
     assert re.search(r"^gpuwatch_gpu_ecc_enabled\{[^}]*\} 0\.0$", text, re.M)  # Disabled, not unsupported
     assert "gpuwatch_gpu_ecc_errors" not in text  # no counts with ECC off
     assert "gpuwatch_gpu_remapped_rows" in text and "gpuwatch_gpu_row_remap_pending" in text
-    thresholds = re.findall(r'^gpuwatch_gpu_temperature_threshold_celsius\{[^}]*threshold="(\w+)"', text, re.M)
-    assert set(thresholds) == {"target"}  # Ada: T.Limit only, and the acoustic target
-    assert "gpuwatch_gpu_temperature_margin_celsius" in text
+    # Ada at R570: T.Limit offsets (-7/-2/0) and the margin query; absolute thresholds derived from
+    # them (T.Limit point 84 °C, as the capture's 28 °C + 56 °C), and the acoustic target as answered
+    thresholds = dict(
+        re.findall(r'^gpuwatch_gpu_temperature_threshold_celsius\{gpu="0",threshold="(\w+)"[^}]*\} (\S+)$', text, re.M)
+    )
+    point = float(re.search(r'^gpuwatch_gpu_temperature_celsius\{gpu="0",sensor="gpu"[^}]*\} (\S+)$', text, re.M)[1])
+    point += float(re.search(r'^gpuwatch_gpu_temperature_margin_celsius\{gpu="0"[^}]*\} (\S+)$', text, re.M)[1])
+    assert {name: float(v) for name, v in thresholds.items()} == {
+        "shutdown": point + 7,
+        "slowdown": point + 2,
+        "max_operating": point,
+        "target": 84.0,
+    }
+    tlimit = re.findall(r'^gpuwatch_gpu_temperature_threshold_tlimit_celsius\{gpu="0",threshold="(\w+)"', text, re.M)
+    assert set(tlimit) == {"shutdown", "slowdown", "max_operating"}  # no memory sensor on GDDR6X
 
 
 def test_a_failing_collector_fails_alone(sim):

@@ -15,15 +15,15 @@ from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
 
 NS = "not supported"
-# mixed-fleet: RTX A6000, L40, L40S, A100 80GB PCIe, H100 80GB HBM3, RTX 4090 on driver 570.
-MIXED = ("rtx-a6000", "l40", "l40s", "a100", "h100", "rtx-4090")
+# mixed-fleet: RTX A6000, L40S, A100-SXM4-80GB, H100 SXM, H200 and RTX 4090 on driver 570.
+MIXED = ("rtx-a6000", "l40s", "a100-sxm4-80gb", "h100", "h200", "rtx-4090")
 EXPECTED = {
     # card: (CUDA capability, MIG mode, NVLink links, fans)
     "rtx-a6000": ((8, 6), NS, 0, 1),
-    "l40": ((8, 9), NS, 0, NS),
     "l40s": ((8, 9), NS, 0, NS),
-    "a100": ((8, 0), [0, 0], 0, NS),
+    "a100-sxm4-80gb": ((8, 0), [0, 0], 12, NS),
     "h100": ((9, 0), [0, 0], 18, NS),
+    "h200": ((9, 0), [0, 0], 18, NS),
     "rtx-4090": ((8, 9), NS, 0, 1),
 }
 

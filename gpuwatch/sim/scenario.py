@@ -178,9 +178,10 @@ def builtin_names() -> list[str]:
 
 
 def load(name_or_path: str | None) -> Scenario:
-    """Load a built-in scenario by name, or a scenario file by path: TOML, or the text of
+    """Load a built-in scenario by name, or a scenario file by path: TOML, the text of
     ``nvidia-smi -q`` (a ``.txt`` file), which becomes a host of the captured cards
-    (:mod:`gpuwatch.sim.smi_host`; what the capture lacked is logged)."""
+    (:mod:`gpuwatch.sim.smi_host`), or a `gpuwatch capture` (a ``.json`` file), replayed as a host
+    (:mod:`gpuwatch.sim.capture_host`); what a capture lacked is logged."""
     name = name_or_path or DEFAULT_SCENARIO
     if name in builtin_names():
         res = resources.files("gpuwatch.sim") / "scenarios" / f"{name}.toml"
@@ -194,8 +195,13 @@ def load(name_or_path: str | None) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
-    from gpuwatch.sim import smi, smi_host  # smi_host builds Scenarios, so it imports this module
+    from gpuwatch.sim import capture_host, smi, smi_host  # they build Scenarios, so they import this module
 
+    if path.suffix.lower() == ".json" or capture_host.looks_like_capture(text):
+        host = capture_host.build(text, source=str(path))
+        for line in host.fallbacks:
+            log.info("%s: %s", path, line)
+        return host
     if path.suffix.lower() == ".txt" or smi.looks_like_smi(text):
         host = smi_host.build(text, source=str(path))
         for line in host.fallbacks:

@@ -81,25 +81,7 @@ def build(text: str, source: str = "<nvidia-smi -q>") -> Scenario:
             notes.append("serial: masked in the capture; generated")
         enforced = block.power("enforced")
         limit = enforced if enforced and enforced != device.power_default_w else None
-        served = index == 0
-        gpus.append(
-            GpuSpec(
-                profile=device.key,
-                load_steps=((0.0, _SERVED_LOAD if served else 0.0),),
-                ambient_celsius=device.ambient_celsius,
-                ambient_rise_celsius_per_minute=0.0,
-                ambient_max_celsius=device.ambient_celsius,
-                thermal_resistance_c_per_w=device.thermal_resistance_c_per_w,
-                thermal_time_constant_s=device.thermal_time_constant_s,
-                power_limit_w=limit,
-                processes=(),
-                faults=(),
-                device=device,
-                uuid=uuid,
-                serial=serial,
-                pci_bus_id=_bus_id(block.bus_id),
-            )
-        )
+        gpus.append(served_gpu_spec(device, index == 0, limit, uuid, serial, _bus_id(block.bus_id)))
         fallbacks += [f"GPU {index} ({block.bus_id}, {device.name}): {note}" for note in notes]
     if not capture.nvlink_links:
         fallbacks.append("NVLink links: no 'nvidia-smi nvlink -s' listing in the file; each GPU as its card's profile")
@@ -107,16 +89,7 @@ def build(text: str, source: str = "<nvidia-smi -q>") -> Scenario:
     if driver is None:
         fallbacks.append(f"driver version: not in the capture; {_DEFAULT_DRIVER}")
     first = gpus[0].card
-    server = ServerSpec(
-        name="vllm",
-        kind="vllm",
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        gpus=(0,),
-        port=0,
-        decode_tokens_per_s=1400.0,
-        prefill_tokens_per_s=2000.0,
-        used_memory_bytes=int(min(_SERVED_MEMORY_MAX_MIB, _SERVED_MEMORY_SHARE * first.memory_total_mib)) * MIB,
-    )
+    server = vllm_server(first.memory_total_mib * MIB)
     names = sorted({g.card.name for g in gpus})
     return Scenario(
         name=re.sub(r"\.txt$", "", source.rsplit("/", 1)[-1]),
@@ -131,20 +104,82 @@ def build(text: str, source: str = "<nvidia-smi -q>") -> Scenario:
     )
 
 
+def served_gpu_spec(
+    device: DeviceProfile,
+    served: bool,
+    power_limit_w: float | None,
+    uuid: str | None,
+    serial: str | None,
+    pci_bus_id: str | None,
+) -> GpuSpec:
+    """A captured card in the host: serving (GPU 0) or idle, at its capture's ambient and cooling."""
+    return GpuSpec(
+        profile=device.key,
+        load_steps=((0.0, _SERVED_LOAD if served else 0.0),),
+        ambient_celsius=device.ambient_celsius,
+        ambient_rise_celsius_per_minute=0.0,
+        ambient_max_celsius=device.ambient_celsius,
+        thermal_resistance_c_per_w=device.thermal_resistance_c_per_w,
+        thermal_time_constant_s=device.thermal_time_constant_s,
+        power_limit_w=power_limit_w,
+        processes=(),
+        faults=(),
+        device=device,
+        uuid=uuid,
+        serial=serial,
+        pci_bus_id=pci_bus_id,
+    )
+
+
+def vllm_server(memory_total_bytes: float) -> ServerSpec:
+    """The simulated vLLM server on GPU 0 of a captured host, holding 60 % of its memory (at most 40 000 MiB)."""
+    return ServerSpec(
+        name="vllm",
+        kind="vllm",
+        model="meta-llama/Llama-3.1-8B-Instruct",
+        gpus=(0,),
+        port=0,
+        decode_tokens_per_s=1400.0,
+        prefill_tokens_per_s=2000.0,
+        used_memory_bytes=int(min(_SERVED_MEMORY_MAX_MIB * MIB, _SERVED_MEMORY_SHARE * memory_total_bytes))
+        // MIB
+        * MIB,
+    )
+
+
 def closest_profile(block: smi.SmiGpu) -> tuple[DeviceProfile, bool]:
     """The known profile nearest to this card, and whether it is the same card."""
+    return closest_known(
+        block.name,
+        block.pci_device_id,
+        block.architecture,
+        block.brand,
+        hbm=block.temperature("memory") is not None,
+        memory_mib=block.memory_mib("total"),
+    )
+
+
+def closest_known(
+    name: str | None,
+    pci_device_id: int | None,
+    architecture: str | None,
+    brand: str | None,
+    hbm: bool,
+    memory_mib: float | None,
+) -> tuple[DeviceProfile, bool]:
+    """The known profile nearest to a card (by name, PCI device id, then architecture, brand and
+    memory), and whether it is the same card. ``architecture`` and ``brand`` as nvidia-smi names them."""
     for profile in PROFILES.values():
-        if block.name == profile.name or block.pci_device_id == profile.pci_device_id:
+        if name == profile.name or pci_device_id == profile.pci_device_id:
             return profile, True
-    arch = (block.architecture or "").lower()
-    name = (block.name or "").upper()
-    geforce = (block.brand or "").lower().startswith("geforce") or "GEFORCE" in name
-    hbm = block.temperature("memory") is not None
-    if arch in ("hopper", "blackwell") or re.search(r"\b(GH|GB|H|B)\d{3}", name):
-        key = "h200" if (block.memory_mib("total") or 0) > 100_000 else "h100"
+    arch = (architecture or "").lower()
+    upper = (name or "").upper()
+    geforce = (brand or "").lower().startswith("geforce") or "GEFORCE" in upper
+    if arch in ("hopper", "blackwell") or re.search(r"\b(GH|GB|H|B)\d{3}", upper):
+        key = "h200" if (memory_mib or 0) > 100_000 else "h100"
     elif arch == "ada lovelace":
         key = "rtx-4090" if geforce else "l40s"
-    elif hbm or re.search(r"\b(A100|A800|A30)\b", name):
+    elif hbm or re.search(r"\b(A100|A800|A30)\b", upper):
         key = "a100-sxm4-80gb"
     elif geforce:
         key = "rtx-4090"
