@@ -12,8 +12,8 @@ Policy, per shared/research/nvml.md §4.4:
 * Every value with a field id is declared once in :data:`FIELDS`, named by the
   :class:`GpuReading` attribute it fills, and read in one ``nvmlDeviceGetFieldValues`` call per
   GPU and loop; the ids are probed once and each element's own return code is checked.
-* A fast poll makes seven NVML calls per GPU: the field batch, temperature, temperature margin,
-  SM clock, utilization, clock event reasons and memory info (plus a direct call for each field an
+* A fast poll makes at most seven NVML calls per GPU: the field batch, temperature, temperature
+  margin (R570+; six calls on older drivers), SM clock, utilization, clock event reasons and memory info (plus a direct call for each field an
   old driver lacks). Values that change slowly or cost more (fan, P-state, the graphics, video and
   memory clocks, encoder and decoder utilisation, BAR1 use, PCIe link generation and width; in the
   second field batch the power cap, the violation, PCIe traffic and replay counters, remapped rows,
