@@ -26,6 +26,7 @@ from gpuwatch.analysis.health import (
     worst,
 )
 from gpuwatch.analysis.throttle import CLASSES, ThrottleSample, ThrottleSummary, ThrottleWindow, classify
+from gpuwatch.labels import CLOCK_EVENT_REASONS
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 PROPERTIES = settings(
@@ -141,18 +142,7 @@ def test_a_duration_is_the_sum_of_its_parts(parts):
 
 # -- throttle classes and the window ----------------------------------------------------------------
 
-_REASONS = [
-    "idle",
-    "applications_clocks",
-    "sw_power_cap",
-    "hw_slowdown",
-    "sync_boost",
-    "sw_thermal",
-    "hw_thermal",
-    "hw_power_brake",
-    "display_clocks",
-    "other",
-]
+_REASONS = [*CLOCK_EVENT_REASONS, "other"]
 _samples = st.builds(
     lambda reasons, busy, ratio: (frozenset(reasons), busy, ratio),
     st.sets(st.sampled_from(_REASONS)),

@@ -22,7 +22,7 @@ from typing import Any
 import pynvml
 
 from gpuwatch import __version__
-from gpuwatch.nvml import fields
+from gpuwatch.nvml import fields, prepared
 from gpuwatch.nvml.reader import FIELDS
 
 FORMAT = "gpuwatch-capture/1"
@@ -139,19 +139,8 @@ def _fields(handle: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-_VALUE_MEMBERS = {
-    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-}
-
-
 def _field_value(value: Any) -> float | int:
-    member = _VALUE_MEMBERS.get(value.valueType, "ullVal")
+    member = prepared.VALUE_MEMBERS.get(value.valueType, "ullVal")
     result: float | int = getattr(value.value, member)
     return result
 

@@ -86,8 +86,8 @@ def utilization(handle: Any) -> StructQuery:
     return StructQuery(handle, "nvmlDeviceGetUtilizationRates", pynvml.c_nvmlUtilization_t, {}, "gpu", "memory")
 
 
-# How to decode a c_nvmlFieldValue_t by its valueType (signed types use sllVal/siVal).
-_DECODERS = {
+# The member of a c_nvmlFieldValue_t's value union to read, by its valueType (signed types use sllVal/siVal).
+VALUE_MEMBERS = {
     pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
     pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
     pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
@@ -111,7 +111,7 @@ def _layouts() -> tuple[int, int, int]:
 _ENTRY_SIZE, _TYPE_AT, _VALUE_AT = _layouts()
 # valueType -> struct code of that member of the value union (from pynvml's own declaration of it).
 _VALUE_CODES: dict[int, str] = {
-    value_type: dict(pynvml.c_nvmlValue_t._fields_)[member]._type_ for value_type, member in _DECODERS.items()
+    value_type: dict(pynvml.c_nvmlValue_t._fields_)[member]._type_ for value_type, member in VALUE_MEMBERS.items()
 }
 
 
