@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from serving import Served, serve
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def test_simulated_inference_host_over_http(tmp_path, promtool, sim):
     started = time.monotonic()
     with daemon(tmp_path, "--simulate", "--sim-speed", "60") as d:
         first_text = get(d.url + "/metrics")
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # served from the first poll on, not after a window
         first = parse(first_text)
         for family in CORE_FAMILIES:
             assert len(per_gpu(first, family)) == 4, family
@@ -214,26 +215,33 @@ def test_endpoints(tmp_path):
 
 
 EXPECTED = {
-    # scenario: (exit code, GPU named in the output, words of the reason)
+    # scenario: (exit code, GPU named in the output, words of the reason); xid-79 first, see below
+    "xid-79": (2, "GPU 1", "not answering"),
     "healthy": (0, None, "ok"),
     "consumer-gpu": (0, None, "ok"),
     "thermal-throttle": (2, "GPU 1", "thermal slowdown"),
     "row-remap-pending": (1, "GPU 0", "row remap pending"),
     "power-brake": (2, "GPU 3", "HW power brake"),
     "ecc-uncorrectable": (2, "GPU 1", "uncorrectable ECC"),
-    "xid-79": (2, "GPU 1", "not answering"),
 }
+SETTLED_POLLS = 150  # 1 s polls: each fault is past and its window filled by 150 simulated seconds
+# Every fault but one lasts for good. xid-79's GPU is reset at 30 simulated minutes: at 20x that
+# is 90 wall seconds after its start, and it is checked first.
+SPEED = {"xid-79": "20"}
 
 
 def test_every_builtin_fault_scenario_gets_its_verdict_from_a_running_daemon(tmp_path):
-    """Ten wall seconds at 60x: each daemon has seen ten simulated minutes of its fault."""
+    """Each daemon is judged once it has polled for 150 simulated seconds, however long that takes
+    on this machine: what is checked does not depend on how fast simulated time ran."""
     with ExitStack() as stack:
         daemons = {
-            name: stack.enter_context(daemon(tmp_path, "--simulate", name, "--sim-speed", "60")) for name in EXPECTED
+            name: stack.enter_context(daemon(tmp_path, "--simulate", name, "--sim-speed", SPEED.get(name, "60")))
+            for name in EXPECTED
         }
-        time.sleep(10)
         for name, (code, gpu, words) in EXPECTED.items():
-            url = daemons[name].url
+            d = daemons[name]
+            assert wait_until(lambda d=d: d.metrics()["gpuwatch_polls_total"][frozenset()] >= SETTLED_POLLS, 60), name
+            url = d.url
             table = subprocess.run(
                 [sys.executable, "-m", "gpuwatch", "status", "--url", url], capture_output=True, text=True
             )
