@@ -267,6 +267,9 @@ def test_status_watch_refreshes_until_interrupted():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a shell running this suite in the background ignores SIGINT, and its
+        # children would inherit that (Python then never raises KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
