@@ -250,7 +250,7 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
             click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
     for source in settings.tokens:
         gpus = "auto" if source.gpus is None else ", ".join(map(str, source.gpus))
-        click.echo(f"  token source {source.name!r}: {source.url}, preset {source.preset}, GPUs {gpus}")
+        click.echo(f"  token source {source.name!r}: {source.shown_url}, preset {source.preset}, GPUs {gpus}")
     if web is not None:
         tls = "TLS" if web.ssl_context else "plain HTTP"
         click.echo(f"  web config: {tls}, {len(web.users)} basic-auth users")

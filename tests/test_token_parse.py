@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuwatch.tokens.parse import ExpositionError, read_counts, sample_names
+from gpuwatch.tokens.parse import ExpositionError, read_counts
 from gpuwatch.tokens.presets import PRESETS, TokenMetrics, detect
 
 CAPTURES = Path(__file__).parent / "data" / "inference-metrics"
@@ -31,7 +31,7 @@ def test_every_capture_is_a_valid_exposition(capture):
 def test_token_counts_from_real_captures(capture):
     preset, tokens, start_time = EXPECTED[capture]
     text = (CAPTURES / capture).read_text()
-    assert detect(sample_names(text)) == preset
+    assert read_counts(text, None).metrics == PRESETS[preset]  # recognised
     counts = read_counts(text, PRESETS[preset])
     assert counts.tokens == tokens
     assert counts.start_time == start_time
@@ -39,7 +39,8 @@ def test_token_counts_from_real_captures(capture):
 
 def test_triton_without_the_trtllm_backend_has_no_token_counters():
     text = (CAPTURES / "triton.txt").read_text()
-    assert detect(sample_names(text)) is None
+    with pytest.raises(ExpositionError, match="cannot tell which server this is"):
+        read_counts(text, None)
     with pytest.raises(ExpositionError, match="no nv_llm_output_token_len_sum in the response"):
         read_counts(text, PRESETS["triton"])
 

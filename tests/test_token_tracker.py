@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,16 +27,16 @@ class FakeServer:
     fail: str | None = None
     fetches: int = 0
 
-    def fetch(self, url: str, timeout_s: float, max_bytes: int) -> Response:
+    def fetch(self, url: str, timeout_s: float, max_bytes: int, consume: Callable[[bytes], None]) -> Response:
         self.fetches += 1
         if self.fail:
             raise FetchError(self.fail)
-        return Response(
-            text=f"process_start_time_seconds {self.start_time}\n"
+        consume(
+            f"process_start_time_seconds {self.start_time}\n"
             f'vllm:generation_tokens_total{{engine="0"}} {self.generation}\n'
-            f'vllm:prompt_tokens_total{{engine="0"}} {self.prompt}\n',
-            start_time_header=None,
+            f'vllm:prompt_tokens_total{{engine="0"}} {self.prompt}\n'.encode()
         )
+        return Response(start_time_header=None)
 
 
 @dataclass
@@ -113,14 +114,15 @@ def test_a_server_restart_drops_the_window_and_keeps_the_total_rising(caplog):
     assert totals == sorted(totals) and totals[0] >= before
 
 
-def test_a_counter_that_goes_back_without_a_start_time_is_a_restart_too(caplog):
+def test_a_counter_that_goes_back_near_zero_with_the_same_start_time_is_a_restart_too(caplog):
     server, host = FakeServer(), FakeHost()
     tracker = make(server, host, gpus=(0, 1))
-    run(tracker, host, server, 20)
-    server.generation = 10.0
+    run(tracker, host, server, 20)  # 16,000 generated tokens
+    server.generation = 0.0
     with caplog.at_level(logging.INFO, logger="gpuwatch.tokens"):
-        run(tracker, host, server, 1)
-    assert "its generation counter went back" in caplog.text
+        status = run(tracker, host, server, 2, tokens_per_s=100.0)[-1]  # 100: under 1 % of 16,000
+    assert "the server restarted (its generation counter went back below 16000, near zero)" in caplog.text
+    assert status.up and status.tokens_total["generation"] == 16000.0 + 100.0
 
 
 def test_an_energy_reset_drops_the_window():
@@ -203,7 +205,7 @@ def test_a_stuck_scrape_never_holds_up_the_poll():
     release, entered = threading.Event(), threading.Event()
     host = FakeHost()
 
-    def stuck(url: str, timeout_s: float, max_bytes: int) -> Response:
+    def stuck(url: str, timeout_s: float, max_bytes: int, consume: Callable[[bytes], None]) -> Response:
         entered.set()
         release.wait(10)
         raise FetchError("released")

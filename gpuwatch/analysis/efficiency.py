@@ -56,7 +56,8 @@ def window_efficiency(
     min_window_s: float = MIN_WINDOW_S,
 ) -> Efficiency | None:
     """Δtokens ÷ Δenergy between the newest scrape the polls cover and the oldest one within
-    ``window_s`` of it; None until that span reaches ``min_window_s`` or when energy did not move.
+    ``window_s`` of it; None until that span reaches ``min_window_s`` (or the window is filled, see
+    below) or when energy did not move.
 
     Both series are in time order. An idle window gives 0 tokens per joule, not nothing.
     """
@@ -67,9 +68,14 @@ def window_efficiency(
     if not covered:
         return None
     end = covered[-1]
-    start = next(p for p in covered if p.timestamp >= end.timestamp - window_s)
+    first_inside = next(i for i, p in enumerate(covered) if p.timestamp >= end.timestamp - window_s)
+    start = covered[first_inside]
     span = end.timestamp - start.timestamp
-    if span < min_window_s:
+    # Scrapes come at their own moments, so a window as long as the minimum is rarely spanned
+    # exactly: one filled as far as the scrapes allow (an older scrape lies outside it) counts
+    # when it spans at least half of it, which keeps out a window whose scrapes failed.
+    filled = first_inside > 0 and span >= window_s / 2
+    if span <= 0 or (span < min_window_s and not filled):
         return None
     joules_end, joules_start = energy_at(energy, end.timestamp), energy_at(energy, start.timestamp)
     assert joules_end is not None and joules_start is not None  # both inside the polls

@@ -1,22 +1,40 @@
-"""Token counts out of an inference server's ``/metrics`` text.
+"""Token counts out of an inference server's ``/metrics`` text, read as it arrives.
 
-Only the lines that name a wanted sample are handed to prometheus_client's parser: a vLLM
-exposition is hundreds of histogram lines, and gpuwatch needs two of them. Values from every
-series that carries the wanted labels are summed (vLLM's data-parallel ``engine`` label, several
-models on one server when no model filter is given).
+A vLLM exposition is hundreds of histogram lines and gpuwatch needs two series of it, so
+:class:`CountReader` looks at each line's start only and parses nothing but the samples it wants:
+the token counters (of the source's preset, or of every preset while the server is still to be
+recognised) and ``process_start_time_seconds``. It keeps running sums, never the lines, so its
+memory does not grow with the response: a 16 MiB exposition of 200,000 token series costs what a
+64 KiB one does. Values from every series that carries the wanted labels are summed (vLLM's
+data-parallel ``engine`` label, several models on one server when no model filter is given).
+
+The sample syntax is the text format's (name, optional ``{labels}``, value, optional timestamp);
+a wanted line that does not follow it makes the response unusable, and so does a token count
+that is negative, not finite or above :data:`MAX_TOKENS`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from gpuwatch.tokens.presets import KINDS, TokenMetrics
+from gpuwatch.tokens.presets import KINDS, PRESETS, TokenMetrics, detect
 
 START_TIME_SAMPLE = "process_start_time_seconds"
+MAX_TOKENS = 1e15  # a thousand years of a 30,000 tokens/s server; anything above is not a count
+MAX_LINE_BYTES = 64 * 1024  # a wanted sample line longer than this is refused (others are skipped)
+
+_LABEL = rb'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*'
+_LABEL_NO_GROUPS = rb'[ \t]*[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*"(?:[^"\\\n]|\\.)*"[ \t]*'
+_VALUE = rb"[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?|[Nn]a[Nn]|[Ii]nf(?:inity)?)"
+_REST = re.compile(
+    rb"(\{(?:" + _LABEL_NO_GROUPS + rb"(?:," + _LABEL_NO_GROUPS + rb")*,?)?[ \t]*\})?"
+    rb"[ \t]+(" + _VALUE + rb")(?:[ \t]+-?[0-9]+)?[ \t]*\r?"
+)
+_LABELS = re.compile(_LABEL)
+_UNESCAPE = {b"\\\\": b"\\", b'\\"': b'"', b"\\n": b"\n"}
 
 
 class ExpositionError(ValueError):
@@ -29,54 +47,117 @@ class TokenCounts:
 
     tokens: Mapping[str, float]  # kind -> count, summed over the matching series
     start_time: float | None = None  # process_start_time_seconds, where the server exports it
+    metrics: TokenMetrics | None = None  # the counters read (the preset recognised, for "auto")
 
 
-def sample_name(line: str) -> str:
-    """The sample name a line of the text format starts with ('' for comments and blank lines)."""
-    if not line or line[0] == "#":
-        return ""
-    end = len(line)
-    for stop in ("{", " ", "\t"):
-        at = line.find(stop)
-        if at != -1:
-            end = min(end, at)
-    return line[:end]
+class CountReader:
+    """Sums of the wanted samples of one response, fed in pieces (:meth:`feed`), read at :meth:`finish`.
+
+    ``metrics`` None: the server is recognised from which preset's generation counter it exports.
+    Raises :class:`ExpositionError` on a malformed or implausible wanted sample.
+    """
+
+    def __init__(self, metrics: TokenMetrics | None, labels: Mapping[str, str] | None = None) -> None:
+        self._metrics = metrics
+        candidates = [metrics] if metrics is not None else list(PRESETS.values())
+        self._names = {n.encode() for m in candidates for n in m.by_kind().values()} | {START_TIME_SAMPLE.encode()}
+        self._prefixes = tuple(self._names)
+        self._labels = {k.encode(): v.encode() for k, v in (labels or {}).items()}
+        self._sums: dict[bytes, float] = {}  # sample name -> sum over the series carrying the labels
+        self._seen: set[bytes] = set()  # wanted names present at all, labels or not
+        self._start_time: float | None = None
+        self._partial = b""  # the unfinished last line of what has arrived
+        self._skipping = False  # inside a long line nobody wants, until its end
+        self._line = 0
+
+    def feed(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        lines[0] = self._partial + lines[0]
+        self._partial = lines.pop()
+        for line in lines:
+            self._line += 1
+            if self._skipping:
+                self._skipping = False
+            elif line.startswith(self._prefixes):
+                self._sample(line)
+        if len(self._partial) > MAX_LINE_BYTES:
+            if not self._skipping and self._partial.startswith(self._prefixes) and self._name(self._partial):
+                raise ExpositionError(f"line {self._line + 1} is a token sample over {MAX_LINE_BYTES} bytes long")
+            self._partial, self._skipping = b"", True
+
+    def finish(self) -> TokenCounts:
+        """The counts of everything fed, the last line included."""
+        if self._partial and not self._skipping and self._partial.startswith(self._prefixes):
+            self._line += 1
+            self._sample(self._partial)
+        self._partial = b""
+        metrics = self._metrics or _recognise({n.decode() for n in self._seen})
+        totals: dict[str, float] = {}
+        for kind, name in metrics.by_kind().items():
+            total = self._sums.get(name.encode())
+            if total is not None:
+                totals[kind] = _checked(name, total, "the sum of its series")
+        if "generation" not in totals:
+            if metrics.generation.encode() not in self._seen:
+                raise ExpositionError(f"no {metrics.generation} in the response (wrong preset or metric name?)")
+            wanted = ",".join(f'{k.decode()}="{v.decode()}"' for k, v in self._labels.items())
+            raise ExpositionError(f"no {metrics.generation} series with {{{wanted}}} (check the label filter)")
+        ordered = {kind: totals[kind] for kind in KINDS if kind in totals}
+        return TokenCounts(tokens=ordered, start_time=self._start_time, metrics=metrics)
+
+    def _name(self, line: bytes) -> bytes | None:
+        """The wanted name ``line`` starts with, if it is followed by labels or blanks."""
+        for name in self._names:
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" ", b"\t"):
+                return name
+        return None
+
+    def _sample(self, line: bytes) -> None:
+        name = self._name(line)
+        if name is None:
+            return  # a longer name that starts like a wanted one
+        match = _REST.fullmatch(line, len(name))
+        if match is None:
+            text = line[:120].decode("utf-8", "backslashreplace")
+            raise ExpositionError(f"not a Prometheus text exposition: line {self._line}: {text!r}")
+        value = float(match.group(2))
+        if name == b"process_start_time_seconds":
+            self._start_time = value if math.isfinite(value) else None
+            return
+        self._seen.add(name)
+        if self._labels and not self._carries_labels(match.group(1) or b""):
+            return
+        self._sums[name] = self._sums.get(name, 0.0) + _checked(name.decode(), value, "")
+
+    def _carries_labels(self, block: bytes) -> bool:
+        found = {key: value for key, value in _LABELS.findall(block)}
+        for key, wanted in self._labels.items():
+            value = found.get(key)
+            if value is None or re.sub(rb"\\[\\\"n]", lambda m: _UNESCAPE[m.group()], value) != wanted:
+                return False
+        return True
 
 
-def sample_names(text: str) -> set[str]:
-    """Every sample name in an exposition, for recognising which server wrote it."""
-    return {name for name in map(sample_name, text.splitlines()) if name}
+def _checked(name: str, value: float, what: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ExpositionError(f"{name} is {value:g}{f' ({what})' if what else ''}, not a token count")
+    if value > MAX_TOKENS:
+        raise ExpositionError(
+            f"{name} is {value:g}{f' ({what})' if what else ''}, over {MAX_TOKENS:g}: not a token count"
+        )
+    return value
 
 
-def read_counts(text: str, metrics: TokenMetrics, labels: Mapping[str, str] | None = None) -> TokenCounts:
-    """Sum each kind's samples that carry ``labels``; raises :class:`ExpositionError`."""
-    wanted = metrics.by_kind()
-    names = set(wanted.values()) | {START_TIME_SAMPLE}
-    kept = [line for line in text.splitlines() if sample_name(line) in names]
-    try:
-        samples = [s for family in text_string_to_metric_families("\n".join(kept) + "\n") for s in family.samples]
-    except Exception as exc:  # the parser raises ValueError, IndexError, … on malformed lines
-        raise ExpositionError(f"not a Prometheus text exposition: {exc}") from None
-    labels = labels or {}
-    totals: dict[str, float] = {}
-    start_time: float | None = None
-    seen: set[str] = set()
-    for sample in samples:
-        if sample.name == START_TIME_SAMPLE:
-            start_time = sample.value
-            continue
-        seen.add(sample.name)
-        if any(sample.labels.get(key) != value for key, value in labels.items()):
-            continue
-        if not math.isfinite(sample.value) or sample.value < 0:
-            raise ExpositionError(f"{sample.name} is {sample.value}, not a token count")
-        for kind, name in wanted.items():
-            if sample.name == name:
-                totals[kind] = totals.get(kind, 0.0) + sample.value
-    if "generation" not in totals:
-        if metrics.generation not in seen:
-            raise ExpositionError(f"no {metrics.generation} in the response (wrong preset or metric name?)")
-        wanted_labels = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        raise ExpositionError(f"no {metrics.generation} series with {{{wanted_labels}}} (check the label filter)")
-    ordered = {kind: totals[kind] for kind in KINDS if kind in totals}
-    return TokenCounts(tokens=ordered, start_time=start_time)
+def _recognise(names: set[str]) -> TokenMetrics:
+    preset = detect(names)
+    if preset is None:
+        known = ", ".join(f"{name} ({m.generation})" for name, m in PRESETS.items())
+        raise ExpositionError(f"cannot tell which server this is; set its preset (known: {known})")
+    return PRESETS[preset]
+
+
+def read_counts(text: str, metrics: TokenMetrics | None, labels: Mapping[str, str] | None = None) -> TokenCounts:
+    """The counts in a whole exposition (``metrics`` None: recognised); raises :class:`ExpositionError`."""
+    reader = CountReader(metrics, labels)
+    reader.feed(text.encode())
+    return reader.finish()

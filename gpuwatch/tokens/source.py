@@ -3,14 +3,14 @@
 In the config file, one ``[[tokens]]`` table per inference server::
 
     [[tokens]]
-    url = "http://127.0.0.1:8000/metrics"   # required
+    url = "http://127.0.0.1:8000/metrics"   # required; user:password@ is sent as basic auth
     name = "llama-70b"          # default: the preset, or host:port
     preset = "vllm"             # vllm, sglang, tgi, llamacpp, triton, trtllm, lmdeploy, or auto (default)
     generation_metric = "..."   # instead of a preset: the sample that counts generated tokens
     prompt_metric = "..."       # and, optionally, prompt tokens
     labels = { model_name = "meta-llama/Llama-3.1-70B" }   # only series with these labels
     gpus = [0, 1]               # or "auto" (default): found from the process listening on the port
-    timeout = "2s"              # for the whole request
+    timeout = "2s"              # for the whole exchange: connect, head, body, parsing
     max_bytes = 16777216        # a larger response is refused
 
 On the command line, ``--tokens URL`` (repeatable) adds a source with every default.
@@ -34,7 +34,7 @@ KEYS = ("url", "name", "preset", "generation_metric", "prompt_metric", "labels",
 class SourceConfig:
     """One inference server whose tokens gpuwatch counts."""
 
-    url: str
+    url: str  # may carry user:password@, sent as basic authentication; never shown (shown_url)
     name: str
     preset: str = AUTO  # a PRESETS key, "auto" (recognised at the first scrape), or "custom"
     metrics: TokenMetrics | None = None  # None until an "auto" preset is recognised
@@ -42,6 +42,23 @@ class SourceConfig:
     gpus: tuple[int, ...] | None = None  # None: found from the server's processes
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with its credentials masked: what ``/status`` and the log show."""
+        return redact_url(self.url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with a password masked (``user:xxxxx@``, as Go's ``URL.Redacted`` and Prometheus show
+    it) and a user name alone, often an API token, masked too (``xxxxx@``)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:xxxxx" if colon else "xxxxx"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{masked}@{hostport}"))
 
 
 def check_url(url: Any) -> str:
@@ -112,7 +129,8 @@ def _checked(key: str, value: Any, check: Any) -> Any:
     try:
         return check(value)
     except ValueError as exc:
-        raise KeyError(key, f"value {value!r}: {exc}") from None
+        shown = redact_url(value) if key == "url" and isinstance(value, str) else value
+        raise KeyError(key, f"value {shown!r}: {exc}") from None
 
 
 def _labels(value: Any) -> dict[str, str]:

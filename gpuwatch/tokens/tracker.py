@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuwatch.analysis.counters import ResetSafeCounter
+from gpuwatch.analysis.counters import ResetSafeCounter, Restarts
 from gpuwatch.analysis.efficiency import (
     DEFAULT_WINDOW_S,
     MIN_WINDOW_S,
@@ -34,14 +34,16 @@ from gpuwatch.analysis.efficiency import (
 from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
 from gpuwatch.tokens import attribution, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
-from gpuwatch.tokens.parse import ExpositionError, TokenCounts, read_counts, sample_names
+from gpuwatch.tokens.parse import CountReader, ExpositionError, TokenCounts
 from gpuwatch.tokens.source import SourceConfig
 
 log = logging.getLogger(__name__)
 
 RETRY_ATTRIBUTION_S = 10.0
+SUMMARY_EVERY_S = 60.0  # at most one line a minute on which sources are down
+SUMMARY_NAMES = 5
 
-Fetcher = Callable[[str, float, int], Response]
+Fetcher = Callable[[str, float, int, Callable[[bytes], None]], Response]
 Attributor = Callable[[str, Mapping[int, Sequence[int]]], attribution.Attribution]
 
 
@@ -57,6 +59,7 @@ class _Source:
     energy: deque[EnergyPoint] = field(default_factory=deque)
     counters: dict[str, ResetSafeCounter] = field(default_factory=dict)
     start_marker: float | str | None = None
+    restarts: Restarts = field(default_factory=Restarts)
     energy_resets: tuple[int, ...] | None = None
     pids: frozenset[int] = frozenset()  # the server's process tree, when attributed automatically
     reattribute: bool = False
@@ -100,6 +103,8 @@ class TokenTracker:
         self._arrived = threading.Event()  # a GPU snapshot waits in _pending for the tracker's thread
         self._pending: Snapshot | None = None
         self._subscribers: list[Callable[[SourcesSnapshot], None]] = []
+        self._summarised: tuple[str, ...] = ()  # the sources down at the last summary line
+        self._next_summary_at = float("-inf")
         self.latest: SourcesSnapshot | None = None  # None until the first GPU snapshot is taken in
 
     def configure(self, window_s: float) -> None:
@@ -133,6 +138,7 @@ class TokenTracker:
                 if source.pids and not any(source.pids & set(p) for p in self._gpu_pids.values()):
                     source.reattribute = True  # its processes left every GPU: restarted elsewhere?
             published = SourcesSnapshot(snapshot.timestamp, tuple(self._status(s) for s in self._sources))
+            self._summarise(snapshot.timestamp)
         self.latest = published
         for source in self._sources:
             source.wake.set()
@@ -174,13 +180,30 @@ class TokenTracker:
             log.info("token source %s: efficiency window starts again: %s", source.config.name, reason)
             source.break_reason = reason
 
+    def _summarise(self, now: float) -> None:
+        """A line naming the sources down, when that changed, at most once a minute: with many
+        sources failing at once, their own lines are rate-limited and most would go unsaid."""
+        down = tuple(s.config.name for s in self._sources if not s.up and s.logged_error is not None)
+        if down == self._summarised or now < self._next_summary_at or max(len(down), len(self._summarised)) < 2:
+            return
+        self._summarised, self._next_summary_at = down, now + SUMMARY_EVERY_S
+        if not down:
+            log.info("token sources: all %d answer again", len(self._sources))
+            return
+        named = ", ".join(down[:SUMMARY_NAMES]) + (
+            f" and {len(down) - SUMMARY_NAMES} more" if len(down) > SUMMARY_NAMES else ""
+        )
+        log.warning(
+            "token sources: %d of %d down: %s (each one's reason in /status)", len(down), len(self._sources), named
+        )
+
     def _status(self, source: _Source) -> SourceStatus:
         efficiency = None
         if source.up:
             efficiency = window_efficiency(list(source.tokens), list(source.energy), self.window_s, self._min_window_s)
         return SourceStatus(
             name=source.config.name,
-            url=source.config.url,
+            url=source.config.shown_url,
             up=source.up,
             error=source.error,
             preset=source.preset,
@@ -203,12 +226,11 @@ class TokenTracker:
         config = source.config
         started = self._clock()
         counts: TokenCounts | None = None
-        metrics: presets.TokenMetrics | None = source.metrics
         marker: float | str | None = None
+        reader = CountReader(source.metrics, config.labels)  # the body is parsed as it arrives
         try:
-            response = self._fetch(config.url, config.timeout_s, config.max_bytes)
-            metrics = metrics or _recognise(response.text)
-            counts = read_counts(response.text, metrics, config.labels)
+            response = self._fetch(config.url, config.timeout_s, config.max_bytes, reader.feed)
+            counts = reader.finish()
             marker = counts.start_time if counts.start_time is not None else response.start_time_header
             error = None
         except (FetchError, ExpositionError) as exc:
@@ -216,10 +238,10 @@ class TokenTracker:
         finished = self._clock()
         with self._lock:
             source.last_scrape, source.scrape_duration = finished, finished - started
-            if counts is None or metrics is None:
+            if counts is None or counts.metrics is None:
                 self._down(source, error or "no token counts")
             else:
-                self._take(source, metrics, counts, marker, (started + finished) / 2)
+                self._take(source, counts.metrics, counts, marker, (started + finished) / 2)
             due = (
                 source.config.gpus is None
                 and (source.gpus is None or source.reattribute)
@@ -233,7 +255,7 @@ class TokenTracker:
     def _down(self, source: _Source, error: str) -> None:
         source.up, source.error = False, error
         if error != source.logged_error:
-            log.warning("token source %s (%s): %s", source.config.name, source.config.url, error)
+            log.warning("token source %s (%s): %s", source.config.name, source.config.shown_url, error)
             source.logged_error = error
 
     def _take(
@@ -248,11 +270,14 @@ class TokenTracker:
             source.metrics = metrics
             source.preset = next((name for name, m in presets.PRESETS.items() if m == metrics), "custom")
             log.info("token source %s: recognised %s counters", source.config.name, source.preset)
-        went_back = [k for k, v in counts.tokens.items() if k in source.counters and v < source.counters[k].last_raw]
+        last = {kind: counter.last_raw for kind, counter in source.counters.items()}
         restarted = marker is not None and source.start_marker is not None and marker != source.start_marker
-        if went_back or restarted:
-            why = "its start time changed" if restarted else f"its {went_back[0]} counter went back"
-            self._break(source, f"the server restarted ({why})")
+        restart, refused, source.restarts = source.restarts.judge(timestamp, last, counts.tokens, restarted)
+        if refused is not None:
+            self._down(source, refused)
+            return
+        if restart is not None:
+            self._break(source, f"the server restarted ({restart})")
             source.reattribute = source.config.gpus is None
         source.start_marker = marker
         for kind, value in counts.tokens.items():
@@ -340,11 +365,3 @@ class TokenTracker:
             source.wake.set()
         for thread in self._threads:
             thread.join(timeout_s)
-
-
-def _recognise(text: str) -> presets.TokenMetrics:
-    preset = presets.detect(sample_names(text))
-    if preset is None:
-        known = ", ".join(f"{name} ({m.generation})" for name, m in presets.PRESETS.items())
-        raise ExpositionError(f"cannot tell which server this is; set its preset (known: {known})")
-    return presets.PRESETS[preset]
