@@ -71,7 +71,7 @@ def _serve(settings: config.ServeSettings, reread: Callable[[], config.ServeSett
             settings.listen_address,
             rt.exposition,
             rt.status_document,
-            rt.sampler.ready.is_set,
+            rt.ready,
             web_config,
             settings.limits,
         )
