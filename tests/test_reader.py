@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import psutil
 import pytest
+from waiting import wait_until
 
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, use_library
 from gpuwatch.nvml.reader import FIELDS, check_fields
@@ -395,6 +397,9 @@ def test_a_process_is_named_by_its_executable_never_by_its_arguments(tmp_path):
         subprocess.Popen(["anything", "-c", code], executable=bad, stdin=subprocess.PIPE),
     ]
     try:
+        ours = Path("/proc/self/comm").read_bytes()  # a child's until its exec names it, after Popen returned
+        for child in children:
+            assert wait_until(lambda c=child: Path(f"/proc/{c.pid}/comm").read_bytes() != ours)
         assert psutil.Process(children[0].pid).name() == "fifteen-bytes-xx --api-key=secret"  # what we avoid
         assert _name_and_user(children[0].pid) == ("fifteen-bytes-x", psutil.Process().username())
         assert _name_and_user(children[1].pid)[0] == r"ev\xff\xfeil"
