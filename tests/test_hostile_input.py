@@ -172,3 +172,51 @@ def test_an_unknown_gpuwatch_variable_is_a_warning_and_a_misspelt_one_is_refused
         )
     status = _gpuwatch("status", "--simulate", "healthy", "--sim-at", "1m", env={**typo, **other})
     assert status.returncode == 0 and "GPUWATCH_" not in status.stderr  # status reads no settings
+
+
+def test_ready_says_so_while_a_rendering_loses_a_collector_or_fails_whole(caplog):
+    """What the daemon hands the web server as ``/-/ready`` (Runtime.ready)."""
+    import logging
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from gpuwatch.exporter.registry import COLLECTORS
+    from gpuwatch.runtime import RuntimeOptions, assemble
+    from gpuwatch.sim.clock import ManualClock
+
+    def broken(_):
+        raise ValueError("a label value that is not UTF-8")
+
+    class Unrenderable:
+        def collect(self):
+            yield GaugeMetricFamily("x", "x", value=float("nan"), labels=None)
+            raise RuntimeError("not renderable")
+
+    with caplog.at_level(logging.INFO), assemble(RuntimeOptions(simulate="healthy"), clock=ManualClock()) as rt:
+        rt.start(threads=False)
+        rt.step()
+        rt.exposition.render("")
+        assert rt.ready()
+        rt.collector._collectors = {**COLLECTORS, "processes": broken}
+        rt.step()  # a new snapshot: a new rendering
+        body, _ = rt.exposition.render("")  # the scrape is whole, less that collector
+        assert b'gpuwatch_scrape_collector_success{collector="processes"} 0.0' in body and not rt.ready()
+        rt.collector._collectors = COLLECTORS
+        rt.step()
+        rt.exposition.render("")
+        assert rt.ready()
+        unrenderable = Unrenderable()
+        rt.registry.register(unrenderable)
+        rt.step()
+        with pytest.raises(RuntimeError):
+            rt.exposition.render("")
+        assert not rt.ready() and "cannot render /metrics" in caplog.text
+        rt.registry.unregister(unrenderable)
+        rt.exposition.render("")
+        assert rt.ready() and "/metrics renders again" in caplog.text
+    assert [r.levelname for r in caplog.records if "processes" in r.getMessage() or "render" in r.getMessage()] == [
+        "ERROR",
+        "INFO",
+        "ERROR",
+        "INFO",
+    ]
