@@ -42,13 +42,13 @@ class Families:
         """A gauge sample with only the given labels (for host-level series)."""
         if value is not None:
             family = self._family("gauge", name, documentation, tuple(labels))
-            family.add_metric(_valid(name, list(labels.values())), float(value))  # type: ignore[attr-defined]
+            family.add_metric(list(_valid(name, labels).values()), float(value))  # type: ignore[attr-defined]
 
     def gpu_gauge(self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str) -> None:
         """A per-GPU gauge sample; ``None`` adds nothing."""
         if value is not None:
             family = self._family("gauge", name, documentation, GPU_LABELS + tuple(labels))
-            family.add_metric(_valid(name, [str(gpu.index), gpu.uuid, *labels.values()]), float(value))  # type: ignore[attr-defined]
+            family.add_metric([str(gpu.index), gpu.uuid, *_valid(name, labels).values()], float(value))  # type: ignore[attr-defined]
 
     def gpu_counter(
         self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str
@@ -56,24 +56,25 @@ class Families:
         """A per-GPU counter sample (``name`` without ``_total``); ``None`` adds nothing."""
         if value is not None:
             family = self._family("counter", name, documentation, GPU_LABELS + tuple(labels))
-            family.add_metric(_valid(name, [str(gpu.index), gpu.uuid, *labels.values()]), float(value))  # type: ignore[attr-defined]
+            family.add_metric([str(gpu.index), gpu.uuid, *_valid(name, labels).values()], float(value))  # type: ignore[attr-defined]
 
     def counter(self, name: str, documentation: str, value: float | None, /, **labels: str) -> None:
         if value is not None:
             family = self._family("counter", name, documentation, tuple(labels))
-            family.add_metric(_valid(name, list(labels.values())), float(value))  # type: ignore[attr-defined]
+            family.add_metric(list(_valid(name, labels).values()), float(value))  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Metric]:
         return (family for family, _ in self._families.values())
 
 
-def _valid(name: str, values: list[str]) -> list[str]:
-    """``values``, if each encodes to UTF-8; else ValueError naming the family and the value."""
-    for value in values:
+def _valid(name: str, labels: dict[str, str]) -> dict[str, str]:
+    """``labels``, if each value encodes to UTF-8; else ValueError naming the family and the value.
+    (The GPU labels are NVML's, which pynvml decodes strictly: always valid.)"""
+    for value in labels.values():
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 shown = utf8_text(value)  # undecodable bytes as \xNN
                 raise ValueError(f"{name}: label value '{shown}' is not valid UTF-8") from None
-    return values
+    return labels
