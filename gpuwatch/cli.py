@@ -71,6 +71,15 @@ def _config_error(message: str) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
+def _why(exc: Exception) -> str:
+    """One line for a config that cannot be used. Reading a config raises ConfigError (and its kin)
+    for anything wrong with it; anything else is a gpuwatch bug the config tripped, still exit 78."""
+    if isinstance(exc, config.ConfigError | webconfig.WebConfigError | scenarios.ScenarioError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"cannot use the config: {type(exc).__name__}: {first} (a gpuwatch bug; please report it)"
+
+
 def _simulate_option(help_text: str) -> Callable[[F], F]:
     """``--simulate [SCENARIO]``: a flag that takes an optional scenario name or path."""
     return click.option(
@@ -207,9 +216,11 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
         settings = reread()
         if settings.web_config_file:
             webconfig.load(settings.web_config_file)
-    except (config.ConfigError, webconfig.WebConfigError) as exc:
-        _config_error(str(exc))
+    except Exception as exc:
+        _config_error(_why(exc))
     _setup_logging(settings.log_level)
+    for name in config.ignored_env(os.environ):
+        log.warning("environment variable %s is not a gpuwatch setting; ignored", name)
     if settings.simulate is not None:
         try:
             scenarios.load(settings.simulate)
@@ -242,8 +253,10 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
         if settings.simulate is not None:
             scenarios.load(settings.simulate)
-    except (config.ConfigError, webconfig.WebConfigError, scenarios.ScenarioError) as exc:
-        _config_error(str(exc))
+    except Exception as exc:
+        _config_error(_why(exc))
+    for name in config.ignored_env(os.environ):
+        click.echo(f"gpuwatch: warning: environment variable {name} is not a gpuwatch setting; ignored", err=True)
     click.echo(f"{config_file}: OK")
     for key, flag in config.FLAG_FOR_KEY.items():
         if key != "tokens":

@@ -37,7 +37,11 @@ refused whole, with an error that names the file (or variable), the key and the 
 
 from __future__ import annotations
 
+import codecs
+import difflib
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -54,6 +58,7 @@ from gpuwatch.exporter.address import (
     ListenAddressError,
     parse_listen_address,
 )
+from gpuwatch.labels import utf8_text
 from gpuwatch.tokens import source
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -247,24 +252,90 @@ def _number(kind: str, value: Any) -> float | int:
     return number
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(table: Mapping[str, Any], prefix: str = "", depth: int = 1) -> dict[str, Any]:
+    """``{"web": {"listen_address": v}}`` as ``{"web.listen_address": v}``. No key is deeper than
+    :data:`_KEY_DEPTH`: a table below that is left whole, an unknown key, not recursed into."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
+        if isinstance(value, dict) and depth < _KEY_DEPTH:
+            flat.update(_flatten(value, f"{name}.", depth + 1))
         else:
             flat[name] = value
     return flat
 
 
+_KEY_DEPTH = max(key.count(".") for key in _KEYS) + 2  # one more than any key, so a deeper one is named
+
+
+MAX_FILE_BYTES = 1 << 20  # a config file is a few kB; anything near this is not one
+MAX_NESTING = 32  # tables and arrays inside each other; gpuwatch's own keys go three deep
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A small regular file's text, strict UTF-8 without a byte order mark; raises :class:`ConfigError`.
+
+    Never blocks: the file is opened non-blocking, so a FIFO (or a device) in its place is refused
+    at once instead of waiting for a writer, and only a regular file is read. Read whole and
+    decoded strictly, so a Latin-1 byte names its line and column instead of raising later.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from exc
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            raise ConfigError(f"{what} {path}: not a regular file ({_FILE_KINDS.get(kind, 'a special file')})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a config file")
+    if raw.startswith(codecs.BOM_UTF8):
+        raise ConfigError(f"{what} {path}: starts with a byte order mark (BOM); save it as UTF-8 without one")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = raw[exc.start]
+        raise ConfigError(
+            f"{what} {path}: not UTF-8: byte 0x{byte:02x} at line {line}, column {column} (save the file as UTF-8)"
+        ) from None
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets and braces nest (strings included: an overestimate, which is safe).
+    Checked before parsing: tomllib recurses once per level and fails with RecursionError."""
+    deepest = depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a config file into ``{settings field: value}``; raises :class:`ConfigError`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    text = read_text_file(path, "config file")
+    if _nesting(text) > MAX_NESTING:
+        raise ConfigError(f"config file {path}: arrays or tables nested more than {MAX_NESTING} deep")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -275,7 +346,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {', '.join(_KEYS)})")
         try:
             values[_KEYS[key][0]] = _convert(key, value)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             shown = "" if key == "tokens" else f" value {value!r}:"  # the tables are long; the error names the key
             raise ConfigError(f"config file {path}: key {key!r}:{shown} {exc}") from exc
     if isinstance(values.get("web_config_file"), str):
@@ -284,7 +355,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``{settings field: value}`` from ``GPUWATCH_*`` variables; an unknown one is an error too."""
+    """``{settings field: value}`` from ``GPUWATCH_*`` variables; raises :class:`ConfigError` for a
+    bad value, a value that is not UTF-8, or an unknown variable that is a close misspelling of a
+    known one (:func:`misspelt`). Any other unknown variable is left alone (:func:`ignored_env`)."""
     names = {env_name(key): key for key in _KEYS}
     values: dict[str, Any] = {}
     for name, value in environ.items():
@@ -292,10 +365,17 @@ def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = names.get(name)
         if key is None:
-            raise ConfigError(f"environment variable {name}: unknown (known: {', '.join(names)})")
+            meant = misspelt(name)
+            if meant is not None:
+                raise ConfigError(f"environment variable {name}: unknown; did you mean {meant}?")
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ holds undecodable bytes as surrogates
+            raise ConfigError(f"environment variable {name}: value {utf8_text(value)!r} is not UTF-8") from None
         try:
             values[_KEYS[key][0]] = _convert(key, value)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"environment variable {name} (key {key!r}): value {value!r}: {exc}") from exc
     return values
 
@@ -303,6 +383,25 @@ def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
 # GPUWATCH_* variables that are not settings: the config file path (--config) and the unit's
 # extra flags (systemd's EnvironmentFile).
 _NOT_SETTINGS = {"GPUWATCH_CONFIG", "GPUWATCH_OPTS"}
+_MISSPELT_RATIO = 0.8  # difflib similarity of the part after GPUWATCH_: POLL_INTEVRAL is 0.92 of POLL_INTERVAL
+
+
+def misspelt(name: str) -> str | None:
+    """The known ``GPUWATCH_*`` variable that an unknown ``name`` most likely misspells, if any.
+
+    Compared without the shared prefix, which would make every pair look alike; a typo such as
+    ``GPUWATCH_POLL_INTEVRAL`` is one, ``GPUWATCH_TEST_CACHE`` (some other tool's) is not.
+    """
+    known = {n.removeprefix(ENV_PREFIX): n for n in [*map(env_name, _KEYS), *_NOT_SETTINGS]}
+    close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1, cutoff=_MISSPELT_RATIO)
+    return known[close[0]] if close else None
+
+
+def ignored_env(environ: Mapping[str, str]) -> list[str]:
+    """The ``GPUWATCH_*`` variables that gpuwatch does not know and does not take for a misspelling:
+    `serve` and `check-config` name each in a warning and go on."""
+    known = {*map(env_name, _KEYS), *_NOT_SETTINGS}
+    return sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known and misspelt(n) is None)
 
 
 def build(

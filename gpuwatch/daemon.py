@@ -71,7 +71,7 @@ def _serve(settings: config.ServeSettings, reread: Callable[[], config.ServeSett
             settings.listen_address,
             rt.exposition,
             rt.status_document,
-            rt.sampler.ready.is_set,
+            rt.ready,
             web_config,
             settings.limits,
         )
@@ -157,9 +157,11 @@ def _reload(
     try:
         new = reread()
         web_config.reload(new.web_config_file)
-    except (config.ConfigError, WebConfigError) as exc:
-        log.error("reload failed, keeping the running config: %s", exc)
-        notifier.send(READY=1, STATUS=f"reload failed: {exc}")
+    except Exception as exc:  # whatever the files hold, the daemon serves on: one line, the old config
+        why = str(exc) if isinstance(exc, config.ConfigError | WebConfigError) else f"{type(exc).__name__}: {exc}"
+        log.error("reload failed, keeping the running config: %s", why)
+        log.debug("reload failed", exc_info=True)
+        notifier.send(READY=1, STATUS=f"reload failed: {why}")
         return current
     for name in config.RESTART_FIELDS:
         if getattr(new, name) != getattr(current, name):

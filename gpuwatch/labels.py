@@ -27,3 +27,29 @@ CLOCK_EVENT_REASONS = (
     "hw_power_brake",
     "display_clocks",
 )
+
+
+def utf8_text(value: str | bytes) -> str:
+    r"""``value`` as text that encodes to valid UTF-8, whatever bytes it came from.
+
+    Names from outside (a process's ``comm``, which any local user sets to arbitrary bytes with
+    an executable's file name or ``prctl(PR_SET_NAME)``; a user name; NVML's process name) may
+    not be UTF-8. Each byte that does not decode is written as ``\xNN`` (Python's
+    ``backslashreplace``): readable, and two different names stay different. Text that was
+    decoded with ``surrogateescape`` (``os.fsdecode``, psutil, ``os.environ``) is first turned
+    back into its bytes, so it reads the same way; any other lone surrogate becomes ``\uDXXX``.
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte stands for
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")

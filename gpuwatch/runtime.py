@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.exposition import CachedExposition
-from gpuwatch.exporter.registry import build_registry
+from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_for
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
 from gpuwatch.model import Snapshot, SourcesSnapshot
 from gpuwatch.nvml import use_library
@@ -91,7 +91,8 @@ class Runtime:
         )
         self.servers: list[InferenceEndpoint] = []
         self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
-        self.registry: CollectorRegistry = build_registry(self.latest)
+        self.collector = SnapshotCollector(self.latest, COLLECTORS)
+        self.registry: CollectorRegistry = registry_for(self.collector)
         self.exposition = CachedExposition(self.registry, self.latest)
         self._tokens: TokenTracker | None = None
         self._started = False
@@ -104,6 +105,12 @@ class Runtime:
     def latest(self) -> Snapshot:
         """The latest GPU snapshot with the token sources merged in (what /metrics and /status show)."""
         return self._latest()
+
+    def ready(self) -> bool:
+        """What ``/-/ready`` says: a poll has finished, and the latest rendering of ``/metrics``
+        succeeded with every collector (a rendering that lost a collector or failed whole was logged
+        as an error when it began)."""
+        return self.sampler.ready.is_set() and self.exposition.render_error is None and not self.collector.failed
 
     def status_document(self) -> dict[str, Any]:
         """The ``/status`` JSON document of :meth:`latest`."""

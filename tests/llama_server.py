@@ -1,7 +1,7 @@
 """A real llama.cpp ``llama-server`` for integration tests: built once and cached, a tiny model, a running server.
 
 The server is built from the llama.cpp that the ``llama-cpp-python`` sdist on PyPI vendors, pinned by version and
-SHA-256, CPU only, only the ``llama-server`` target. The binary is cached outside the clone (``$GPUWATCH_TEST_CACHE``
+SHA-256, CPU only, only the ``llama-server`` target. The binary is cached outside the clone (``$GW_TEST_CACHE``
 or ``${XDG_CACHE_HOME:-~/.cache}/gpuwatch-tests``), so only the first run on a machine pays for the build.
 """
 
@@ -67,8 +67,8 @@ def _log(message: str) -> None:
 
 
 def cache_dir() -> Path:
-    """Where built servers are kept: ``$GPUWATCH_TEST_CACHE``, else ``$XDG_CACHE_HOME/gpuwatch-tests``."""
-    explicit = os.environ.get("GPUWATCH_TEST_CACHE")
+    """Where built servers are kept: ``$GW_TEST_CACHE``, else ``$XDG_CACHE_HOME/gpuwatch-tests``."""
+    explicit = os.environ.get("GW_TEST_CACHE")
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -242,3 +242,54 @@ def test_the_example_in_the_config_docstring_is_what_the_loader_accepts(tmp_path
     settings = config_module.load(str(path), {}, {})
     assert settings.tokens_window_s == 60 and settings.simulate == "inference-host"
     assert settings.tokens[0].url == "http://127.0.0.1:8000/metrics"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'poll_interval = "1s"\n# caf\xe9\n', "not UTF-8: byte 0xe9 at line 2, column 6"),
+        (b'\xef\xbb\xbfpoll_interval = "1s"\n', "byte order mark"),
+        (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 32 deep"),
+        (b"x = " + b"{a=" * 5000 + b"1" + b"}" * 5000 + b"\n", "nested more than 32 deep"),
+        (b"[" + b".".join([b"a"] * 2000) + b"]\n", "unknown key 'a.a.a'"),
+        (b'[[tokens]]\nurl = "http://127.0.0.1:1/metrics"\npreset = [1]\n', "key 'tokens'"),
+        (b"#" * (config.MAX_FILE_BYTES + 1), "larger than 1024 KiB"),
+    ],
+    ids=["latin-1", "bom", "deep-arrays", "deep-inline-tables", "deep-tables", "wrong-type", "huge"],
+)
+def test_a_file_that_cannot_be_used_is_one_config_error(tmp_path, content, expected):
+    path = tmp_path / "gpuwatch.toml"
+    path.write_bytes(content)
+    with pytest.raises(config.ConfigError) as error:
+        config.load_file(path)
+    assert expected in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_fifo_or_device_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # opened for reading in blocking mode, this would wait for a writer forever
+    with pytest.raises(config.ConfigError, match="not a regular file \\(a FIFO\\)"):
+        config.load_file(fifo)
+    with pytest.raises(config.ConfigError, match="not a regular file \\(a character device\\)"):
+        config.load_file("/dev/zero")
+    with pytest.raises(config.ConfigError, match="not a regular file \\(a directory\\)"):
+        config.load_file(tmp_path)
+
+
+def test_an_unknown_variable_is_refused_only_as_a_close_misspelling():
+    environ = {"GPUWATCH_TEST_CACHE": "/tmp/x", "GPUWATCH_FOO": "1", "GPUWATCH_OPTS": "", "GW_TEST_CACHE": "/tmp"}
+    assert config.load_env(environ) == {}
+    assert config.ignored_env(environ) == ["GPUWATCH_FOO", "GPUWATCH_TEST_CACHE"]
+    with pytest.raises(config.ConfigError, match="did you mean GPUWATCH_LOG_LEVEL\\?"):
+        config.load_env({"GPUWATCH_LOGLEVEL": "debug"})
+    assert config.ignored_env({"GPUWATCH_LOGLEVEL": "debug"}) == []  # refused, not ignored
+
+
+def test_a_setting_that_is_not_utf8_is_refused():
+    value = b"127.0.0.1:99\xff".decode("utf-8", "surrogateescape")  # as os.environ holds it
+    with pytest.raises(
+        config.ConfigError, match=r"GPUWATCH_WEB_LISTEN_ADDRESS: value '127.0.0.1:99\\\\xff' is not UTF-8"
+    ):
+        config.load_env({"GPUWATCH_WEB_LISTEN_ADDRESS": value})

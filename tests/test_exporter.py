@@ -111,3 +111,36 @@ def test_a_family_refuses_a_second_label_set():
         f.gpu_gauge("gpuwatch_gpu_x", "doc", gpu, 3.0, clock="sm")
     with pytest.raises(ValueError, match="differ"):
         f.gauge("gpuwatch_gpu_x", "doc", 4.0)
+
+
+def test_a_label_value_that_is_not_utf8_fails_its_collector_not_the_scrape(sim, caplog):
+    """Sources escape such text (gpuwatch.labels.utf8_text); one that slipped through costs its own
+    collector, in every exposition format, logged as an error once, and is reported in ``failed``."""
+    import logging
+    from dataclasses import replace
+
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    from gpuwatch.exporter import text
+    from gpuwatch.exporter.registry import SnapshotCollector, registry_for
+
+    snapshot = sim("inference-host").at(60)
+    gpu = next(g for g in snapshot.gpus if g.processes)
+    bad_proc = replace(gpu.processes[0], name="ev\udcff\udcfeil")  # os.fsdecode(b"ev\xff\xfeil")
+    bad_gpu = replace(gpu, processes=(bad_proc, *gpu.processes[1:]))
+    bad = replace(snapshot, gpus=tuple(bad_gpu if g is gpu else g for g in snapshot.gpus))
+    latest = [bad]
+    collector = SnapshotCollector(lambda: latest[0], COLLECTORS)
+    registry = registry_for(collector, include_process=False)
+    with caplog.at_level(logging.DEBUG, logger="gpuwatch.exporter.registry"):
+        for render in (text.generate, generate_latest, openmetrics):
+            body = render(registry).decode("utf-8")
+            assert 'gpuwatch_scrape_collector_success{collector="processes"} 0.0' in body
+            assert "gpuwatch_gpu_power_watts" in body and "gpuwatch_gpu_process_memory_used_bytes" not in body
+        assert collector.failed == ("processes",)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "processes" in errors[0].getMessage()
+        assert r"ev\xff\xfeil" in errors[0].exc_text  # the value, escaped, in the error
+        latest[0] = snapshot
+        assert "gpuwatch_gpu_process_memory_used_bytes" in text.generate(registry).decode()
+        assert collector.failed == () and "collector processes renders again" in caplog.text

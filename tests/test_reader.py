@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
+import psutil
 import pytest
+from waiting import wait_until
 
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, NvmlUnavailable, use_library
 from gpuwatch.nvml.reader import FIELDS, check_fields
@@ -363,3 +369,40 @@ def test_errors_are_counted_by_gpu_and_nvml_function():
         assert library.calls_by_symbol[function] > 0, query
         if function == "nvmlDeviceGetFieldValues" and what:
             assert what in {f.key for f in FIELDS}, query
+
+
+def test_a_process_name_that_is_not_utf8_is_escaped_not_dropped(open_reader):
+    """NVML copies the kernel's bytes; pynvml decodes them as strict UTF-8 and raises. The listing
+    for that GPU keeps every process, the bad name escaped (``\\xNN``)."""
+    reader, _, library = open_reader("inference-host")
+    listed = library.gpus[2].processes
+    listed[0] = replace(listed[0], name=os.fsdecode(b"ev\xff\xfeil"))  # above Linux's pids: NVML names it
+    names = [p.name for p in reader.processes(2)]
+    assert names[0] == r"ev\xff\xfeil" and len(names) == len(listed)
+    assert all(name is not None for name in names)
+
+
+def test_a_process_is_named_by_its_executable_never_by_its_arguments(tmp_path):
+    """A 15-byte comm with an argv[0] that begins with it: psutil's name() would take argv[0]."""
+    from gpuwatch.nvml.reader import _name_and_user
+
+    link = tmp_path / "fifteen-bytes-x" / "fifteen-bytes-xx"
+    link.parent.mkdir()
+    link.symlink_to(os.path.realpath(sys.executable))
+    bad = tmp_path / b"ev\xff\xfeil".decode("utf-8", "surrogateescape")
+    bad.symlink_to(os.path.realpath(sys.executable))
+    code = "import sys;sys.stdin.read()"
+    children = [
+        subprocess.Popen(["fifteen-bytes-xx --api-key=secret", "-c", code], executable=link, stdin=subprocess.PIPE),
+        subprocess.Popen(["anything", "-c", code], executable=bad, stdin=subprocess.PIPE),
+    ]
+    try:
+        ours = Path("/proc/self/comm").read_bytes()  # a child's until its exec names it, after Popen returned
+        for child in children:
+            assert wait_until(lambda c=child: Path(f"/proc/{c.pid}/comm").read_bytes() != ours)
+        assert psutil.Process(children[0].pid).name() == "fifteen-bytes-xx --api-key=secret"  # what we avoid
+        assert _name_and_user(children[0].pid) == ("fifteen-bytes-x", psutil.Process().username())
+        assert _name_and_user(children[1].pid)[0] == r"ev\xff\xfeil"
+    finally:
+        for child in children:
+            child.communicate(b"")

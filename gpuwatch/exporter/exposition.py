@@ -25,6 +25,7 @@ The daemon's own process metrics in a rendering are as old as the poll (at most 
 from __future__ import annotations
 
 import gzip
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from prometheus_client.exposition import choose_encoder
 
 from gpuwatch.exporter import text
 from gpuwatch.model import Snapshot
+
+log = logging.getLogger(__name__)
 
 ACTIVE_WINDOW_S = 5.0
 BUSY_SCRAPES_PER_POLL = 0.5
@@ -64,6 +67,7 @@ class CachedExposition:
         self._last_scrape = float("-inf")
         self._scrapes_since_poll = 0
         self._scrapes_per_poll = 0.0  # running mean
+        self.render_error: str | None = None  # why the latest rendering failed; None when it did not
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition body for an ``Accept`` header, and its content type."""
@@ -114,6 +118,8 @@ class CachedExposition:
             with self._render_lock:
                 if self._cached(snapshot, _TEXT) is None:
                     self._store(snapshot, _TEXT, text.generate, False)
+        except Exception:  # logged by _store; the scrape that comes will try again and fail visibly
+            pass
         finally:
             with self._lock:
                 self._prerendering = None
@@ -124,8 +130,23 @@ class CachedExposition:
     def _store(
         self, snapshot: Snapshot, content_type: str, encoder: Callable[[CollectorRegistry], bytes], scraped: bool
     ) -> bytes:
-        """Render (under the render lock) and publish; ``scraped`` when a scrape asked for it."""
-        body = encoder(self._registry)
+        """Render (under the render lock) and publish; ``scraped`` when a scrape asked for it.
+
+        A rendering that fails (a bug: collectors' own failures are caught, see exporter/registry.py)
+        is logged as an error when it starts failing, sets :attr:`render_error` (``/-/ready`` then
+        answers 503) and raises."""
+        try:
+            body = encoder(self._registry)
+        except Exception as exc:
+            if self.render_error is None:
+                log.exception("cannot render /metrics; /-/ready answers 503 until it can")
+            else:
+                log.debug("cannot render /metrics", exc_info=True)
+            self.render_error = f"{type(exc).__name__}: {exc}"
+            raise
+        if self.render_error is not None:
+            log.info("/metrics renders again")
+            self.render_error = None
         with self._lock:
             if snapshot is not self._snapshot:
                 self._snapshot, self._bodies = snapshot, {}

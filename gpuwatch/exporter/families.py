@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from gpuwatch.labels import utf8_text
 from gpuwatch.model import GpuIdentity
 
 GPU_LABELS = ("gpu", "uuid")
@@ -17,7 +18,9 @@ class Families:
     A family with no samples is never emitted, so a value no GPU supports has no series at all
     (not a zero). Every per-GPU sample carries ``gpu`` (NVML index) and ``uuid``. A family keeps the
     label names of its first sample; a sample with other names raises ValueError (the collector
-    then fails alone, see exporter/registry.py).
+    then fails alone, see exporter/registry.py). So does a label value that is not valid UTF-8,
+    which no exposition format can carry: sources make their text valid
+    (:func:`gpuwatch.labels.utf8_text`), and one that did not fails its collector, not the scrape.
     """
 
     def __init__(self) -> None:
@@ -39,13 +42,13 @@ class Families:
         """A gauge sample with only the given labels (for host-level series)."""
         if value is not None:
             family = self._family("gauge", name, documentation, tuple(labels))
-            family.add_metric(list(labels.values()), float(value))  # type: ignore[attr-defined]
+            family.add_metric(list(_valid(name, labels).values()), float(value))  # type: ignore[attr-defined]
 
     def gpu_gauge(self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str) -> None:
         """A per-GPU gauge sample; ``None`` adds nothing."""
         if value is not None:
             family = self._family("gauge", name, documentation, GPU_LABELS + tuple(labels))
-            family.add_metric([str(gpu.index), gpu.uuid, *labels.values()], float(value))  # type: ignore[attr-defined]
+            family.add_metric([str(gpu.index), gpu.uuid, *_valid(name, labels).values()], float(value))  # type: ignore[attr-defined]
 
     def gpu_counter(
         self, name: str, documentation: str, gpu: GpuIdentity, value: float | None, /, **labels: str
@@ -53,12 +56,25 @@ class Families:
         """A per-GPU counter sample (``name`` without ``_total``); ``None`` adds nothing."""
         if value is not None:
             family = self._family("counter", name, documentation, GPU_LABELS + tuple(labels))
-            family.add_metric([str(gpu.index), gpu.uuid, *labels.values()], float(value))  # type: ignore[attr-defined]
+            family.add_metric([str(gpu.index), gpu.uuid, *_valid(name, labels).values()], float(value))  # type: ignore[attr-defined]
 
     def counter(self, name: str, documentation: str, value: float | None, /, **labels: str) -> None:
         if value is not None:
             family = self._family("counter", name, documentation, tuple(labels))
-            family.add_metric(list(labels.values()), float(value))  # type: ignore[attr-defined]
+            family.add_metric(list(_valid(name, labels).values()), float(value))  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Metric]:
         return (family for family, _ in self._families.values())
+
+
+def _valid(name: str, labels: dict[str, str]) -> dict[str, str]:
+    """``labels``, if each value encodes to UTF-8; else ValueError naming the family and the value.
+    (The GPU labels are NVML's, which pynvml decodes strictly: always valid.)"""
+    for value in labels.values():
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = utf8_text(value)  # undecodable bytes as \xNN
+                raise ValueError(f"{name}: label value '{shown}' is not valid UTF-8") from None
+    return labels

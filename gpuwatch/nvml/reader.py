@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -51,6 +52,7 @@ import psutil
 import pynvml
 
 from gpuwatch.analysis.backoff import Backoff
+from gpuwatch.labels import utf8_text
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
 from gpuwatch.nvml import fields, prepared
 from gpuwatch.nvml.events import XidWatcher
@@ -799,8 +801,10 @@ class NvmlReader:
         """Processes holding memory on one GPU (compute and graphics), with name and user.
 
         NVML: nvmlDeviceGetComputeRunningProcesses_v3 / _v2 and the graphics twin (ms-scale calls,
-        hence the slower loop). Names and users come from psutil, once per process while it stays
-        in the listing; a pid outside our PID namespace falls back to nvmlSystemGetProcessName.
+        hence the slower loop). Names (the executable's, never the command line's) and users come from
+        ``/proc`` and psutil, once per process while it stays in the listing; a pid outside our PID
+        namespace falls back to nvmlSystemGetProcessName. Both are valid UTF-8, whatever bytes the
+        process chose for its name (undecodable bytes as ``\\xNN``).
         """
         d = self._devices[index]
         if d.lost is not None:
@@ -820,15 +824,49 @@ class NvmlReader:
 
 
 def _name_and_user(pid: int) -> tuple[str | None, str | None]:
-    """From psutil; a pid outside our PID namespace falls back to nvmlSystemGetProcessName (no user)."""
+    """From ``/proc`` and psutil; a pid outside our PID namespace falls back to
+    nvmlSystemGetProcessName (no user). Both as valid UTF-8 (:func:`gpuwatch.labels.utf8_text`)."""
     try:
-        p = psutil.Process(pid)
-        return p.name(), p.username()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
-        try:
-            return pynvml.nvmlSystemGetProcessName(pid), None
-        except pynvml.NVMLError:
-            return None, None
+        name = _executable_name(pid)
+        user = psutil.Process(pid).username()
+    except (OSError, psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
+        return _nvml_process_name(pid), None
+    return name, utf8_text(user)
+
+
+_COMM_BYTES = 15  # TASK_COMM_LEN - 1: the kernel cuts a longer name short
+
+
+def _executable_name(pid: int) -> str:
+    """The name the kernel keeps for a process (``comm``: the executable's file name, or what it
+    set with ``prctl(PR_SET_NAME)``), completed from ``/proc/PID/exe`` when the kernel cut it at 15
+    bytes and the executable's file name begins with it.
+
+    Never from the command line: psutil's ``name()`` takes ``argv[0]`` for a 15-byte ``comm``, and
+    ``argv`` is whatever the process wrote there (``setproctitle``, ``--api-key=...``), which must
+    not land in a label. Raises OSError when the process is gone or hidden from us.
+    """
+    with open(f"/proc/{pid}/comm", "rb") as f:
+        comm = f.read().removesuffix(b"\n")
+    if len(comm) == _COMM_BYTES:
+        try:  # readable for our own user's processes (or with CAP_SYS_PTRACE)
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe".encode()).removesuffix(b" (deleted)"))
+        except OSError:
+            exe = b""
+        if exe.startswith(comm):
+            comm = exe
+    return utf8_text(comm)
+
+
+def _nvml_process_name(pid: int) -> str | None:
+    """nvmlSystemGetProcessName, as valid UTF-8. pynvml decodes the driver's bytes as strict UTF-8,
+    so a name that is not raises UnicodeDecodeError, which still holds the bytes."""
+    try:
+        return utf8_text(pynvml.nvmlSystemGetProcessName(pid))
+    except UnicodeDecodeError as exc:
+        return utf8_text(exc.object)
+    except pynvml.NVMLError:
+        return None
 
 
 def _describe(exc: pynvml.NVMLError) -> str:

@@ -874,7 +874,9 @@ def _set(ref: Any, value: Any) -> None:
 
 
 def _write_str(buf: Any, text: str) -> None:
-    buf.value = text.encode()
+    # surrogateescape: a name held as os.fsdecode() gives it comes out as the bytes a real driver
+    # would copy from the kernel, UTF-8 or not (a process named b"ev\xff\xfeil").
+    buf.value = text.encode("utf-8", "surrogateescape")
 
 
 def _write_pointer(ref: Any, address: int) -> None:
