@@ -83,7 +83,7 @@ _REREAD_AFTER_S = 0.02
 
 
 class AuthBusy(Exception):
-    """Too many password checks are already waiting; answer 503 rather than queue another."""
+    """No password check could start in time; answer 503 rather than wait longer."""
 
 
 class BasicAuth:
@@ -96,9 +96,10 @@ class BasicAuth:
       scraper pays bcrypt once, not per scrape;
     * a failed check is cached the same way for ``FAILED_CACHE_S``, so a flood repeating one
       wrong password costs one bcrypt;
-    * checks that miss both caches run one at a time, and at most ``MAX_WAITING_CHECKS`` wait
-      (more raise :class:`AuthBusy`): a flood of wrong passwords takes one core and a bounded
-      number of threads, and cached credentials are never queued behind it;
+    * checks that miss both caches run one at a time (bcrypt releases the GIL), so a flood of
+      wrong passwords takes one core and is answered at bcrypt's pace, while cached credentials
+      are never queued behind it; a check whose client is gone by its turn (``abandoned``) is
+      skipped;
     * an unknown user is checked against the costliest configured hash, so it takes as long as
       a wrong password and timing does not reveal which users exist.
     """
@@ -106,7 +107,6 @@ class BasicAuth:
     PASSED_CACHE = 256
     FAILED_CACHE = 1024
     FAILED_CACHE_S = 10.0
-    MAX_WAITING_CHECKS = 16
 
     def __init__(self, users: Mapping[str, bytes], clock: Callable[[], float] = time.monotonic) -> None:
         self._users = dict(users)
@@ -114,12 +114,14 @@ class BasicAuth:
         self._clock = clock
         self._lock = threading.Lock()  # guards the caches
         self._check = threading.Lock()  # one bcrypt at a time
-        self._waiting = threading.BoundedSemaphore(self.MAX_WAITING_CHECKS)
         self._passed: OrderedDict[bytes, None] = OrderedDict()
         self._failed: OrderedDict[bytes, float] = OrderedDict()  # digest -> when it expires
 
-    def authorized(self, authorization: str | None) -> bool:
-        """True when the header names a user and the right password; raises :class:`AuthBusy`."""
+    def authorized(
+        self, authorization: str | None, wait_s: float = 10.0, abandoned: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """True when the header names a user and the right password. Raises :class:`AuthBusy`
+        when no check could start within ``wait_s``."""
         user, password = _parse_basic(authorization)
         if user is None or password is None:
             return False
@@ -131,16 +133,17 @@ class BasicAuth:
         known = self._cached(key)
         if known is not None:
             return known
-        if not self._waiting.acquire(blocking=False):
-            raise AuthBusy(f"{self.MAX_WAITING_CHECKS} password checks already waiting")
+        if not self._check.acquire(timeout=wait_s):
+            raise AuthBusy(f"no password check could start within {wait_s:g} s")
         try:
-            with self._check:
-                known = self._cached(key)  # the same credentials may have been checked meanwhile
-                if known is None:
-                    known = bcrypt.checkpw(secret, hashed or self._dummy) and hashed is not None
-                    self._remember(key, known)
+            known = self._cached(key)  # the same credentials may have been checked meanwhile
+            if known is None:
+                if abandoned():
+                    return False
+                known = bcrypt.checkpw(secret, hashed or self._dummy) and hashed is not None
+                self._remember(key, known)
         finally:
-            self._waiting.release()
+            self._check.release()
         return known
 
     def _cached(self, key: bytes) -> bool | None:
@@ -193,10 +196,12 @@ class WebConfig:
         """TLS or basic auth is on."""
         return self.ssl_context is not None or bool(self.users)
 
-    def authorized(self, authorization: str | None) -> bool:
-        """Check an ``Authorization`` header against ``basic_auth_users``; always True without users.
-        Raises :class:`AuthBusy` when too many checks are waiting (see :class:`BasicAuth`)."""
-        return not self.users or self._auth.authorized(authorization)
+    def authorized(
+        self, authorization: str | None, wait_s: float = 10.0, abandoned: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Check an ``Authorization`` header against ``basic_auth_users``; always True without
+        users. See :class:`BasicAuth` (which raises :class:`AuthBusy`)."""
+        return not self.users or self._auth.authorized(authorization, wait_s, abandoned)
 
 
 def _parse_basic(header: str | None) -> tuple[str | None, str | None]:
@@ -390,19 +395,18 @@ def _tls(tls: Mapping[str, Any], path: Path, where: str) -> ssl.SSLContext:
             auth_type,
             "client_ca_file is set but client certificates are not asked for",
         )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for key, attribute in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if key in tls:
-            if tls[key] not in _TLS_VERSIONS:
-                raise _bad(where, prefix + key, tls[key], f"expected one of {', '.join(_TLS_VERSIONS)}")
-            setattr(context, attribute, _TLS_VERSIONS[tls[key]])
-    if "min_version" not in tls:
-        context.minimum_version = ssl.TLSVersion.TLSv1_2  # exporter-toolkit's default
-    lowest = tls.get("min_version", "TLS12")
+    for key in ("min_version", "max_version"):
+        if key in tls and tls[key] not in _TLS_VERSIONS:
+            raise _bad(where, prefix + key, tls[key], f"expected one of {', '.join(_TLS_VERSIONS)}")
+    lowest = tls.get("min_version", "TLS12")  # exporter-toolkit's default
     if "max_version" in tls and _TLS_VERSIONS[lowest] > _TLS_VERSIONS[tls["max_version"]]:
         raise _bad(
             where, prefix + "min_version", lowest, f"above max_version {tls['max_version']}: no TLS version left"
         )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _TLS_VERSIONS[lowest]
+    if "max_version" in tls:
+        context.maximum_version = _TLS_VERSIONS[tls["max_version"]]
     cert, private_key = _relative(path, tls["cert_file"]), _relative(path, tls["key_file"])
     for name, file in (("cert_file", cert), ("key_file", private_key)):
         if not file.is_file():

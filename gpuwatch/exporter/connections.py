@@ -1,10 +1,11 @@
 """Which connections the web server keeps when they run short, so that idle clients cannot lock
 Prometheus out.
 
-A connection is *unfinished* from its accept until its request head has arrived whole (through
-the TLS handshake, if any); then it is *in a request*, bounded by the request slots and the read
-timeout, and is never closed early. Unfinished connections cost a thread each and do nothing for
-anyone, so they are the ones given up:
+A connection is *unfinished* from its accept until its request has arrived whole and passed the
+password check (through the TLS handshake, the request head and a wait for bcrypt); then it is
+*in a request*, bounded by the request slots and the read timeout, and is never closed early.
+Unfinished connections cost a thread each and have done nothing for anyone yet, so they are the
+ones given up:
 
 * each client (source address) may hold at most ``per_client`` unfinished connections; more
   from it are refused at once (an accept and a close: cheaper than anything an attacker spends);
@@ -14,9 +15,10 @@ anyone, so they are the ones given up:
   request head within ``pressure_head_s`` is closed (:meth:`ConnectionTable.sweep`), where
   otherwise it would have the whole read timeout.
 
-A scrape finishes its head within milliseconds of connecting, so none of this touches it; a
-client holding hundreds of idle or trickling connections holds at most ``per_client`` of them,
-each for about ``pressure_head_s``.
+A scrape is through within milliseconds of connecting (its password is cached), so none of this
+touches it; a client holding hundreds of idle or trickling connections, or guessing passwords on
+hundreds, holds at most ``per_client`` of them, each for about ``pressure_head_s`` under pressure.
+A connection closed to make room counts until its thread has let go of it.
 
 Closing is ``shutdown(2)`` on the socket from the accepting thread, which wakes the connection's
 thread blocked in ``recv`` or in the TLS handshake; that thread then closes it. The table's lock
@@ -104,8 +106,8 @@ class ConnectionTable:
                 _shut(sock)
             return not connection.closed_early
 
-    def head_complete(self, connection: Connection) -> bool:
-        """The request head is in: never close it early now. False when it already was."""
+    def started(self, connection: Connection) -> bool:
+        """The request is in and authorized: never close it early now. False when it already was."""
         with self._lock:
             if connection.closed_early:
                 return False

@@ -11,8 +11,10 @@ starve scrapes:
   they are doing (this bounds threads and memory). When they run short, connections still
   waiting for their request head are closed first; one client may hold at most half of them
   unfinished; and under pressure a head must arrive within a second (:mod:`.connections`);
-* the password is checked before a request slot is taken, so a flood of wrong passwords waits
-  on bcrypt without holding slots (:class:`gpuwatch.webconfig.BasicAuth`);
+* the password is checked before a request slot is taken and while the connection still counts
+  as unfinished, so a flood of wrong passwords waits on bcrypt (one check at a time) without
+  holding slots, and is closed first when connections run short
+  (:class:`gpuwatch.webconfig.BasicAuth`);
 * at most ``max_requests`` requests are served at once; a request waits for a slot (a burst of
   scrapes queues for the few milliseconds each takes), and is answered 503 only if none comes
   free within ``read_timeout_s``;
@@ -81,8 +83,8 @@ class _Server(ThreadingHTTPServer):
         if connection is None:
             if admission.refused_because == "client":
                 log.warning(
-                    "%s holds %d connections without a complete request head, the most one client may; "
-                    "refusing another",
+                    "%s holds %d unfinished connections (no complete, authorized request yet), "
+                    "the most one client may; refusing another",
                     client,
                     self.limits.max_unfinished_per_client,
                 )
@@ -92,7 +94,7 @@ class _Server(ThreadingHTTPServer):
             return
         if admission.closed is not None:
             log.warning(
-                "%d connections open; closed the oldest without a complete request head (from %s) for one from %s",
+                "%d connections open; closed the oldest unfinished one (from %s) to admit one from %s",
                 self.limits.max_connections,
                 admission.closed.client,
                 client,
@@ -134,16 +136,21 @@ class _Server(ThreadingHTTPServer):
         closed = self.connections.sweep()
         if closed:
             log.warning(
-                "over half of %d connections open; closed %d that sent no complete request head within %g s",
+                "over half of %d connections open; closed %d with no complete, authorized request after %g s",
                 self.limits.max_connections,
                 closed,
                 self.connections.pressure_head_s,
             )
 
-    def head_complete(self) -> bool:
-        """This thread's request head is in; False when its connection was closed early meanwhile."""
+    def request_started(self) -> bool:
+        """This thread's request is in and authorized; False when its connection was closed
+        early meanwhile (to make room for others)."""
+        return self.connections.started(self._local.connection)
+
+    def abandoned(self) -> bool:
+        """Whether this thread's connection was closed early."""
         connection: Connection = self._local.connection
-        return self.connections.head_complete(connection)
+        return connection.closed_early
 
     def request_slot(self) -> bool:
         """Wait for one of the ``max_requests`` slots, up to the read timeout; True when one was taken."""
@@ -251,7 +258,7 @@ def _make_handler(
             self.close_connection = True
             self.config = self.server.connection_config()
             head, error = _read_head(self.connection, self.server.limits.read_timeout_s)
-            if error < 0 or not self.server.head_complete():
+            if error < 0:
                 return  # the client went away, or the connection was closed to make room
             if error:
                 self._refuse(error)
@@ -265,10 +272,12 @@ def _make_handler(
 
         def do_GET(self) -> None:
             try:
-                authorized = self.config.authorized(self.headers.get("Authorization"))
+                authorized = self.config.authorized(
+                    self.headers.get("Authorization"), self.server.limits.read_timeout_s, self.server.abandoned
+                )
             except AuthBusy as exc:
                 log.warning("%s; answering 503 to %s", exc, self.client_address[0])
-                self._send(503, "text/plain; charset=utf-8", b"Busy checking passwords; try again\n")
+                self._send(503, "text/plain; charset=utf-8", b"Busy checking passwords; try again later\n")
                 return
             if not authorized:
                 self.send_response(401)
@@ -279,6 +288,8 @@ def _make_handler(
                 self.end_headers()
                 self.wfile.write(b"Unauthorized\n")
                 return
+            if not self.server.request_started():
+                return  # closed to make room while it waited for its password check
             if not self.server.request_slot():
                 log.warning(
                     "all %d request slots busy for %g s; answering 503 to %s",
