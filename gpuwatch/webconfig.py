@@ -331,7 +331,7 @@ class WebConfigSource:
         with self._lock:
             if self._path is not None and _signature(self._config.files) != self._stamp:
                 try:
-                    self._take_locked(self._path, attempts=1)  # a file still changing is tried again next time
+                    self._take_locked(self._path)
                     log.info("web config %s changed; reloaded", self._path)
                 except WebConfigError as exc:
                     log.error("%s; keeping the previous web config", exc)
@@ -339,18 +339,19 @@ class WebConfigSource:
 
     def reload(self, path: str | Path | None) -> None:
         """Read ``path`` (None: plain HTTP, no auth) now; raises :class:`WebConfigError` and keeps the old."""
+        new = None if path is None else Path(path)
         with self._lock:
-            self._path = None if path is None else Path(path)
-            if self._path is None:
+            if new is None:
                 self._config, self._stamp = WebConfig(), ()
             else:
-                self._take_locked(self._path, attempts=READ_ATTEMPTS)
+                self._take_locked(new)
+            self._path = new
 
-    def _take_locked(self, path: Path, attempts: int) -> None:
+    def _take_locked(self, path: Path) -> None:
         # The stamp is taken before reading, so a change made during or after the read is seen
         # (and read) at the next connection, never mistaken for the version already read.
         self._stamp = _signature(self._config.files)
-        config = load(path, attempts)
+        config = load(path)
         if config.empty and self._config.secured:
             raise WebConfigError(
                 f"web config file {path}: empty (half-way through being rewritten?) while TLS or basic auth "
