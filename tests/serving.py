@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -20,6 +21,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def get_from(
+    source: str, port: int, path: str = "/metrics", headers: Mapping[str, str] | None = None, timeout_s: float = 5.0
+) -> tuple[int, bytes, dict[str, str]]:
+    """GET ``path`` from the daemon on 127.0.0.1:``port`` out of the loopback address ``source``
+    (127.0.0.2 is another client, as far as the daemon can tell); status, body, headers."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s, source_address=(source, 0))
+    try:
+        connection.request("GET", path, headers=dict(headers or {}))
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import bcrypt
 import pytest
 import requests
 from certs import Pki, make_pki
-from serving import serve
+from serving import get_from, serve
 from waiting import wait_until
 
 from gpuwatch import webconfig
@@ -210,14 +210,14 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tmp_path, 
 # -- bounded request handling ----------------------------------------------------------------------
 
 
-def _hog(port: int) -> socket.socket:
-    """A connection that sends half a request head and never finishes it.
+def _hog(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source`` that sends half a request head and never finishes it.
 
     One can still be refused for a moment while an earlier connection (the readiness probe) is
     closing; a hog refused for that reason is closed at once, so try again until one is held.
     """
     for _ in range(50):
-        hog = socket.create_connection(("127.0.0.1", port))
+        hog = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
         hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         hog.settimeout(0.2)
         try:
@@ -231,19 +231,39 @@ def _hog(port: int) -> socket.socket:
     raise AssertionError("no connection was held")
 
 
+def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
 @pytest.mark.slow
-def test_slow_clients_hold_no_request_slot_and_are_bounded_by_the_connection_cap(tmp_path):
+def test_slow_clients_hold_no_request_slot_and_cannot_fill_the_connections(tmp_path):
+    # --web.max-requests 1: 10 connections in all, at most 5 unfinished from one client
     args = ("--simulate", "--web.max-requests", "1", "--web.read-timeout", "5s")
     with serve(tmp_path, *args) as d:
         hogs = [_hog(d.port)]  # as many hogs as request slots: a scrape is still answered at once
         assert requests.get(d.url + "/metrics", timeout=1).status_code == 200
-        hogs += [_hog(d.port) for _ in range(9)]  # 10 open connections: the cap, 10 x max-requests
-        with pytest.raises(requests.exceptions.ConnectionError):
-            requests.get(d.url + "/metrics", timeout=1)  # the 11th is closed at once
-        assert "10 connections open; refusing one from 127.0.0.1" in d.stderr
+        hogs += [_hog(d.port) for _ in range(4)]  # the most one client may hold unfinished
+        extra = socket.create_connection(("127.0.0.1", d.port))
+        assert _closed_by_server(extra, within_s=1)  # a sixth from the same client is closed at once
+        assert "holds 5 unfinished connections" in d.stderr
+        assert get_from("127.0.0.2", d.port, timeout_s=1)[0] == 200  # another client is served beside them
+        hogs += [_hog(d.port, "127.0.0.3") for _ in range(5)]  # all 10 open: more than half is pressure
+        assert get_from("127.0.0.2", d.port, timeout_s=1)[0] == 200  # the oldest hog made room
+        # Under pressure the older hogs are closed after 1 s, well before the 5 s read timeout, until
+        # no more than half the connections are open.
+        started = time.monotonic()
+        assert all(_closed_by_server(hog, within_s=3) for hog in hogs[:5])
+        assert time.monotonic() - started < 4
+        assert "with no complete, authorized request after 1 s" in d.stderr
         for hog in hogs:
             hog.close()
-        assert wait_until(lambda: _answered(d.url + "/metrics"), every_s=0.1)  # as soon as the hogs are gone
+        assert wait_until(lambda: _answered(d.url + "/metrics"), every_s=0.1)
 
 
 def _answered(url: str) -> bool:

@@ -23,6 +23,11 @@ class Limits:
     def max_connections(self) -> int:
         return CONNECTIONS_PER_REQUEST * self.max_requests
 
+    @property
+    def max_unfinished_per_client(self) -> int:
+        """Connections one client may hold before its request head is in: half of them."""
+        return max(1, self.max_connections // 2)
+
 
 class ListenAddressError(ValueError):
     """A --web.listen-address that is not host:port."""

@@ -90,7 +90,7 @@ class CachedExposition:
         """Like :meth:`render`, gzip-compressed when ``accept_encoding`` allows it; the third item
         is the Content-Encoding (None when sent as is)."""
         body, content_type = self.render(accept)
-        if "gzip" not in accept_encoding or len(body) <= GZIP_MIN_BYTES:
+        if len(body) <= GZIP_MIN_BYTES or not accepts_gzip(accept_encoding):
             return body, content_type, None
         key = content_type + ";gzip"
         with self._lock:
@@ -153,3 +153,25 @@ class CachedExposition:
             self._bodies[content_type] = body
             self._scraped_since_render = scraped
         return body
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows gzip (RFC 9110 12.5.3): ``gzip`` (or
+    ``x-gzip``) with a q-value above 0, or else ``*`` with one; ``gzip;q=0`` refuses it."""
+    wildcard: bool | None = None
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # unreadable: not an acceptance
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            return q > 0
+        if coding == "*":
+            wildcard = q > 0
+    return bool(wildcard)

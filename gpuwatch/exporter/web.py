@@ -7,11 +7,17 @@ starve scrapes:
 * a connection holds no request slot while its TLS handshake and request head arrive, which must
   happen within ``read_timeout_s`` (else 408), in at most ``MAX_HEAD_BYTES`` (else 431); so clients
   that trickle bytes cost a thread each, and never delay a scrape;
-* at most ``max_requests`` requests are served at once; a complete request waits for a slot (a
-  burst of scrapes queues for the few milliseconds each takes), and is answered 503 only if none
-  comes free within ``read_timeout_s``;
 * at most ``CONNECTIONS_PER_REQUEST`` x ``max_requests`` connections are open at once, whatever
-  they are doing (this bounds threads and memory); more are closed at once;
+  they are doing (this bounds threads and memory). When they run short, connections still
+  waiting for their request head are closed first; one client may hold at most half of them
+  unfinished; and under pressure a head must arrive within a second (:mod:`.connections`);
+* the password is checked before a request slot is taken and while the connection still counts
+  as unfinished, so a flood of wrong passwords waits on bcrypt (one check at a time) without
+  holding slots, and is closed first when connections run short
+  (:class:`gpuwatch.webconfig.BasicAuth`);
+* at most ``max_requests`` requests are served at once; a request waits for a slot (a burst of
+  scrapes queues for the few milliseconds each takes), and is answered 503 only if none comes
+  free within ``read_timeout_s``;
 * one connection carries one request.
 
 TLS and basic auth come from ``--web.config.file`` (:mod:`gpuwatch.webconfig`).
@@ -33,8 +39,9 @@ from typing import Any
 
 from gpuwatch import __version__
 from gpuwatch.exporter.address import Limits, parse_listen_address
-from gpuwatch.exporter.exposition import GZIP_LEVEL, GZIP_MIN_BYTES, CachedExposition
-from gpuwatch.webconfig import WebConfig, WebConfigSource
+from gpuwatch.exporter.connections import Connection, ConnectionTable
+from gpuwatch.exporter.exposition import GZIP_LEVEL, GZIP_MIN_BYTES, CachedExposition, accepts_gzip
+from gpuwatch.webconfig import AuthBusy, WebConfig, WebConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ class _Server(ThreadingHTTPServer):
         self.web_config = web_config
         self.limits = limits
         self._slots = threading.BoundedSemaphore(limits.max_requests)
-        self._connections = threading.BoundedSemaphore(limits.max_connections)
+        self.connections = ConnectionTable(limits.max_connections, limits.max_unfinished_per_client)
         self._local = threading.local()
         super().__init__(address, handler)
 
@@ -70,21 +77,38 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._connections.acquire(blocking=False):
-            log.warning("%d connections open; refusing one from %s", self.limits.max_connections, client_address[0])
+        client = client_address[0]
+        admission = self.connections.admit(request, client)
+        connection = admission.connection
+        if connection is None:
+            if admission.refused_because == "client":
+                log.warning(
+                    "%s holds %d unfinished connections (no complete, authorized request yet), "
+                    "the most one client may; refusing another",
+                    client,
+                    self.limits.max_unfinished_per_client,
+                )
+            else:
+                log.warning("%d connections open, all in requests; refusing one from %s", self.connections.open, client)
             self.shutdown_request(request)
             return
+        if admission.closed is not None:
+            log.warning(
+                "%d connections open; closed the oldest unfinished one (from %s) to admit one from %s",
+                self.limits.max_connections,
+                admission.closed.client,
+                client,
+            )
         try:
-            super().process_request(request, client_address)
+            threading.Thread(
+                target=self.process_request_thread, args=(request, client_address, connection), daemon=True
+            ).start()
         except RuntimeError as exc:  # no thread to be had (systemd's TasksMax=, say)
-            self._connections.release()
-            log.warning("cannot serve a connection from %s: %s", client_address[0], exc)
+            self.connections.release(connection)
+            log.warning("cannot serve a connection from %s: %s", client, exc)
             self.shutdown_request(request)
-        except BaseException:
-            self._connections.release()
-            raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: Any, client_address: Any, connection: Connection) -> None:  # type: ignore[override]
         try:
             config = self.web_config.current()
             request.settimeout(self.limits.read_timeout_s)
@@ -92,15 +116,41 @@ class _Server(ThreadingHTTPServer):
                 # CPython's handshake treats the socket timeout as a deadline for the whole
                 # handshake, not per read, so a client trickling bytes cannot hold a slot.
                 try:
-                    request = config.ssl_context.wrap_socket(request, server_side=True)
+                    request = config.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                    if not self.connections.replace_socket(connection, request):
+                        return
+                    request.do_handshake()
                 except (OSError, ssl.SSLError) as exc:
                     log.info("TLS handshake with %s failed: %s", client_address[0], exc)
-                    self.shutdown_request(request)
                     return
-            self._local.config = config
-            super().process_request_thread(request, client_address)
+            self._local.config, self._local.connection = config, connection
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self._connections.release()
+            self.connections.release(connection)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        # Called by serve_forever after each accept and at least every poll interval (0.1 s).
+        closed = self.connections.sweep()
+        if closed:
+            log.warning(
+                "over half of %d connections open; closed %d with no complete, authorized request after %g s",
+                self.limits.max_connections,
+                closed,
+                self.connections.pressure_head_s,
+            )
+
+    def request_started(self) -> bool:
+        """This thread's request is in and authorized; False when its connection was closed
+        early meanwhile (to make room for others)."""
+        return self.connections.started(self._local.connection)
+
+    def abandoned(self) -> bool:
+        """Whether this thread's connection was closed early."""
+        connection: Connection = self._local.connection
+        return connection.closed_early
 
     def request_slot(self) -> bool:
         """Wait for one of the ``max_requests`` slots, up to the read timeout; True when one was taken."""
@@ -209,27 +259,27 @@ def _make_handler(
             self.config = self.server.connection_config()
             head, error = _read_head(self.connection, self.server.limits.read_timeout_s)
             if error < 0:
-                return  # the client went away
-            if not error and not self.server.request_slot():
-                log.warning(
-                    "all %d request slots busy for %g s; answering 503 to %s",
-                    self.server.limits.max_requests,
-                    self.server.limits.read_timeout_s,
-                    self.client_address[0],
-                )
-                error = 503
+                return  # the client went away, or the connection was closed to make room
             if error:
-                self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
-                self.send_error(error)
+                self._refuse(error)
                 return
-            try:
-                self.rfile = io.BytesIO(head)
-                self.handle_one_request()
-            finally:
-                self.server.release_slot()
+            self.rfile = io.BytesIO(head)
+            self.handle_one_request()
+
+        def _refuse(self, error: int) -> None:
+            self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
+            self.send_error(error)
 
         def do_GET(self) -> None:
-            if not self.config.authorized(self.headers.get("Authorization")):
+            try:
+                authorized = self.config.authorized(
+                    self.headers.get("Authorization"), self.server.limits.read_timeout_s, self.server.abandoned
+                )
+            except AuthBusy as exc:
+                log.warning("%s; answering 503 to %s", exc, self.client_address[0])
+                self._send(503, "text/plain; charset=utf-8", b"Busy checking passwords; try again later\n")
+                return
+            if not authorized:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="gpuwatch"')
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -238,6 +288,23 @@ def _make_handler(
                 self.end_headers()
                 self.wfile.write(b"Unauthorized\n")
                 return
+            if not self.server.request_started():
+                return  # closed to make room while it waited for its password check
+            if not self.server.request_slot():
+                log.warning(
+                    "all %d request slots busy for %g s; answering 503 to %s",
+                    self.server.limits.max_requests,
+                    self.server.limits.read_timeout_s,
+                    self.client_address[0],
+                )
+                self._refuse(503)
+                return
+            try:
+                self._route()
+            finally:
+                self.server.release_slot()
+
+        def _route(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 body, content_type, encoding = exposition.render_encoded(
@@ -261,7 +328,11 @@ def _make_handler(
 
         def _send(self, code: int, content_type: str, body: bytes, encoding: str | None = None) -> None:
             """Send a response; ``encoding`` names a body already compressed (else gzip it if asked)."""
-            if encoding is None and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > GZIP_MIN_BYTES:
+            if (
+                encoding is None
+                and len(body) > GZIP_MIN_BYTES
+                and accepts_gzip(self.headers.get("Accept-Encoding", ""))
+            ):
                 body, encoding = gzip.compress(body, compresslevel=GZIP_LEVEL), "gzip"
             self.send_response(code)
             self.send_header("Content-Type", content_type)
