@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 STUCK_POLLS = 3  # poll intervals a read may take before it counts as hung ...
 STUCK_MIN_S = 2.0  # ... but never less than this: a loaded host can deschedule a process that long
 STUCK_MAX_S = 10.0  # ... nor more: the poll goes on well within the systemd watchdog's 30 s
+STALE_POLLS = 3  # poll intervals after which the latest poll's data is stale (/status: unknown)
 
 T = TypeVar("T")
 
@@ -62,6 +63,8 @@ class LoopSupervisor:
         self._poll = poll
         self._clock = clock
         self._poll_interval_s = poll_interval_s
+        self._monotonic = monotonic
+        self._polled_at: float | None = None  # monotonic, when a loop thread last finished a poll
         self.stalls = StallWatch(monotonic, clock.time)
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the wait between polls short: stop, or a new interval
@@ -81,6 +84,17 @@ class LoopSupervisor:
     def stuck_after_s(self) -> float:
         """Scheduled time after which a GPU read counts as hung: three poll intervals, within 2-10 s."""
         return min(max(STUCK_POLLS * self._clock.to_wall(self._poll_interval_s), STUCK_MIN_S), STUCK_MAX_S)
+
+    @property
+    def stale_after_s(self) -> float:
+        """Wall time after which the latest poll counts as stale: three poll intervals, at least 2 s
+        (less would call a merely busy host's data stale, as for a hung read)."""
+        return max(STALE_POLLS * self._clock.to_wall(self._poll_interval_s), STUCK_MIN_S)
+
+    def data_age_s(self) -> float | None:
+        """Wall seconds since a loop thread last finished a poll; None before the first."""
+        polled_at = self._polled_at
+        return None if polled_at is None else max(self._monotonic() - polled_at, 0.0)
 
     def watched(self, generation: int, index: int, read: Callable[[], T]) -> T:
         """``read()`` of GPU ``index`` under the stall watch; raises :class:`PollSuperseded` when
@@ -129,6 +143,7 @@ class LoopSupervisor:
             started = self._clock.time()
             try:
                 self._poll()
+                self._polled_at = self._monotonic()
             except PollSuperseded:
                 return  # another loop thread polls now
             except Exception:  # a bug in one poll must not end polling
