@@ -408,7 +408,10 @@ def status(
             click.echo(f"gpuwatch: cannot read GPUs: {doc.get('nvml_error')}", err=True)
 
     if watch_s is None:
-        doc = _within(timeout_s, read, nagios)
+        try:
+            doc = _within(timeout_s, read, nagios)
+        except KeyboardInterrupt:
+            _exit_now(EXIT_UNKNOWN)  # nothing read; the reading thread may be in a call
         show(doc)
         sys.exit(exit_code(doc))
     doc = {}
@@ -419,7 +422,7 @@ def status(
                 click.echo("\033[H\033[2J", nl=False)  # home and clear: refresh in place
             show(doc)
             time.sleep(watch_s)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the last refresh's verdict
         _exit_now(exit_code(doc) if doc else EXIT_UNKNOWN)
 
 
@@ -484,10 +487,7 @@ def _within(timeout_s: float, read: Callable[[_Progress], dict[str, Any]], nagio
 
     thread = threading.Thread(target=run, name="gpuwatch-status-read", daemon=True)
     thread.start()
-    try:
-        thread.join(timeout_s)
-    except KeyboardInterrupt:
-        _exit_now(EXIT_UNKNOWN)
+    thread.join(timeout_s)  # Ctrl-C is raised here, to the caller
     if not outcome:
         _unknown(f"timed out after {timeout_s:g} s {progress.doing}", nagios, hung=True)
     doc, error = outcome[0]
