@@ -84,12 +84,15 @@ def test_a_daemon_starved_beside_busy_processes_calls_no_gpu_hung_and_still_find
         time.sleep(STARVED_S)
         polled, before_hang = _polls(d) - first, d.stderr
         d.wait_for_log("GPU 2: an NVML call has not returned", timeout_s=20)
-        stale = per_gpu(parse(get(d.url + "/metrics")), "gpuwatch_gpu_stale")
+
+        def stale() -> dict[str, float]:  # once the fresh loop thread has published its first poll
+            return per_gpu(parse(get(d.url + "/metrics")), "gpuwatch_gpu_stale")
+
+        assert wait_until(lambda: stale() == {"0": 0.0, "1": 0.0, "2": 1.0, "3": 0.0}, timeout_s=10), stale()
     found = next(line for line in d.stderr.splitlines() if "has not returned" in line)
     print(f"\n{polled:.0f} polls in {STARVED_S} s starved; then {found}")
     assert "has not returned" not in before_hang, before_hang
     assert polled > 2 * STARVED_S  # slowed, not stopped
-    assert stale == {"0": 0.0, "1": 0.0, "2": 1.0, "3": 0.0}
     assert "GPU 2:" in found
 
 

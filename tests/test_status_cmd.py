@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import socket
 import ssl
@@ -39,9 +40,12 @@ HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
 
 
 @pytest.fixture(autouse=True)
-def _real_library_afterwards() -> Iterator[None]:
+def _real_library_and_logging_afterwards() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
     use_library(None)
+    root.handlers[:], root.level = handlers, level  # `status` sets up logging for itself (critical only)
 
 
 @pytest.fixture(scope="module")
