@@ -8,20 +8,19 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from gpuwatch import __version__, config, install, logsetup, webconfig
+from gpuwatch import __version__, client, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
-from gpuwatch.status import exit_code, render_nagios, render_table, to_document
+from gpuwatch.status import clean_text, exit_code, render_nagios, render_table, to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.source import from_url as source_from_url
 
@@ -313,7 +312,7 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
     "--url",
     default=f"http://127.0.0.1:{DEFAULT_PORT}",
     show_default=True,
-    help="The running daemon to read; if it does not answer, NVML is sampled directly.",
+    help="The running daemon to read (http:// or https://); if none answers, NVML is sampled directly.",
 )
 @click.option("--direct", is_flag=True, help="Sample NVML in this process; do not ask a daemon.")
 @_simulate_option(
@@ -345,7 +344,29 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
     metavar="[INTERVAL]",
     help="Refresh in place every INTERVAL (default 2s) until Ctrl-C.",
 )
-@click.option("--timeout", "timeout_s", type=_Duration(), default="3s", show_default=True, help="HTTP timeout.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=_Duration(),
+    default="10s",
+    show_default=True,
+    help="The most the whole check may take (each refresh with --watch), in every mode; "
+    "past it: UNKNOWN, exit 3, naming what hung.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    help="With an https:// --url: the CA that signed the daemon's certificate.",
+)
+@click.option(
+    "--cert-file", type=click.Path(dir_okay=False), help="A client certificate, for a daemon that asks for one (mTLS)."
+)
+@click.option(
+    "--key-file", type=click.Path(dir_okay=False), help="The client certificate's key (if not in --cert-file)."
+)
+@click.option("--user", help="Basic-auth user; the password comes from --password-file or --password-env.")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="A file holding the basic-auth password.")
+@click.option("--password-env", metavar="VAR", help="An environment variable holding the basic-auth password.")
 def status(
     url: str,
     direct: bool,
@@ -356,73 +377,183 @@ def status(
     nagios: bool,
     watch_s: float | None,
     timeout_s: float,
+    **secured: str | None,
 ) -> None:
     """Say whether each GPU is healthy and why; show its temperature, power, clocks, VRAM and ECC.
 
     The first line is the host's verdict. Exit codes follow the Nagios plugin convention:
-    0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing could be read).
+    0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (nothing could be read, the daemon's data is stale,
+    or the check ran past --timeout).
     """
     _setup_logging("critical")  # what went wrong is printed below, once
-    url_given = click.get_current_context().get_parameter_source("url") is not click.core.ParameterSource.DEFAULT
+    context = click.get_current_context()
+    url_given = context.get_parameter_source("url") is not click.core.ParameterSource.DEFAULT
     health = HealthThresholds()
     if config_file:
         try:
             health = config.build(config.load_file(config_file), {}).health
         except config.ConfigError as exc:
             raise click.UsageError(str(exc)) from exc
+    daemon = None
+    if simulate is None and not direct:
+        daemon = _daemon(url, **secured)
+        url_given = url_given or any(secured.values())
+    elif any(secured.values()):
+        raise click.UsageError("--ca-file, --cert-file, --key-file and --user are for reading a daemon")
 
-    def read() -> dict[str, Any]:
-        doc = _fetch(url, timeout_s, url_given) if simulate is None and not direct else None
-        return doc if doc is not None else _sample_directly(simulate, sim_at_s, health)
+    def read(progress: _Progress) -> dict[str, Any]:
+        doc = _fetch(daemon, timeout_s, progress, url_given) if daemon is not None else None
+        return doc if doc is not None else _sample_directly(simulate, sim_at_s, health, progress)
 
     def show(doc: dict[str, Any]) -> None:
-        if as_json:
-            click.echo(json.dumps(doc, indent=2))
-        elif nagios:
-            click.echo(render_nagios(doc))
-        else:
-            click.echo(render_table(doc, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+        try:
+            if as_json:
+                text = json.dumps(doc, indent=2)
+            elif nagios:
+                text = render_nagios(doc)
+            else:
+                text = render_table(doc, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a document from elsewhere
+            where = daemon.status_url if daemon is not None else "the sample"
+            _unknown(f"{where}: not a /status document gpuwatch can read ({clean_text(repr(exc))})", nagios, hung=False)
+        click.echo(text)
         if not doc.get("nvml_up") and not nagios:
             click.echo(f"gpuwatch: cannot read GPUs: {doc.get('nvml_error')}", err=True)
 
     if watch_s is None:
-        doc = read()
+        try:
+            doc = _within(timeout_s, read, nagios)
+        except KeyboardInterrupt:
+            _exit_now(EXIT_UNKNOWN)  # nothing read; the reading thread may be in a call
         show(doc)
         sys.exit(exit_code(doc))
     doc = {}
     try:
         while True:
-            doc = read()
+            doc = _within(timeout_s, read, nagios)
             if sys.stdout.isatty():
                 click.echo("\033[H\033[2J", nl=False)  # home and clear: refresh in place
             show(doc)
             time.sleep(watch_s)
-    except KeyboardInterrupt:
-        sys.exit(exit_code(doc) if doc else EXIT_UNKNOWN)
+    except KeyboardInterrupt:  # the last refresh's verdict
+        _exit_now(exit_code(doc) if doc else EXIT_UNKNOWN)
 
 
-def _fetch(url: str, timeout_s: float, say_why: bool) -> dict[str, Any] | None:
+def _daemon(
+    url: str,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    user: str | None,
+    password_file: str | None,
+    password_env: str | None,
+) -> client.Daemon:
+    """The daemon to read, with its TLS and basic-auth settings; the password never on the command line."""
+    credentials = None
+    if user is not None:
+        if ":" in user:
+            raise click.BadParameter("a basic-auth user name cannot hold ':'", param_hint="--user")
+        credentials = client.Credentials(user, _password(password_file, password_env))
+    elif password_file or password_env:
+        raise click.UsageError("--password-file and --password-env go with --user")
+    try:
+        return client.Daemon(url, ca_file, cert_file, key_file, credentials)
+    except client.ClientError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _password(password_file: str | None, password_env: str | None) -> bytes:
+    if (password_file is None) == (password_env is None):
+        raise click.UsageError("--user needs its password from one of --password-file or --password-env")
+    if password_env is not None:
+        if password_env not in os.environ:
+            raise click.UsageError(f"--password-env: {password_env} is not set")
+        return os.fsencode(os.environ[password_env])
+    try:
+        with open(str(password_file), "rb") as f:
+            return f.read(4096).rstrip(b"\r\n")  # a password, not a file to slurp whole
+    except OSError as exc:
+        raise click.UsageError(f"--password-file {password_file}: {exc.strerror}") from None
+
+
+class _Progress:
+    """What a status read is doing now, for the line that says what hung."""
+
+    doing = "starting"
+
+
+def _within(timeout_s: float, read: Callable[[_Progress], dict[str, Any]], nagios: bool) -> dict[str, Any]:
+    """``read`` on a thread of its own, waited for ``timeout_s`` at most (exit 3 past it).
+
+    An NVML call made in this process cannot be interrupted, and neither can a socket read be
+    made to honour one deadline across a trickling server: so the read runs on a daemon thread,
+    and past the deadline this process says what it was doing and exits without waiting for it.
+    """
+    progress = _Progress()
+    outcome: list[tuple[dict[str, Any] | None, BaseException | None]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((read(progress), None))
+        except BaseException as exc:  # handed to the waiting thread, and raised there
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=run, name="gpuwatch-status-read", daemon=True)
+    thread.start()
+    thread.join(timeout_s)  # Ctrl-C is raised here, to the caller
+    if not outcome:
+        _unknown(f"timed out after {timeout_s:g} s {progress.doing}", nagios, hung=True)
+    doc, error = outcome[0]
+    if isinstance(error, client.NotAStatus):
+        _unknown(str(error), nagios, hung=False)  # something else listens there: say so, sample nothing
+    if error is not None:
+        raise error
+    assert doc is not None
+    return doc
+
+
+def _unknown(line: str, nagios: bool, hung: bool) -> NoReturn:
+    """UNKNOWN, exit 3; when ``hung``, without waiting for the reading thread, which may never return."""
+    if nagios:
+        click.echo(f"GPUWATCH UNKNOWN - {line}")
+    else:
+        click.echo(f"gpuwatch: {line}", err=True)
+    if hung:
+        _exit_now(EXIT_UNKNOWN)
+    sys.exit(EXIT_UNKNOWN)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once: a reading thread may be blocked in a driver call, and the interpreter's
+    shutdown would wait on what it holds (the simulated host's servers, their workers)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _fetch(daemon: client.Daemon, timeout_s: float, progress: _Progress, say_why: bool) -> dict[str, Any] | None:
     """The daemon's ``/status`` document, or None to sample NVML directly.
 
     A daemon that answers with an HTTP error (401 from a secured endpoint, say) is always
     reported on stderr, since the direct sample that follows is not what the daemon sees; a
-    daemon that is not there is reported only when ``--url`` was given.
+    daemon that is not there is reported only when ``--url`` (or a TLS or auth option) was given.
+    (An answer that is not a status document is raised: something else listens there.)
     """
-    target = url.rstrip("/") + "/status"
+    progress.doing = f"waiting for {daemon.status_url}"
     try:
-        with urllib.request.urlopen(target, timeout=timeout_s) as response:
-            doc: dict[str, Any] = json.load(response)
-            return doc
-    except urllib.error.HTTPError as exc:
-        click.echo(f"gpuwatch: {target} answered {exc.code} {exc.reason}; sampling NVML directly", err=True)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        return daemon.fetch(timeout_s)
+    except client.Refused as exc:
+        hint = " (to log in: --user, with --password-file or --password-env)" if exc.code == 401 else ""
+        click.echo(f"gpuwatch: {exc}; sampling NVML directly{hint}", err=True)
+    except client.Unreachable as exc:
         if say_why:
-            click.echo(f"gpuwatch: no daemon at {target} ({reason}); sampling NVML directly", err=True)
+            click.echo(f"gpuwatch: {exc}; sampling NVML directly", err=True)
     return None
 
 
-def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresholds) -> dict[str, Any]:
+def _sample_directly(
+    simulate: str | None, sim_at_s: float, health: HealthThresholds, progress: _Progress
+) -> dict[str, Any]:
     """One snapshot sampled in this process.
 
     On real GPUs that is a single poll (verdicts see one instant). On a simulated host the
@@ -430,6 +561,8 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
     """
     from gpuwatch.runtime import RuntimeOptions, assemble, open_host
 
+    what = "NVML" if simulate is None else f"the simulated host {simulate!r}"
+    progress.doing = f"sampling {what} in this process (nvmlInit or a GPU read has not returned)"
     clock = ManualClock()
     options = RuntimeOptions(simulate=simulate, health=health)
     try:
@@ -445,10 +578,11 @@ def _sample_directly(simulate: str | None, sim_at_s: float, health: HealthThresh
             clock.advance(max(0.0, sim_at_s - health.window_seconds - 2 * interval))
             while clock.sim_seconds() < sim_at_s:
                 clock.advance(min(interval, sim_at_s - clock.sim_seconds()))
+                progress.doing = f"sampling {what} in this process (a GPU read at simulated {clock.sim_seconds():g} s has not returned)"
                 rt.step()
                 rt.scrape_tokens()
             snapshot = rt.step()  # one last poll takes in the last scrape
-        return to_document(snapshot)
+        return to_document(snapshot, age_s=0.0)
 
 
 # -- capture --------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The threads that keep polling: a loop thread on a fixed interval, and a watcher for hung reads.
 
-How one hung GPU stays one GPU's problem (README, "Failure behaviour"): a GPU read that has not
-returned after :attr:`LoopSupervisor.stuck_after_s` (one poll interval of wall time, at least
-0.25 s and at most 5 s) is left behind (:mod:`gpuwatch.stalls`): the watcher marks that GPU stuck
-(the sampler shows its last values as stale) and starts a fresh loop thread, which polls on
-without it. The thread left behind ends as soon as its call returns, and frees the GPU for the
+How one hung GPU stays one GPU's problem (README, "Failure behaviour"): a GPU read that has made
+no progress for :attr:`LoopSupervisor.stuck_after_s` (three poll intervals, at least 2 s and at
+most 10 s) while this process was being scheduled is left behind (:mod:`gpuwatch.stalls`, which
+also says why CPU starvation alone never counts): the watcher marks that GPU stuck (the sampler
+shows its last values as stale) and starts a fresh loop thread, which polls on without it. The thread left behind ends as soon as its call returns, and frees the GPU for the
 next poll; so one thread at most waits on each hung GPU. Only a loop stuck outside a GPU read (in
 ``nvmlInit``, or a bug) stops polling, and with it the systemd watchdog pings.
 
@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from gpuwatch.stalls import PollSuperseded, StallWatch
+from gpuwatch.stalls import HEARTBEAT_S, PollSuperseded, StallWatch
 
 log = logging.getLogger(__name__)
 
-STUCK_MIN_S = 0.25
-STUCK_MAX_S = 5.0
+STUCK_POLLS = 3  # poll intervals a read may take before it counts as hung ...
+STUCK_MIN_S = 2.0  # ... but never less than this: a loaded host can deschedule a process that long
+STUCK_MAX_S = 10.0  # ... nor more: the poll goes on well within the systemd watchdog's 30 s
+STALE_POLLS = 3  # poll intervals after which the latest poll's data is stale (/status: unknown)
 
 T = TypeVar("T")
 
@@ -61,6 +63,8 @@ class LoopSupervisor:
         self._poll = poll
         self._clock = clock
         self._poll_interval_s = poll_interval_s
+        self._monotonic = monotonic
+        self._polled_at: float | None = None  # monotonic, when a loop thread last finished a poll
         self.stalls = StallWatch(monotonic, clock.time)
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the wait between polls short: stop, or a new interval
@@ -78,8 +82,19 @@ class LoopSupervisor:
 
     @property
     def stuck_after_s(self) -> float:
-        """Wall time after which a GPU read counts as hung: one poll interval, within 0.25-5 s."""
-        return min(max(self._clock.to_wall(self._poll_interval_s), STUCK_MIN_S), STUCK_MAX_S)
+        """Scheduled time after which a GPU read counts as hung: three poll intervals, within 2-10 s."""
+        return min(max(STUCK_POLLS * self._clock.to_wall(self._poll_interval_s), STUCK_MIN_S), STUCK_MAX_S)
+
+    @property
+    def stale_after_s(self) -> float:
+        """Wall time after which the latest poll counts as stale: three poll intervals, at least 2 s
+        (less would call a merely busy host's data stale, as for a hung read)."""
+        return max(STALE_POLLS * self._clock.to_wall(self._poll_interval_s), STUCK_MIN_S)
+
+    def data_age_s(self) -> float | None:
+        """Wall seconds since a loop thread last finished a poll; None before the first."""
+        polled_at = self._polled_at
+        return None if polled_at is None else max(self._monotonic() - polled_at, 0.0)
 
     def watched(self, generation: int, index: int, read: Callable[[], T]) -> T:
         """``read()`` of GPU ``index`` under the stall watch; raises :class:`PollSuperseded` when
@@ -98,16 +113,18 @@ class LoopSupervisor:
             raise
 
     def check_stalled(self) -> bool:
-        """Leave behind a read that has run past :attr:`stuck_after_s`; True when it did (the
-        watcher then starts a new loop thread)."""
+        """One heartbeat of the watcher: leave behind a read that has been blocked for
+        :attr:`stuck_after_s`; True when it did (the watcher then starts a new loop thread)."""
+        self.stalls.heartbeat()
         stuck = self.stalls.leave_behind(self.stuck_after_s)
         if stuck is None:
             return False
         log.error(
-            "GPU %d: an NVML call has not returned for %.1f s; showing its last values as stale "
-            "and polling the other GPUs without it until the call returns",
+            "GPU %d: an NVML call has not returned for %.1f s (blocked %.1f s of it while gpuwatch ran); "
+            "showing its last values as stale and polling the other GPUs without it until the call returns",
             stuck.index,
             stuck.for_s,
+            stuck.blocked_s,
         )
         return True
 
@@ -126,6 +143,7 @@ class LoopSupervisor:
             started = self._clock.time()
             try:
                 self._poll()
+                self._polled_at = self._monotonic()
             except PollSuperseded:
                 return  # another loop thread polls now
             except Exception:  # a bug in one poll must not end polling
@@ -141,7 +159,7 @@ class LoopSupervisor:
             self._wake.wait(wall_s)
 
     def _watch_stalls(self) -> None:
-        while not self._stop.wait(self.stuck_after_s / 4):
+        while not self._stop.wait(HEARTBEAT_S):
             if self.check_stalled():
                 self._start_loop()
 

@@ -113,8 +113,9 @@ class Runtime:
         return self.sampler.ready.is_set() and self.exposition.render_error is None and not self.collector.failed
 
     def status_document(self) -> dict[str, Any]:
-        """The ``/status`` JSON document of :meth:`latest`."""
-        return to_document(self.latest())
+        """The ``/status`` JSON document of :meth:`latest`, with how old its poll is."""
+        loop = self.sampler.loop
+        return to_document(self.latest(), loop.data_age_s(), self.sampler.poll_interval_s, loop.stale_after_s)
 
     def start(self, threads: bool = True) -> None:
         """Start the scenario's simulated servers, the token tracker and (with ``threads``) polling.

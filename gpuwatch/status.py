@@ -6,6 +6,7 @@ document whether it came over HTTP or from sampling NVML in-process, so both pat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,21 +17,72 @@ from gpuwatch.model import GpuStatus, Snapshot, SourceStatus
 SCHEMA_VERSION = 1
 
 
-def to_document(snapshot: Snapshot) -> dict[str, Any]:
-    """The ``/status`` JSON document of a snapshot (SI units, ``null`` where not reported)."""
+def to_document(
+    snapshot: Snapshot,
+    age_s: float | None = None,
+    poll_interval_s: float | None = None,
+    stale_after_s: float | None = None,
+) -> dict[str, Any]:
+    """The ``/status`` JSON document of a snapshot (SI units, ``null`` where not reported).
+
+    ``age_s``: wall seconds since the poll was published; past ``stale_after_s`` the data is
+    stale and the host verdict is ``unknown`` (the GPUs keep their last verdicts).
+    """
+    verdict, reasons = snapshot.verdict.state, list(snapshot.verdict.reasons)
+    if age_s is not None and stale_after_s is not None and age_s > stale_after_s:
+        verdict = "unknown"
+        reasons.insert(
+            0, f"no poll for {age_s:.1f} s (stale after {stale_after_s:g} s): the poll loop is stuck or starved"
+        )
     return {
         "schema_version": SCHEMA_VERSION,
         "gpuwatch_version": __version__,
         "timestamp": snapshot.timestamp,
+        "age_seconds": age_s,
+        "poll_interval_seconds": poll_interval_s,
+        "stale_after_seconds": stale_after_s,
         "nvml_up": snapshot.nvml_up,
         "nvml_error": snapshot.nvml_error,
         "driver_version": snapshot.driver_version,
         "cuda_driver_version": snapshot.cuda_driver_version,
-        "verdict": snapshot.verdict.state,
-        "reasons": list(snapshot.verdict.reasons),
+        "verdict": verdict,
+        "reasons": reasons,
         "gpus": [_gpu(status) for status in snapshot.gpus],
         "sources": [_source(source) for source in snapshot.sources],
     }
+
+
+# -- text from elsewhere ----------------------------------------------------------------------------
+
+# scheme://user:password@ -> scheme://user:xxxxx@ (as Prometheus shows a secret)
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#]*@")  # to the last @, as urlsplit
+# C0 and C1 controls, DEL, and the format characters that reorder or hide text (bidi overrides,
+# zero-width marks), as well as line and paragraph separators
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``xxxxx``."""
+    return _CREDENTIALS.sub(r"\1:xxxxx@", text)
+
+
+def clean_text(text: str) -> str:
+    """Text from another process or server, safe to print: passwords in URLs redacted, control and
+    reordering characters shown as escapes (``\\x1b``), so none reaches a terminal."""
+    return _UNPRINTABLE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", redact(text)
+    )
+
+
+def clean(value: Any) -> Any:
+    """A ``/status`` document (or any JSON value) with every string, key or value, :func:`clean_text`-ed."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
 
 
 def _source(source: SourceStatus) -> dict[str, Any]:
@@ -153,6 +205,8 @@ def render_table(doc: dict[str, Any], colour: bool = False) -> str:
             header += f" · CUDA {doc['cuda_driver_version']}"
     if not doc.get("nvml_up"):
         header += f" · NVML down: {doc.get('nvml_error') or 'unknown error'}"
+    if doc.get("age_seconds") is not None:
+        header += f" · data {doc['age_seconds']:.1f} s old"
     lines.append(header)
     rows = [list(_COLUMNS)] + [_row(gpu) for gpu in doc.get("gpus", [])]
     verdicts = [None] + [gpu.get("verdict") for gpu in doc.get("gpus", [])]
@@ -245,13 +299,22 @@ def _ecc(gpu: dict[str, Any]) -> str:
 def render_nagios(doc: dict[str, Any]) -> str:
     """One Nagios plugin line: ``GPUWATCH STATE - reasons | perfdata``.
 
-    Performance data per GPU (Nagios' 'label'=value;warn;crit;min;max, no unit where Nagios has
-    none): temperature with the max-operating and slowdown thresholds as warn and crit, margin,
+    Performance data (Nagios' 'label'=value[unit];warn;crit;min;max, no unit where Nagios has
+    none): the data's age in seconds (crit: when it counts as stale); per GPU, temperature with the max-operating and slowdown thresholds as warn and crit, margin,
     power with the cap as max, and the cap itself.
     """
     state = (doc.get("verdict") or "unknown").upper()
     reasons = "; ".join(doc.get("reasons") or []) or "no data"
     perf: list[str] = []
+    age = doc.get("age_seconds")
+    _perf(
+        perf,
+        "data_age",
+        None if age is None else round(age, 3),
+        crit=doc.get("stale_after_seconds"),
+        minimum=0,
+        unit="s",
+    )
     for gpu in doc.get("gpus", []):
         if not gpu["up"]:
             continue
@@ -280,13 +343,14 @@ def _perf(
     crit: float | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    unit: str = "",
 ) -> None:
     if value is None:
         return
     fields = [_g(v) for v in (warn, crit, minimum, maximum)]
     while fields and not fields[-1]:
         fields.pop()
-    out.append(f"'{label}'={_g(value)}" + "".join(f";{f}" for f in fields))
+    out.append(f"'{label}'={_g(value)}{unit}" + "".join(f";{f}" for f in fields))
 
 
 def _g(value: float | None) -> str:

@@ -25,7 +25,7 @@ from gpuwatch.sampler import Sampler
 from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
-from gpuwatch.stalls import PollSuperseded
+from gpuwatch.stalls import HEARTBEAT_S, PollSuperseded
 
 _LOADED_GPU = '[[gpu]]\nprofile = "rtx-a6000"\nload = 0.9\n'
 
@@ -145,9 +145,14 @@ def test_a_hung_gpu_is_left_behind_marked_stale_while_the_others_are_polled(run)
     hung = threading.Thread(target=poll)
     hung.start()
     assert gate.entered.wait(10)  # GPU 0's first call hangs
-    assert not r.sampler.loop.check_stalled()  # not for long enough yet
-    r.now[0] += r.sampler.loop.stuck_after_s
-    assert r.sampler.loop.check_stalled()
+    loop = r.sampler.loop
+    assert not loop.check_stalled()  # a first beat, at once, sees the CPU the read used before it blocked
+    beats = round(loop.stuck_after_s / HEARTBEAT_S)  # the watcher's beats while the call is blocked
+    for _ in range(beats - 1):
+        r.now[0] += HEARTBEAT_S
+        assert not loop.check_stalled()  # not for long enough yet
+    r.now[0] += HEARTBEAT_S
+    assert loop.check_stalled()
 
     during = [r.at(t) for t in (11.5, 12.5, 13.5)]
     for s in during:
@@ -281,7 +286,8 @@ def test_the_running_loop_polls_on_without_a_hung_gpu_and_takes_it_back_when_the
     sampler.start()
     try:
         assert gate.entered.wait(5)
-        assert wait_until(lambda: sampler.latest.gpus[0].stale_since is not None)
+        # left behind after 2 s with the process running (the least, at a 50 ms poll interval)
+        assert wait_until(lambda: sampler.latest.gpus[0].stale_since is not None, timeout_s=15)
         polls = sampler.latest.polls_total
         assert wait_until(lambda: sampler.latest.polls_total >= polls + 5)  # the loop goes on
         assert sampler.latest.gpus[1].up

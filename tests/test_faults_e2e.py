@@ -63,7 +63,7 @@ def test_while_an_nvml_call_hangs_metrics_answer_fast_with_that_gpu_stale_and_si
     # At 10x, the 1 s poll is 100 ms of wall time: busy enough to show the others are polled on,
     # idle enough that a scrape's latency is gpuwatch's and not the simulator's.
     with serve(tmp_path, "--simulate", "nvml-hang", "--sim-speed", "10") as d:
-        d.wait_for_log("GPU 2: an NVML call has not returned", timeout_s=8)  # 30 simulated s in
+        d.wait_for_log("GPU 2: an NVML call has not returned", timeout_s=15)  # 30 simulated s in, and 2 s
         first = metrics(d)
         latencies = []
         for _ in range(40):  # two wall seconds of the 30 s hang

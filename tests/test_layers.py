@@ -20,6 +20,7 @@ ONLY = {
     "gpuwatch.analysis": (),
     "gpuwatch.model": (),
     "gpuwatch.derive": ("gpuwatch.analysis", "gpuwatch.model"),
+    "gpuwatch.client": ("gpuwatch.status",),
 }
 # module prefix -> what it must never import, directly or by a name below it
 NEVER = {

@@ -28,9 +28,10 @@ DAY_WALL_S = 24 * HOUR / SPEED
 _FAULTS = {
     # GPU: faults, as [[gpu.fault]] bodies
     1: [f'kind = "fall_off_bus"\nat_s = {3 * HOUR}', f'kind = "gpu_reset"\nat_s = {3.5 * HOUR}'],
-    # 1.5 wall s: 25 simulated min. The window spans three polls, so a poll reads GPU 2 inside it
-    # even when a loaded machine stretches one poll past the interval.
-    2: [f'kind = "hang"\nat_s = {6 * HOUR}\nduration_s = {3 * POLL_INTERVAL_S}\nhang_s = 1.5'],
+    # 4 wall s (67 simulated min): past the 2 s a read must be blocked before it is left behind.
+    # The window spans three polls, so a poll reads GPU 2 inside it even when a loaded machine
+    # stretches one poll past the interval.
+    2: [f'kind = "hang"\nat_s = {6 * HOUR}\nduration_s = {3 * POLL_INTERVAL_S}\nhang_s = 4'],
     3: [
         f'kind = "unknown_error"\nat_s = {8 * HOUR}\nduration_s = {HOUR}\nratio = 0.05',
         f'kind = "not_supported"\nat_s = {10 * HOUR}\nduration_s = {HOUR / 2}\nratio = 0.1',
