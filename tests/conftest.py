@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import NoReturn
 import pynvml
 import pytest
 
+from gpuwatch import logsetup
 from gpuwatch.host import Host
 from gpuwatch.nvml import use_library
 from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
@@ -25,6 +27,20 @@ from gpuwatch.tokens.tracker import TokenTracker
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite golden files from the current output")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Commands run in-process (click's runner) set up logging for the whole interpreter: give every
+    test the root logger's level as it was, and drop the handler such a command installed, so no
+    test depends on the one before. (pytest adds its own capture handlers anew for every phase.)"""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+        if any(isinstance(f, logsetup.RateLimit) for f in handler.filters):  # gpuwatch's own
+            root.removeHandler(handler)
 
 
 @pytest.fixture
