@@ -630,8 +630,12 @@ def capture(output: str | None, no_mask: bool, simulate: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    with open(output, "w", encoding="utf-8") as out:
-        out.write(text)
+    try:
+        with open(output, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        click.echo(f"gpuwatch: cannot write the capture to {output}: {exc.strerror}; choose another --output", err=True)
+        sys.exit(1)
     click.echo(f"gpuwatch: {len(doc['gpus'])} GPU(s) captured to {output}", err=True)
 
 

@@ -51,6 +51,15 @@ def test_a_capture_masks_serials_uuids_and_process_names(nvml):
     assert any(gpu["processes"] for gpu in doc["gpus"])
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):
+    result = gpuwatch("capture", "--simulate", "healthy", "--output", str(tmp_path / "no-such-dir" / "cap.json"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"gpuwatch: cannot write the capture to {tmp_path / 'no-such-dir' / 'cap.json'}: No such file or directory; "
+        "choose another --output"
+    ]
+
+
 def test_no_mask_keeps_what_the_reader_reads(nvml):
     nvml("inference-host")
     doc = capture(mask=False)
