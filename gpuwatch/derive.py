@@ -137,6 +137,7 @@ def derive(
     xid_errors, recent_xids = history.xids()
     if isinstance(outcome, Failed):
         error, stale_seconds = outcome.error, None
+        history.last_read = None  # a hang after this shows no values older than the failure
     else:
         error, stale_seconds = f"NVML call not returning for {now - outcome.since:.0f} s", now - outcome.since
     facts = GpuFacts(
@@ -144,7 +145,7 @@ def derive(
     )
     verdict = gpu_verdict(facts, health)
     previous = history.last_read
-    if isinstance(outcome, Hung) and previous is not None and previous.identity.uuid == identity.uuid:
+    if isinstance(outcome, Hung) and previous is not None:  # histories are per UUID: it is this GPU's
         # The last values stay, marked stale: a hung read says nothing new about the GPU.
         return replace(
             previous,

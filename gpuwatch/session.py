@@ -35,10 +35,6 @@ class NvmlSession:
         self._errors_before: Counter[tuple[int, str]] = Counter()  # of readers closed since start
         self.error: str | None = "not polled yet"  # why NVML is not up; None while it is
 
-    @property
-    def reader(self) -> NvmlReader | None:
-        return self._reader
-
     def open(self, now: float) -> NvmlReader | None:
         """The open reader; opens one when none is and the backoff allows; None while NVML is down."""
         if self._reader is not None:

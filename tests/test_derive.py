@@ -108,6 +108,11 @@ ROWS = [
         {"up": False, "reading.power_watts": 300.0, "stale_since": 2.5, "error": "NVML call not returning for 0 s"},
     ),
     Row(
+        "a GPU hung after a failed poll shows nothing older than the failure",
+        [Read(reading(1, power_watts=300.0)), Failed("Unknown (code 999)"), Hung(since=2.5)],
+        {"up": False, "reading": None, "stale_since": None},
+    ),
+    Row(
         "a GPU hung before it ever answered has nothing to show",
         [Hung(since=0.5)],
         {"up": False, "reading": None, "stale_since": None},

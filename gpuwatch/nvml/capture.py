@@ -23,7 +23,7 @@ import pynvml
 
 from gpuwatch import __version__
 from gpuwatch.nvml import fields, prepared
-from gpuwatch.nvml.reader import FIELDS
+from gpuwatch.nvml.reader import FIELDS, nvml_process_name
 
 FORMAT = "gpuwatch-capture/1"
 NvmlError = pynvml.NVMLError
@@ -193,19 +193,17 @@ def _gpu(index: int, mask: bool) -> dict[str, Any]:
     for kind in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
         for entry in gpu["queries"][kind].get("value") or []:
             pid = entry.get("pid")
-            processes.append({"pid": pid, "name": _process_name(pid), "kind": kind.removeprefix("nvmlDeviceGet")})
+            processes.append(
+                {
+                    "pid": pid,
+                    "name": None if pid is None else nvml_process_name(pid),
+                    "kind": kind.removeprefix("nvmlDeviceGet"),
+                }
+            )
     gpu["processes"] = processes
     if mask:
         _mask_gpu(gpu, index)
     return gpu
-
-
-def _process_name(pid: Any) -> str | None:
-    try:
-        name: str = pynvml.nvmlSystemGetProcessName(pid)
-        return name
-    except (pynvml.NVMLError, TypeError):
-        return None
 
 
 def _package_version(name: str) -> str | None:

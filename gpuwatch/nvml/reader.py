@@ -830,7 +830,7 @@ def _name_and_user(pid: int) -> tuple[str | None, str | None]:
         name = _executable_name(pid)
         user = psutil.Process(pid).username()
     except (OSError, psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
-        return _nvml_process_name(pid), None
+        return nvml_process_name(pid), None
     return name, utf8_text(user)
 
 
@@ -858,7 +858,7 @@ def _executable_name(pid: int) -> str:
     return utf8_text(comm)
 
 
-def _nvml_process_name(pid: int) -> str | None:
+def nvml_process_name(pid: int) -> str | None:
     """nvmlSystemGetProcessName, as valid UTF-8. pynvml decodes the driver's bytes as strict UTF-8,
     so a name that is not raises UnicodeDecodeError, which still holds the bytes."""
     try:
