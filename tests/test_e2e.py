@@ -97,8 +97,9 @@ def daemon(tmp_path: Path, *args: str) -> Iterator[Daemon]:
                 get(served.url + "/-/ready")
                 break
             except OSError:
-                if served.proc.poll() is not None or time.monotonic() - started > 5:
-                    raise AssertionError(f"daemon not ready within 5 s:\n{served.stderr}") from None
+                # generous: several daemons may be starting at once on two loaded cores
+                if served.proc.poll() is not None or time.monotonic() - started > 30:
+                    raise AssertionError(f"daemon not ready within 30 s:\n{served.stderr}") from None
                 time.sleep(0.05)
         yield Daemon(served)
 
@@ -128,7 +129,7 @@ def test_simulated_inference_host_over_http(tmp_path, promtool, sim):
         assert all(e2[g] > e1[g] for g in e1)
         t1 = per_gpu(first, "gpuwatch_gpu_temperature_celsius", sensor="gpu")
         t2 = per_gpu(second, "gpuwatch_gpu_temperature_celsius", sensor="gpu")
-        assert t2["2"] > t1["2"] + 10
+        assert t2["2"] >= min(t1["2"] + 10, 90)  # heating, or already at its plateau near 93 °C
         for gpu, temp in t2.items():
             assert 15 < temp < 100, gpu
         for gpu, ratio in per_gpu(second, "gpuwatch_gpu_utilization_ratio", engine="gpu").items():
@@ -143,9 +144,10 @@ def test_simulated_inference_host_over_http(tmp_path, promtool, sim):
             [sys.executable, "-m", "gpuwatch", "status", "--url", d.url, "--json"], capture_output=True, text=True
         )
         doc = json.loads(status.stdout)
-        # GPU 2 heats towards its 93 °C max-operating point over these simulated minutes; how far it
-        # has got depends on how fast this machine ran them, so either verdict is right here.
-        assert (doc["verdict"], status.returncode) in {("ok", 0), ("warning", 1)}, status.stderr
+        # GPU 2 heats past its 93 °C max-operating point into thermal slowdown (warning at about 300,
+        # critical at about 336 simulated seconds); how far it has got depends on how fast this
+        # machine ran them, so any of the three is right here, with its own exit code.
+        assert (doc["verdict"], status.returncode) in {("ok", 0), ("warning", 1), ("critical", 2)}, status.stderr
         assert [g["index"] for g in doc["gpus"]] == [0, 1, 2, 3]
         assert {g["uuid"] for g in doc["gpus"]} == {dict(k)["uuid"] for k in second["gpuwatch_gpu_up"]}
         (source,) = doc["sources"]
@@ -177,9 +179,8 @@ def test_a_gpu_falling_off_the_bus_leaves_the_others_reporting(tmp_path):
 
 def test_consumer_gpu_exports_ecc_off_and_logs_no_error_per_poll(tmp_path):
     with daemon(tmp_path, "--simulate", "consumer-gpu", "--sim-speed", "60") as d:
-        time.sleep(2)  # about 120 polls
+        assert wait_until(lambda: d.metrics()["gpuwatch_polls_total"][frozenset()] > 50, 30)
         samples = d.metrics()
-        assert samples["gpuwatch_polls_total"][frozenset()] > 50
         # As the RTX 4090 capture shows: ECC mode off (no error counts), row remapping answered.
         assert set(per_gpu(samples, "gpuwatch_gpu_ecc_enabled").values()) == {0.0}
         assert not [name for name in samples if name.startswith("gpuwatch_gpu_ecc_errors")]
@@ -271,9 +272,13 @@ def test_status_watch_refreshes_until_interrupted():
         # children would inherit that (Python then never raises KeyboardInterrupt).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(4)
+    assert proc.stdout is not None
+    seen = 0
+    while seen < 2:  # two refreshes, however long this machine takes to start it
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        seen += "OK: 4 GPU(s) ok" in line
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert out.count("OK: 4 GPU(s) ok") >= 2
     assert "\033[" not in out  # not a terminal: no colour, no screen clearing
