@@ -114,7 +114,10 @@ class Daemon:
             raise NotAStatus(f"{self.status_url} answered no JSON ({clean_text(str(exc))})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("gpus", []), list):
             raise NotAStatus(f"{self.status_url} answered JSON that is not a gpuwatch /status document")
-        cleaned: dict[str, Any] = clean(doc)
+        try:
+            cleaned: dict[str, Any] = clean(doc)
+        except RecursionError:  # JSON nested deeper than cleaning it may recurse
+            raise NotAStatus(f"{self.status_url} answered JSON that is not a gpuwatch /status document") from None
         return cleaned
 
 

@@ -29,6 +29,7 @@ import pytest
 import requests
 from certs import Pki, make_pki
 from serving import get_from, serve
+from waiting import wait_until
 
 from gpuwatch import webconfig
 from gpuwatch.exporter.connections import ConnectionTable
@@ -304,6 +305,7 @@ def test_failed_checks_run_one_at_a_time_and_never_hold_up_a_cached_scraper(monk
     threads = [threading.Thread(target=guess, args=(n, 5.0, n % 2 == 1)) for n in range(8)]
     for t in threads:
         t.start()
+    assert wait_until(lambda: running[0] == 1)  # one guess holds the check before the late one queues
     late = threading.Thread(target=guess, args=(99, 0.2, False))  # gives up waiting after 0.2 s
     late.start()
     late.join(5)

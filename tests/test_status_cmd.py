@@ -354,6 +354,8 @@ def test_an_error_reason_from_a_daemon_is_cleaned_and_its_redirect_not_followed(
         (b'{"gpus": "none"}', "not a gpuwatch /status document"),
         (b'{"verdict": "ok", "gpus": [{"index": 0}]}', "not a /status document gpuwatch can read"),
         (b"[" * 100_000, "answered no JSON"),
+        # parses (under Python's nesting limit), but nested deeper than cleaning it may recurse
+        (b'{"gpus": [], "x": ' + b"[" * 600 + b"]" * 600 + b"}", "not a gpuwatch /status document"),
         (b" " * (9 * 2**20), "more than 8 MiB"),
     ],
 )
