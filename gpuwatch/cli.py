@@ -220,14 +220,13 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     _setup_logging(settings.log_level)
     for name in config.ignored_env(os.environ):
         log.warning("environment variable %s is not a gpuwatch setting; ignored", name)
-    if settings.simulate is not None:
-        try:
-            scenarios.load(settings.simulate)
-        except scenarios.ScenarioError as exc:
-            raise click.UsageError(str(exc)) from exc
     from gpuwatch import daemon
 
-    sys.exit(daemon.run(settings, reread))
+    try:
+        code = daemon.run(settings, reread)  # loads the scenario once, when it builds the host
+    except scenarios.ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(code)
 
 
 @main.command("check-config")

@@ -675,7 +675,7 @@ class SimulatedNvmlLibrary:
         """R580 and later: deprecated (the L40S, H100 and H200 captures at 590/595 say so); before,
         Enabled on the Ampere captures (A6000, A100 at 550/555), Disabled on the RTX 4090's."""
         gpu = self._gpu(handle)
-        if self._driver_major() >= 580:
+        if self.scenario.driver_branch >= 580:
             raise SimulatedNvmlError(abi.ERROR_DEPRECATED)
         _set(out, int(gpu.profile.architecture == abi.ARCH_AMPERE))
 
@@ -816,9 +816,6 @@ class SimulatedNvmlLibrary:
         if gpu.state.lost:
             raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
         _write_pointer(out, self._handle(gpu.index))
-
-    def _driver_major(self) -> int:
-        return int(self.scenario.driver_version.split(".")[0])
 
     def close(self) -> None:
         """End the workload processes the library started (they end with this process anyway)."""

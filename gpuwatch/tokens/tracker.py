@@ -92,8 +92,7 @@ class TokenTracker:
         ]
         self._clock = clock
         self.window_s = window_s
-        self._min_window_asked_s = min_window_s
-        self._min_window_s = min(min_window_s, window_s)
+        self._min_window_s = min_window_s  # never more than the window itself (see _status)
         self._fetch = fetcher
         self._attribute = attributor
         self._lock = threading.Lock()
@@ -111,7 +110,6 @@ class TokenTracker:
         """A new efficiency window (SIGHUP); safe from any thread, used from the next snapshot on."""
         with self._lock:
             self.window_s = window_s
-            self._min_window_s = min(self._min_window_asked_s, window_s)
 
     def subscribe(self, subscriber: Callable[[SourcesSnapshot], None]) -> None:
         """Called with each SourcesSnapshot, after :attr:`latest` is set (subscribe before start)."""
@@ -200,7 +198,9 @@ class TokenTracker:
     def _status(self, source: _Source) -> SourceStatus:
         efficiency = None
         if source.up:
-            efficiency = window_efficiency(list(source.tokens), list(source.energy), self.window_s, self._min_window_s)
+            efficiency = window_efficiency(
+                list(source.tokens), list(source.energy), self.window_s, min(self._min_window_s, self.window_s)
+            )
         return SourceStatus(
             name=source.config.name,
             url=source.config.shown_url,
