@@ -31,6 +31,7 @@ def _taskset() -> None:
     """taskset comes with util-linux, essential on Debian: where CI runs, its absence is a failure."""
     required_tool("taskset", "util-linux")
 
+
 HOGS = 4
 SPEED = 10  # a 1 s poll is 100 ms of wall time: before issue 16, a read was called hung after 0.25 s
 STARVED_S = 10  # wall seconds of starvation with nothing hung
