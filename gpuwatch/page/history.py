@@ -126,7 +126,9 @@ class History:
                 columns: dict[str, Any] = {
                     name: [_number(column[s]) for s in slots] for name, column in zip(SERIES, ring.series, strict=True)
                 }
-                columns["clock_event_reasons"] = [[r for r in REASONS if ring.reasons[s] & _REASON_BIT[r]] for s in slots]
+                columns["clock_event_reasons"] = [
+                    [r for r in REASONS if ring.reasons[s] & _REASON_BIT[r]] for s in slots
+                ]
                 columns["verdict"] = [None if ring.verdict[s] < 0 else HEALTH_STATES[ring.verdict[s]] for s in slots]
                 gpus[str(index)] = columns
             return {

@@ -66,7 +66,7 @@ def page_routes(
                 since = math.nan
             if not math.isfinite(since):
                 return Response("text/plain; charset=utf-8", b"since: expected a poll timestamp\n", _NO_STORE, 400)
-        doc = {
+        doc: dict[str, Any] = {
             "status": status_document(),
             "history": history.since(since),
             "reasons": list(REASONS),

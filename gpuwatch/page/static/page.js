@@ -70,8 +70,8 @@ function pollDelayMs() {
 }
 
 async function poll() {
-  // location.origin, not a relative URL: a page opened as https://user:pass@host/ has its
-  // credentials in the base URL, and fetch refuses a URL that carries them.
+  // location.origin, not a relative URL: a page opened with a user and password in its address has
+  // them in its base URL, and fetch refuses a URL that carries credentials.
   const full = state.history === null;
   const url = new URL("/api/page", location.origin);
   if (!full) url.searchParams.set("since", String(state.lastTimestamp));
