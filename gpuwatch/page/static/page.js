@@ -28,7 +28,7 @@ const THROTTLE_WORDS = {
   clocks_setting: "clocks fixed by a setting",
   unknown: "clocks low, no reason reported",
 };
-const THRESHOLD_WORDS = { max_operating: "max operating", slowdown: "slowdown", shutdown: "shutdown" };
+const THRESHOLD_WORDS = { max_operating: "max op.", slowdown: "slowdown", shutdown: "shutdown" };
 
 const state = { history: null, status: null, tuner: undefined, lastTimestamp: null, failures: 0, lostAt: null };
 
@@ -66,7 +66,8 @@ function clock(timestamp) {
 
 function pollDelayMs() {
   const seconds = state.status && state.status.poll_interval_seconds;
-  return Math.min(10000, Math.max(500, (seconds || 1) * 1000));
+  // at most a second apart: a simulated host (--sim-speed) polls faster than its interval says
+  return Math.min(1000, Math.max(250, (seconds || 1) * 1000));
 }
 
 async function poll() {
@@ -193,8 +194,14 @@ function gpuCard(gpu, columns, times) {
   const prefix = `GPU ${gpu.index}: `;
   card.append(h("ul", { class: "why" }, ...(gpu.reasons || []).map((r) => h("li", {}, r.startsWith(prefix) ? r.slice(prefix.length) : r))));
   if (!gpu.up && gpu.stale_since === null) {
-    card.append(h("p", { class: "down" }, `✖ Not answering: ${gpu.error || "no reading"}`));
-    if (times.length && columns) card.append(temperatureMetric(gpu, columns, times));
+    // no values now: say so once, and show the temperature it had until it stopped answering
+    card.append(h("p", { class: "down" }, `✖ Not answering: ${gpu.error || "no reading"}. No current values.`));
+    if (times.length && columns && columns.temperature_celsius.some((v) => v !== null)) {
+      const node = temperatureMetric(gpu, columns, times);
+      node.querySelector(".label").textContent = "Temperature until it stopped answering";
+      node.querySelector(".value").textContent = "";
+      card.append(node);
+    }
     card.append(facts(gpu));
     return card;
   }
@@ -205,7 +212,8 @@ function gpuCard(gpu, columns, times) {
     card.append(temperatureMetric(gpu, columns, times), powerMetric(gpu, columns, times), clockMetric(gpu, columns, times));
   }
   card.append(memoryMetric(gpu));
-  const throttleLine = throttle ? `${THROTTLE_WORDS[throttle] || throttle} (${throttle})` : "n/a";
+  const words = THROTTLE_WORDS[throttle] || throttle;
+  const throttleLine = !throttle ? "n/a" : words === throttle ? words : `${words} (${throttle})`;
   card.append(facts(gpu, throttleLine));
   return card;
 }
@@ -223,7 +231,7 @@ function temperatureMetric(gpu, columns, times) {
     // no absolute thresholds: the card reports only how far it is from its T.Limit point
     const text = `${fmt(t, 0)} °C · ${fmt(margin, 0)} °C below T.Limit`;
     const lines = [{ value: 0, label: "T.Limit 0", cls: "max_operating" }];
-    const chart = timeChart(times, [{ values: columns.temperature_margin_celsius }], lines, { floor: 0, unit: "°C left", invert: true });
+    const chart = timeChart(times, [{ values: columns.temperature_margin_celsius }], lines, { floor: 0, unit: "°C left", invert: true, zone: "max_operating" });
     return metric("Temperature (margin to T.Limit)", "temperature", t, text, chart);
   }
   const lines = Object.entries(THRESHOLD_WORDS)
@@ -234,7 +242,7 @@ function temperatureMetric(gpu, columns, times) {
   if (limit !== null && limit !== undefined) text += ` of ${limit.toFixed(0)} °C max`;
   if (margin !== null && margin !== undefined) text += margin >= 0 ? ` · ${margin.toFixed(0)} °C left` : ` · ${(-margin).toFixed(0)} °C OVER`;
   if (!lines.length) text += " · this card reports no thermal limits";
-  const chart = timeChart(times, [{ values: columns.temperature_celsius }], lines, { unit: "°C", span: 40 });
+  const chart = timeChart(times, [{ values: columns.temperature_celsius }], lines, { unit: "°C", span: 40, zone: "max_operating" });
   const node = metric("Temperature", "temperature", t, text, chart);
   node.dataset.limit = limit === null || limit === undefined ? "" : String(limit);
   return node;
@@ -290,13 +298,15 @@ function facts(gpu, throttleLine) {
     if (unc) ecc = `✖ ${ecc}`;
   }
   list.append(h("li", { class: ecc.startsWith("✖") ? "alarm" : null, "data-field": "ecc" }, ecc));
-  let remap = "Row remapping: not reported";
+  const answering = gpu.up || (gpu.stale_since !== null && gpu.stale_since !== undefined);
+  let remap = answering ? "Row remapping: not reported" : "Row remapping: unknown while it does not answer";
   if (gpu.row_remap_failure) remap = "✖ Row remapping FAILED: the card needs service";
   else if (gpu.row_remap_pending) remap = "▲ Row remap pending: reset the GPU to apply it";
   else if (gpu.row_remap_pending === false) remap = "Row remapping: nothing pending";
   list.append(h("li", { class: remap.startsWith("Row") ? null : "alarm", "data-field": "remap" }, remap));
   const xids = Object.entries(gpu.xid_errors || {});
-  let xidText = "XIDs: none since gpuwatch started";
+  // NVML delivers no event for some XIDs (79, fallen off the bus): only the kernel log has them
+  let xidText = answering ? "XIDs: none since gpuwatch started" : "XIDs: none from NVML (a GPU that fell off the bus logs Xid 79 in the kernel log only)";
   if (xids.length) {
     const recent = gpu.recent_xids || [];
     const last = recent.length ? ` (last Xid ${recent[recent.length - 1].xid} at ${clock(recent[recent.length - 1].timestamp)})` : "";
@@ -318,31 +328,46 @@ function timeScale(times) {
   return { x, newest, window };
 }
 
+function niceStep(span) {
+  // the smallest round step (1, 2, 2.5 or 5 times a power of ten) giving at most about five intervals
+  const raw = span / 4.5 || 1;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 2.5, 5, 10].map((m) => m * power).find((step) => step >= raw);
+}
+
 function niceRange(values, lines, options) {
   const all = values.concat(lines.map((l) => l.value)).filter((v) => v !== null && v !== undefined && Number.isFinite(v));
   let lo = all.length ? Math.min(...all) : 0;
   let hi = all.length ? Math.max(...all) : 1;
   if (options.floor !== undefined) lo = Math.min(options.floor, lo);
   if (options.span !== undefined && hi - lo < options.span) lo = hi - options.span;
-  const pad = (hi - lo) * 0.08 || 1;
-  return [options.floor !== undefined && lo >= options.floor ? lo : lo - pad, hi + pad];
+  if (hi - lo < 1e-9) hi = lo + 1;
+  const step = niceStep(hi - lo);
+  return [Math.floor(lo / step) * step, Math.ceil(hi / step) * step, step];
 }
 
 function timeChart(times, series, lines, options) {
   const H = 96;
-  const { x } = timeScale(times);
+  const { x, newest } = timeScale(times);
   const values = series.flatMap((one) => one.values);
-  const [lo, hi] = niceRange(values, lines, options);
+  const [lo, hi, step] = niceRange(values, lines, options);
   const y = (v) => PAD.top + ((hi - v) / (hi - lo)) * (H - PAD.top - PAD.bottom);
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
   const bottom = H - PAD.bottom;
-  svg.append(s("line", { class: "axis", x1: PAD.left, x2: W - PAD.right, y1: bottom, y2: bottom }));
-  for (const v of [lo, (lo + hi) / 2, hi]) {
-    svg.append(s("text", { x: PAD.left - 3, y: y(v) + 3, "text-anchor": "end" }, v.toFixed(Math.abs(hi - lo) < 10 ? 1 : 0)));
+  for (let v = lo; v <= hi + step / 2; v += step) {
+    svg.append(s("line", { class: v === lo ? "axis" : "grid", x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v) }));
+    svg.append(s("text", { x: PAD.left - 3, y: y(v) + 3, "text-anchor": "end" }, String(Math.round(v * 10) / 10)));
   }
   for (const [label, ago] of [["−15 min", 900], ["−10", 600], ["−5", 300], ["now", 0]]) {
     const anchor = ago === 900 ? "start" : ago === 0 ? "end" : "middle";
-    svg.append(s("text", { x: x(timeScale(times).newest - ago), y: H - 2, "text-anchor": anchor }, label));
+    svg.append(s("text", { x: x(newest - ago), y: H - 2, "text-anchor": anchor }, label));
+  }
+  // past the first limit (the max-operating point, the cap) the plot is shaded: over the line
+  const first = options.zone && lines.find((l) => l.cls === options.zone);
+  if (first) {
+    const edge = options.invert ? bottom : PAD.top;
+    const top = Math.min(edge, y(first.value));
+    svg.append(s("rect", { class: "zone", x: PAD.left, y: top, width: W - PAD.left - PAD.right, height: Math.abs(y(first.value) - edge) }));
   }
   // limit lines, labelled on the right; labels pushed apart so that close thresholds stay legible
   const placed = lines.map((l) => ({ ...l, y: y(l.value) })).sort((a, b) => a.y - b.y);
