@@ -9,6 +9,7 @@ than ``window_s / MAX_POINTS`` are thinned to one point per that step, so the wi
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from array import array
@@ -126,9 +127,7 @@ class History:
                 columns: dict[str, Any] = {
                     name: [_number(column[s]) for s in slots] for name, column in zip(SERIES, ring.series, strict=True)
                 }
-                columns["clock_event_reasons"] = [
-                    [r for r in REASONS if ring.reasons[s] & _REASON_BIT[r]] for s in slots
-                ]
+                columns["clock_event_reasons"] = [_names(ring.reasons[s]) for s in slots]
                 columns["verdict"] = [None if ring.verdict[s] < 0 else HEALTH_STATES[ring.verdict[s]] for s in slots]
                 gpus[str(index)] = columns
             return {
@@ -137,6 +136,12 @@ class History:
                 "timestamps": [self._timestamps[s] for s in slots],
                 "gpus": gpus,
             }
+
+
+@functools.cache
+def _names(mask: int) -> list[str]:
+    """The reasons a mask holds (a few masks recur, so each is worked out once); callers must not change it."""
+    return [r for r in REASONS if mask & _REASON_BIT[r]]
 
 
 def _number(value: float) -> float | None:
