@@ -482,49 +482,63 @@ function renderTuner(tuner) {
 }
 
 function tunerChart(result) {
-  const H = 160;
-  const pad = { left: 34, right: 40, top: 12, bottom: 18 };
+  // wider than the time charts, so that its text stays small where it spans the page
+  const TW = 560;
+  const H = 220;
+  const pad = { left: 40, right: 48, top: 26, bottom: 20 };
   const points = result.points;
   const limits = points.map((p) => p.limit_watts);
   const lo = Math.min(...limits);
   const hi = Math.max(...limits);
-  const x = (w) => pad.left + ((w - lo) / (hi - lo || 1)) * (W - pad.left - pad.right);
-  const scale = (key) => {
+  const x = (w) => pad.left + ((w - lo) / (hi - lo || 1)) * (TW - pad.left - pad.right);
+  // each series on its own axis, from a little below its lowest point: the differences are the story
+  const axis = (key) => {
     const vs = points.map((p) => p[key]).filter((v) => v !== null);
-    const top = vs.length ? Math.max(...vs) * 1.1 : 1;
-    return (v) => pad.top + (1 - v / top) * (H - pad.top - pad.bottom);
+    const [bottom, top] = vs.length ? [Math.min(...vs), Math.max(...vs)] : [0, 1];
+    const span = top - bottom || Math.abs(top) || 1;
+    const low = Math.max(0, bottom - span * 0.25);
+    const high = top + span * 0.1;
+    return { low, high, y: (v) => pad.top + (1 - (v - low) / (high - low)) * (H - pad.top - pad.bottom) };
   };
-  const yJ = scale("tokens_per_joule");
-  const yS = scale("tokens_per_second");
-  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const joules = axis("tokens_per_joule");
+  const speed = axis("tokens_per_second");
+  const svg = s("svg", { class: "chart tuner-chart", viewBox: `0 0 ${TW} ${H}`, role: "img" });
   svg.append(s("title", {}, "tokens per joule and tokens per second against the power limit"));
-  svg.append(s("line", { class: "axis", x1: pad.left, x2: W - pad.right, y1: H - pad.bottom, y2: H - pad.bottom }));
-  for (const p of points) svg.append(s("text", { x: x(p.limit_watts), y: H - 5, "text-anchor": "middle" }, `${p.limit_watts.toFixed(0)} W`));
-  const line = (key, y, cls) => {
-    let d = "";
-    for (const p of points) if (p[key] !== null) d += `${d ? "L" : "M"}${x(p.limit_watts).toFixed(1)} ${y(p[key]).toFixed(1)}`;
-    svg.append(s("path", { class: cls, d }));
-  };
-  line("tokens_per_joule", yJ, "series");
-  line("tokens_per_second", yS, "series second");
-  for (const p of points) {
-    if (p.tokens_per_joule !== null) {
-      svg.append(s("circle", { class: "dot", cx: x(p.limit_watts), cy: yJ(p.tokens_per_joule), r: 2.5 }));
-      svg.append(s("text", { x: x(p.limit_watts), y: yJ(p.tokens_per_joule) - 4, "text-anchor": "middle" }, p.tokens_per_joule.toPrecision(3)));
-    }
-    if (p.tokens_per_second !== null) {
-      const cx = x(p.limit_watts);
-      const cy = yS(p.tokens_per_second);
-      svg.append(s("rect", { class: "dot second", x: cx - 2.5, y: cy - 2.5, width: 5, height: 5 }));
+  svg.append(s("line", { class: "axis", x1: pad.left, x2: TW - pad.right, y1: H - pad.bottom, y2: H - pad.bottom }));
+  for (const p of points) svg.append(s("text", { x: x(p.limit_watts), y: H - 6, "text-anchor": "middle" }, `${p.limit_watts.toFixed(0)} W`));
+  for (const [a, side, digits] of [[joules, "left", 2], [speed, "right", 0]]) {
+    for (const v of [a.low, (a.low + a.high) / 2, a.high]) {
+      const left = side === "left";
+      svg.append(s("text", { x: left ? pad.left - 4 : TW - pad.right + 4, y: a.y(v) + 3, "text-anchor": left ? "end" : "start" }, v.toFixed(digits)));
     }
   }
-  svg.append(s("text", { x: pad.left - 3, y: pad.top + 4, "text-anchor": "end" }, "tok/J"));
-  svg.append(s("text", { x: W - pad.right + 3, y: pad.top + 4 }, "tok/s"));
+  svg.append(s("text", { x: 2, y: 10 }, "tokens/J"));
+  svg.append(s("text", { x: TW - 2, y: 10, "text-anchor": "end" }, "tokens/s"));
+  const line = (key, a, cls) => {
+    let d = "";
+    for (const p of points) if (p[key] !== null) d += `${d ? "L" : "M"}${x(p.limit_watts).toFixed(1)} ${a.y(p[key]).toFixed(1)}`;
+    svg.append(s("path", { class: cls, d }));
+  };
+  line("tokens_per_joule", joules, "series");
+  line("tokens_per_second", speed, "series second");
+  for (const p of points) {
+    const cx = x(p.limit_watts);
+    if (p.tokens_per_joule !== null) {
+      const cy = joules.y(p.tokens_per_joule);
+      svg.append(s("circle", { class: "dot", cx, cy, r: 3 }));
+      svg.append(s("text", { x: cx + 5, y: cy - 5 }, p.tokens_per_joule.toPrecision(3)));
+    }
+    if (p.tokens_per_second !== null) {
+      const cy = speed.y(p.tokens_per_second);
+      svg.append(s("rect", { class: "dot second", x: cx - 3, y: cy - 3, width: 6, height: 6 }));
+      svg.append(s("text", { x: cx + 5, y: cy + 11 }, p.tokens_per_second.toFixed(0)));
+    }
+  }
   const rec = result.recommended;
   if (rec) {
     const rx = x(rec.limit_watts);
-    svg.append(s("line", { class: "recommended", x1: rx, x2: rx, y1: pad.top, y2: H - pad.bottom }));
-    svg.append(s("text", { class: "recommended-label", x: rx, y: pad.top - 3, "text-anchor": "middle" }, `▼ recommended ${rec.limit_watts.toFixed(0)} W`));
+    svg.append(s("line", { class: "recommended", x1: rx, x2: rx, y1: pad.top - 6, y2: H - pad.bottom }));
+    svg.append(s("text", { class: "recommended-label", x: rx, y: pad.top - 10, "text-anchor": "middle" }, `▼ recommended ${rec.limit_watts.toFixed(0)} W`));
   }
   return svg;
 }
