@@ -133,7 +133,6 @@ class Runtime:
         if not self.options.tokens and self.options.sim_source_timeout_s is not None:
             sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
         prerender = self.exposition.prerender
-        self.sampler.subscribe(self.history.on_snapshot)
         if sources:
             tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
             self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
@@ -141,6 +140,7 @@ class Runtime:
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
         else:
             self.sampler.subscribe(lambda _: prerender())
+        self.sampler.subscribe(self.history.on_snapshot)  # last: the page must never hold up /metrics
         if threads:
             if self._tokens is not None:
                 self._tokens.start()

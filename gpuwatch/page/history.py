@@ -33,6 +33,7 @@ SERIES = (
 REASONS = (*CLOCK_EVENT_REASONS, "other")
 _REASON_BIT = {name: 1 << n for n, name in enumerate(REASONS)}
 _NO_VERDICT = -1
+_VERDICT_CODE = {state: code for code, state in enumerate(HEALTH_STATES)}
 
 
 def capacity_for(poll_interval_s: float, window_s: float = WINDOW_S) -> int:
@@ -55,7 +56,7 @@ class _GpuRing:
             for column in self.series:
                 column[slot] = math.nan
             self.reasons[slot] = 0
-            self.verdict[slot] = _NO_VERDICT if status is None else HEALTH_STATES.index(status.verdict.state)
+            self.verdict[slot] = _NO_VERDICT if status is None else _VERDICT_CODE.get(status.verdict.state, _NO_VERDICT)
             return
         r = status.reading
         values = (
@@ -72,7 +73,7 @@ class _GpuRing:
         for reason in r.clock_event_reasons or ():
             mask |= _REASON_BIT.get(reason, _REASON_BIT["other"])
         self.reasons[slot] = mask
-        self.verdict[slot] = HEALTH_STATES.index(status.verdict.state)
+        self.verdict[slot] = _VERDICT_CODE.get(status.verdict.state, _NO_VERDICT)
 
 
 class History:
