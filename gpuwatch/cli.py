@@ -260,6 +260,8 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
         if settings.simulate is not None:
             scenarios.load(settings.simulate)
+        if settings.tuner_result_file:
+            tuner_result.load(settings.tuner_result_file)
     except Exception as exc:
         _config_error(_why(exc))
     for name in config.ignored_env(os.environ):

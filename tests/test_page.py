@@ -174,6 +174,19 @@ def test_serve_refuses_a_bad_tuner_result_with_exit_78(tmp_path: Path) -> None:
     assert str(path) in result.output and "points[2].power_watts" in result.output and '"lots"' in result.output
 
 
+def test_check_config_checks_the_tuner_result(tmp_path: Path) -> None:
+    bad = _variant(tmp_path, lambda d: d.update(restored=None))
+    config = tmp_path / "gpuwatch.toml"
+    config.write_text(f'[web]\ntuner_result = "{bad.name}"\n')  # relative to the config file
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 78
+    assert str(bad) in result.output and "'restored'" in result.output
+    shutil.copy(TUNER, bad)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"web.tuner_result = {str(bad)!r}" in result.output
+
+
 def test_tuner_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "tune.json"
     shutil.copy(TUNER, path)
