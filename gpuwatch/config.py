@@ -134,7 +134,16 @@ FLAG_FOR_KEY = {
     "web.tuner_result": "--web.tuner-result",
 }
 # Changing these needs a restart; everything else is applied on SIGHUP.
-RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
+# (the live page's routes are built once, so its tuner_result_file path too; the file is re-read when it changes)
+RESTART_FIELDS = (
+    "listen_address",
+    "max_requests",
+    "read_timeout_s",
+    "simulate",
+    "sim_speed",
+    "tokens",
+    "tuner_result_file",
+)
 ENV_PREFIX = "GPUWATCH_"
 
 
