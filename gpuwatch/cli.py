@@ -18,6 +18,7 @@ import click
 from gpuwatch import __version__, client, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
+from gpuwatch.page import tuner as tuner_result
 from gpuwatch.sim import scenario as scenarios
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.status import clean_text, exit_code, render_nagios, render_table, to_document
@@ -195,6 +196,12 @@ def main() -> None:
     show_default=True,
     help="Log verbosity (logs go to stderr; journald format under systemd).",
 )
+@click.option(
+    "--web.tuner-result",
+    "tuner_result_file",
+    type=click.Path(dir_okay=False),
+    help="A `gpuwatch tune power-limit --json` result: the page at / draws its curve (re-read when it changes).",
+)
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     """Poll every GPU and serve Prometheus metrics and a JSON status.
@@ -215,6 +222,8 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
         settings = reread()
         if settings.web_config_file:
             webconfig.load(settings.web_config_file)
+        if settings.tuner_result_file:
+            tuner_result.load(settings.tuner_result_file)
     except Exception as exc:
         _config_error(_why(exc))
     _setup_logging(settings.log_level)
@@ -251,6 +260,8 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         web = webconfig.load(settings.web_config_file) if settings.web_config_file else None
         if settings.simulate is not None:
             scenarios.load(settings.simulate)
+        if settings.tuner_result_file:
+            tuner_result.load(settings.tuner_result_file)
     except Exception as exc:
         _config_error(_why(exc))
     for name in config.ignored_env(os.environ):

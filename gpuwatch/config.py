@@ -14,6 +14,7 @@ refused whole, with an error that names the file (or variable), the key and the 
     config_file = "web.yml"       # --web.config.file (TLS, basic auth; relative to this file)
     max_requests = 40             # --web.max-requests
     read_timeout = "10s"          # --web.read-timeout
+    tuner_result = "tune.json"    # --web.tuner-result: a power-limit tuner result for the page at /
     [simulate]
     scenario = "inference-host"   # --simulate
     speed = 1.0                   # --sim-speed
@@ -84,6 +85,8 @@ class ServeSettings:
     health: HealthThresholds = field(default_factory=HealthThresholds)
     tokens: tuple[source.SourceConfig, ...] = ()
     tokens_window_s: float = DEFAULT_WINDOW_S
+    # the live page: a `gpuwatch tune power-limit --json` result to draw (gpuwatch/page/tuner.py)
+    tuner_result_file: str | None = None
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +115,8 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "health.critical_xids": ("health.critical_xids", "xids", 0, 0),
     "health.warning_xids": ("health.warning_xids", "xids", 0, 0),
     "health.xid_window": ("health.xid_window_seconds", "duration", 1, 30 * 86400),
+    # the live page
+    "web.tuner_result": ("tuner_result_file", "path", 0, 0),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
@@ -126,9 +131,19 @@ FLAG_FOR_KEY = {
     "log.level": "--log.level",
     "tokens": "--tokens",
     "tokens_window": "--tokens-window",
+    "web.tuner_result": "--web.tuner-result",
 }
 # Changing these needs a restart; everything else is applied on SIGHUP.
-RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
+# (the live page's routes are built once, so its tuner_result_file path too; the file is re-read when it changes)
+RESTART_FIELDS = (
+    "listen_address",
+    "max_requests",
+    "read_timeout_s",
+    "simulate",
+    "sim_speed",
+    "tokens",
+    "tuner_result_file",
+)
 ENV_PREFIX = "GPUWATCH_"
 
 
@@ -351,6 +366,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: key {key!r}:{shown} {exc}") from exc
     if isinstance(values.get("web_config_file"), str):
         values["web_config_file"] = str(path.parent / values["web_config_file"])  # relative to this file
+    if isinstance(values.get("tuner_result_file"), str):
+        values["tuner_result_file"] = str(path.parent / values["tuner_result_file"])
     return values
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from gpuwatch import __version__, config, logsetup
 from gpuwatch.exporter.web import WebServer
+from gpuwatch.page.routes import page_routes
 from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
 from gpuwatch.sampler import Sampler
 from gpuwatch.sdnotify import Notifier, Watchdog, watchdog_interval_s
@@ -74,6 +75,7 @@ def _serve(settings: config.ServeSettings, reread: Callable[[], config.ServeSett
             rt.ready,
             web_config,
             settings.limits,
+            routes=page_routes(rt.status_document, rt.history, settings.tuner_result_file),
         )
     except OSError as exc:
         log.error(

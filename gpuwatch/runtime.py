@@ -32,6 +32,7 @@ from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_f
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
 from gpuwatch.model import Snapshot, SourcesSnapshot
 from gpuwatch.nvml import use_library
+from gpuwatch.page.history import History
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint
@@ -96,6 +97,8 @@ class Runtime:
         self.exposition = CachedExposition(self.registry, self.latest)
         self._tokens: TokenTracker | None = None
         self._started = False
+        # the live page's last 15 minutes, fed by the snapshots (subscribed in start)
+        self.history = History(options.poll_interval_s)
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -137,6 +140,7 @@ class Runtime:
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
         else:
             self.sampler.subscribe(lambda _: prerender())
+        self.sampler.subscribe(self.history.on_snapshot)  # last: the page must never hold up /metrics
         if threads:
             if self._tokens is not None:
                 self._tokens.start()

@@ -27,6 +27,9 @@ from gpuwatch.tokens.tracker import TokenTracker
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite golden files from the current output")
+    parser.addoption(
+        "--update-screenshots", action="store_true", help="copy the live page's screenshots to docs/screenshots/"
+    )
 
 
 @pytest.fixture(autouse=True)

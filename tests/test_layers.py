@@ -45,6 +45,8 @@ NEVER = {
     "gpuwatch.tokens": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status"),
     "gpuwatch.nvml": ("gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status", "gpuwatch.tokens", "gpuwatch.sim"),
     "gpuwatch.sim": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status"),
+    # the live page reads snapshots and the /status document it is handed, never the driver
+    "gpuwatch.page": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.sim", "gpuwatch.tokens"),
 }
 PYNVML_ONLY_IN = "gpuwatch.nvml"
 

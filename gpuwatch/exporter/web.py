@@ -33,7 +33,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -169,8 +170,23 @@ class _Server(ThreadingHTTPServer):
         return config
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a route added to the server (``routes``) answers; ``headers`` go with it."""
+
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    code: int = 200
+
+
+# A route answers from the query string (without the "?"); it must not block (no NVML, no network).
+Route = Callable[[str], Response]
+
+
 class WebServer:
-    """Serves ``exposition`` at /metrics and ``status_document()`` at /status."""
+    """Serves ``exposition`` at /metrics and ``status_document()`` at /status, and ``routes`` (the
+    live page, :mod:`gpuwatch.page`) at their paths, under the same TLS, auth and limits."""
 
     def __init__(
         self,
@@ -180,10 +196,11 @@ class WebServer:
         ready: Callable[[], bool],
         web_config: WebConfigSource | None = None,
         limits: Limits | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         host, port = parse_listen_address(listen_address)
         self.exposition = exposition
-        handler = _make_handler(exposition, status_document, ready)
+        handler = _make_handler(exposition, status_document, ready, routes or {})
         self.web_config = web_config or WebConfigSource(None)
         self._server = _bind(host, port, handler, self.web_config, limits or Limits())
         self._thread: threading.Thread | None = None
@@ -246,7 +263,10 @@ _LANDING = """<!doctype html>
 
 
 def _make_handler(
-    exposition: CachedExposition, status_document: Callable[[], dict[str, Any]], ready: Callable[[], bool]
+    exposition: CachedExposition,
+    status_document: Callable[[], dict[str, Any]],
+    ready: Callable[[], bool],
+    routes: Mapping[str, Route],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"gpuwatch/{__version__}"
@@ -305,8 +325,11 @@ def _make_handler(
                 self.server.release_slot()
 
         def _route(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            path, _, query = self.path.partition("?")
+            if path in routes:
+                response = routes[path](query)
+                self._send(response.code, response.content_type, response.body, headers=response.headers)
+            elif path == "/metrics":
                 body, content_type, encoding = exposition.render_encoded(
                     self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
                 )
@@ -326,7 +349,14 @@ def _make_handler(
             else:
                 self._send(404, "text/plain; charset=utf-8", b"Not found. Try /metrics or /status.\n")
 
-        def _send(self, code: int, content_type: str, body: bytes, encoding: str | None = None) -> None:
+        def _send(
+            self,
+            code: int,
+            content_type: str,
+            body: bytes,
+            encoding: str | None = None,
+            headers: Mapping[str, str] | None = None,
+        ) -> None:
             """Send a response; ``encoding`` names a body already compressed (else gzip it if asked)."""
             if (
                 encoding is None
@@ -339,6 +369,8 @@ def _make_handler(
             self.send_header("Content-Length", str(len(body)))
             if encoding is not None:
                 self.send_header("Content-Encoding", encoding)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self._extra_headers()
             self.end_headers()
             self.wfile.write(body)
