@@ -33,6 +33,12 @@ refused whole, with an error that names the file (or variable), the key and the 
     critical_xids = [48, 62, 64, 74, 79, 92, 94, 95, 119, 120]
     warning_xids = [63]
     xid_window = "1h"
+    [collectors]                  # --collector.NAME / --no-collector.NAME (README "Collectors")
+    disable_defaults = false      # --collector.disable-defaults: only the collectors named here run
+    processes = true
+    [collectors.processes]        # instead of `processes = ...`, to set both:
+    enabled = true
+    pid = false                   # --no-collector.processes.pid: no pid label, memory summed per name and user
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gpuwatch import collectors as collector_switches
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.collectors import CollectorSettings
 from gpuwatch.exporter.address import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
@@ -84,6 +92,7 @@ class ServeSettings:
     health: HealthThresholds = field(default_factory=HealthThresholds)
     tokens: tuple[source.SourceConfig, ...] = ()
     tokens_window_s: float = DEFAULT_WINDOW_S
+    collectors: CollectorSettings = field(default_factory=CollectorSettings)
 
     @property
     def limits(self) -> Limits:
@@ -127,6 +136,10 @@ FLAG_FOR_KEY = {
     "tokens": "--tokens",
     "tokens_window": "--tokens-window",
 }
+# [collectors]: a switch per collector (`collectors.processes`, or `collectors.processes.enabled`
+# inside a [collectors.processes] table), `collectors.disable_defaults` and `collectors.processes.pid`;
+# flags in gpuwatch/cli.py (`--collector.NAME`), reloaded on SIGHUP.
+_KEYS.update({f"collectors.{key}": (f"collectors.{key}", "bool", 0, 0) for key in collector_switches.config_keys()})
 # Changing these needs a restart; everything else is applied on SIGHUP.
 RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
 ENV_PREFIX = "GPUWATCH_"
@@ -171,6 +184,8 @@ def _convert(key: str, value: Any) -> Any:
         return _xids(value)
     if kind == "tokens":
         return _token_sources(value)
+    if kind == "bool":
+        return _bool(value)
     if kind in ("duration", "positive", "integer"):
         number = _number(kind, value)
         if not lowest <= number <= highest:
@@ -197,6 +212,18 @@ def _real(value: Any) -> float:
         return float(value)
     except ValueError:
         raise ValueError("expected a number") from None
+
+
+def _bool(value: Any) -> bool:
+    """true or false: a TOML boolean, or "true"/"false" (also 1/0, yes/no) from the environment."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ValueError("expected true or false")
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _xids(value: Any) -> tuple[int, ...]:
@@ -342,6 +369,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     values: dict[str, Any] = {}
     for key, value in _flatten(doc).items():
+        if key.startswith("collectors.") and key not in _KEYS:  # a collector this gpuwatch does not have
+            name = key.removeprefix("collectors.").removesuffix(".enabled")
+            raise ConfigError(
+                f"config file {path}: key {key!r}: value {value!r}: {collector_switches.unknown_collector(name)}"
+            )
         if key not in _KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {', '.join(_KEYS)})")
         try:
@@ -412,7 +444,13 @@ def build(
     layered = {**file_values, **(env_values or {}), **flag_values}
     merged = {k: v for k, v in layered.items() if k in known}
     health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
-    return replace(ServeSettings(), **merged, health=replace(HealthThresholds(), **health))
+    switches = {k.removeprefix("collectors."): v for k, v in layered.items() if k.startswith("collectors.")}
+    return replace(
+        ServeSettings(),
+        **merged,
+        health=replace(HealthThresholds(), **health),
+        collectors=CollectorSettings.from_keys(switches),
+    )
 
 
 def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:

@@ -12,8 +12,9 @@ or else the exposition's pre-rendering); the tracker publishes a SourcesSnapshot
 then the exposition pre-renders); :meth:`Runtime.latest` merges the two when anything renders.
 
 Threading contract: :meth:`Runtime.reconfigure` may be called from any thread (the daemon calls it
-on SIGHUP from its main thread); it only sets intervals and the tokens window, each picked up by
-the next poll, wait or snapshot. Nothing else is changed on a running runtime.
+on SIGHUP from its main thread); it only sets intervals, the tokens window and the collector
+switches, each picked up by the next poll, wait, snapshot or rendering. Nothing else is changed on a
+running runtime.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from prometheus_client import CollectorRegistry
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.collectors import CollectorSettings, select
 from gpuwatch.exporter.exposition import CachedExposition
-from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_for
+from gpuwatch.exporter.registry import SnapshotCollector, registry_for
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
 from gpuwatch.model import Snapshot, SourcesSnapshot
 from gpuwatch.nvml import use_library
@@ -53,6 +55,7 @@ class RuntimeOptions:
     tokens_window_s: float = DEFAULT_WINDOW_S
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+    collectors: CollectorSettings = field(default_factory=CollectorSettings)  # which collectors run
 
 
 class MergedSnapshot:
@@ -91,11 +94,13 @@ class Runtime:
         )
         self.servers: list[InferenceEndpoint] = []
         self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
-        self.collector = SnapshotCollector(self.latest, COLLECTORS)
+        self.collector = SnapshotCollector(self.latest, select(options.collectors))
         self.registry: CollectorRegistry = registry_for(self.collector)
         self.exposition = CachedExposition(self.registry, self.latest)
         self._tokens: TokenTracker | None = None
         self._started = False
+        self._collectors = options.collectors
+        self._attributing = False  # a token source finds its GPUs from NVML's process lists
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -129,6 +134,8 @@ class Runtime:
         sources: Sequence[SourceConfig] = self.options.tokens or [source for _, source in simulated]
         if not self.options.tokens and self.options.sim_source_timeout_s is not None:
             sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
+        self._attributing = any(source.gpus is None for source in sources)
+        self.sampler.list_processes = self._lists_processes()
         prerender = self.exposition.prerender
         if sources:
             tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
@@ -152,11 +159,28 @@ class Runtime:
         if self._tokens is not None:
             self._tokens.scrape_all()
 
-    def reconfigure(self, poll_interval_s: float, process_interval_s: float, tokens_window_s: float) -> None:
-        """New intervals and tokens window (see the module doc's threading contract)."""
+    def reconfigure(
+        self,
+        poll_interval_s: float,
+        process_interval_s: float,
+        tokens_window_s: float,
+        collectors: CollectorSettings | None = None,
+    ) -> None:
+        """New intervals, tokens window and collector switches (see the module doc's threading contract)."""
         self.sampler.configure(poll_interval_s, process_interval_s)
         if self._tokens is not None:
             self._tokens.configure(tokens_window_s)
+        if collectors is not None and collectors != self._collectors:
+            self._collectors = collectors
+            self.collector.use(select(collectors))
+            self.exposition.invalidate()
+            self.sampler.list_processes = self._lists_processes()
+
+    def _lists_processes(self) -> bool:
+        """Whether the slow loop lists GPU processes: for the per-process series, or for a token
+        source that finds its GPUs by them. Else the listing (a slow NVML call per GPU) is skipped,
+        and /status shows no processes."""
+        return "processes" in self._collectors.enabled or self._attributing
 
     def close(self) -> None:
         """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""

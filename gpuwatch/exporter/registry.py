@@ -59,6 +59,10 @@ class SnapshotCollector:
         self._collectors = collectors
         self.failed: tuple[str, ...] = ()
 
+    def use(self, collectors: dict[str, ConcernCollector]) -> None:
+        """Run these collectors from the next rendering on (collector switches, reloaded on SIGHUP)."""
+        self._collectors = collectors
+
     def collect(self) -> Iterator[Metric]:
         snapshot = self._latest()
         success = GaugeMetricFamily(
