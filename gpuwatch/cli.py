@@ -307,7 +307,7 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         click.echo(f"gpuwatch: warning: environment variable {name} is not a gpuwatch setting; ignored", err=True)
     click.echo(f"{config_file}: OK")
     for key, flag in config.FLAG_FOR_KEY.items():
-        if key != "tokens":
+        if key != "tokens" and not key.startswith("collectors."):  # the switches: one line below
             click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
     click.echo(f"  {collectors.describe(settings.collectors)}")
     for source in settings.tokens:

@@ -44,6 +44,11 @@ def config_keys() -> tuple[str, ...]:
     return (*names, PROCESS_PID, DISABLE_DEFAULTS, LEAN)
 
 
+def flag_for_key(key: str) -> str:
+    """The flag of a ``[collectors]`` key: ``processes.enabled`` -> ``--collector.processes``."""
+    return "--collector." + key.removesuffix(".enabled").replace("_", "-")
+
+
 def module_of(collect: ConcernCollector) -> ModuleType:
     """The module that defines a collector function (where its switch's default and description live)."""
     return sys.modules[collect.__module__]

@@ -35,10 +35,11 @@ refused whole, with an error that names the file (or variable), the key and the 
     xid_window = "1h"
     [collectors]                  # --collector.NAME / --no-collector.NAME (README "Collectors")
     disable_defaults = false      # --collector.disable-defaults: only the collectors named here run
-    processes = true
-    [collectors.processes]        # instead of `processes = ...`, to set both:
+    lean_set = false              # --collector.lean-set: at most 30 series per GPU
+    pcie = true                   # --collector.pcie
+    [collectors.processes]        # the process collector: its switch (or `processes = true` above) and option
     enabled = true
-    pid = false                   # --no-collector.processes.pid: no pid label, memory summed per name and user
+    pid = true                    # --no-collector.processes.pid: no pid label, memory summed per name and user
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ FLAG_FOR_KEY = {
 # inside a [collectors.processes] table), `collectors.disable_defaults` and `collectors.processes.pid`;
 # flags in gpuwatch/cli.py (`--collector.NAME`), reloaded on SIGHUP.
 _KEYS.update({f"collectors.{key}": (f"collectors.{key}", "bool", 0, 0) for key in collector_switches.config_keys()})
+FLAG_FOR_KEY.update(
+    {f"collectors.{key}": collector_switches.flag_for_key(key) for key in collector_switches.config_keys()}
+)
 # Changing these needs a restart; everything else is applied on SIGHUP.
 RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
 ENV_PREFIX = "GPUWATCH_"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -363,3 +364,72 @@ def test_the_lean_set_trims_state_sets_to_the_series_that_are_set(host_snapshot)
 
 if __name__ == "__main__":  # print the README table
     print(readme_table(simulated_snapshot(*MEASURED_ON)))
+
+
+# -- end to end: the acceptance commands, and a SIGHUP -----------------------------------------------
+
+
+def scraped_names(url: str) -> set[str]:
+    import requests
+
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def wait_for_poll(url: str) -> set[str]:
+    from waiting import wait_until
+
+    names: set[str] = set()
+
+    def polled() -> bool:
+        nonlocal names
+        names = scraped_names(url)
+        return "gpuwatch_polls_total" in names and "gpuwatch_last_poll_timestamp_seconds" in names
+
+    assert wait_until(polled, timeout_s=30, every_s=0.1), f"no poll in /metrics within 30 s: {sorted(names)}"
+    return names
+
+
+@pytest.mark.slow
+def test_serve_without_the_process_collector(tmp_path):
+    from serving import serve
+
+    with serve(tmp_path, "--simulate", "--no-collector.processes", "--process-interval", "1s") as d:
+        names = wait_for_poll(d.url)
+        assert "gpuwatch_gpu_power_watts" in names
+        assert not any(name.startswith("gpuwatch_gpu_process_") for name in names)
+
+
+@pytest.mark.slow
+def test_serve_with_power_only_and_a_sighup_that_brings_processes_back(tmp_path):
+    from serving import serve
+
+    path = tmp_path / "gpuwatch.toml"
+    path.write_text("[collectors]\n")
+    args = ("--config", str(path), "--simulate", "--process-interval", "1s")
+    with serve(tmp_path, *args, "--collector.disable-defaults", "--collector.power") as d:
+        names = wait_for_poll(d.url)
+        foreign = {n for n in names if not n.startswith(("gpuwatch_gpu_power_", "gpuwatch_gpu_energy_joules"))}
+        own = {n.removesuffix("_total") for n in foreign}
+        assert "gpuwatch_gpu_power_watts" in names
+        assert all(n in OWN or n.startswith("gpuwatch_process_") for n in own), sorted(foreign)
+        path.write_text("[collectors]\nprocesses = true\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for_log("reloaded: collectors power, processes, self", timeout_s=30)
+        from waiting import wait_until
+
+        assert wait_until(
+            lambda: any(n.startswith("gpuwatch_gpu_process_") for n in scraped_names(d.url)), timeout_s=30, every_s=0.1
+        ), "no per-process series 30 s after the reload"
+
+
+def test_every_collectors_key_has_its_flag_on_serve():
+    from click.testing import CliRunner
+
+    from gpuwatch.cli import main
+
+    text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
+    for key, flag in config.FLAG_FOR_KEY.items():
+        if key.startswith("collectors."):
+            assert flag in text, flag
+    assert all(f"--no-collector.{name}" in text for name in SWITCHABLE)
