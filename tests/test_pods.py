@@ -1,0 +1,221 @@
+"""Pod attribution (gpuwatch/k8s/): cgroup files of each runtime, the PID namespace check, the
+kubelet's PodResources API over a unix socket (a local grpc server built from its api.proto), and
+the labels they give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.k8s import cgroup, pidns
+
+CGROUPS = Path(__file__).parent / "data" / "cgroup"
+CONTAINER = "3f8c2b9a1d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+CRIO = "9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
+DOCKER = "5be07c1f2a9d48e3b6c0f1a27d9e4b58c3a6f0d1e2b7c4a95f8e3d2c1b0a9f87"
+POD_UID = "7e1d9c42-58ab-4f0e-9c3d-b2a61f7e8d05"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("containerd-systemd-v2", cgroup.Container(CONTAINER, "containerd", POD_UID)),
+        ("containerd-systemd-v1", cgroup.Container(CONTAINER, "containerd", POD_UID)),
+        ("containerd-cgroupfs-v2", cgroup.Container(CONTAINER, None, POD_UID)),
+        ("containerd-kind-v2", cgroup.Container(CONTAINER, "containerd", POD_UID)),
+        ("containerd-guaranteed-cgroupns-v2", cgroup.Container(CONTAINER, "containerd", POD_UID)),
+        ("crio-systemd-v2", cgroup.Container(CRIO, "cri-o", POD_UID)),
+        ("crio-cgroupfs-v1", cgroup.Container(CRIO, "cri-o", POD_UID)),
+        ("docker-kubernetes-cgroupfs-v1", cgroup.Container(DOCKER, None, POD_UID)),
+        ("docker-kubernetes-systemd-v2", cgroup.Container(DOCKER, "docker", POD_UID)),
+        ("docker-plain-v1", cgroup.Container(DOCKER, "docker", None)),
+        ("docker-plain-systemd-v2", cgroup.Container(DOCKER, "docker", None)),
+        ("crio-conmon-v2", None),  # CRI-O's monitor process: not in the container
+        ("host-process-v2", None),
+        ("host-service-v1", None),
+    ],
+)
+def test_the_container_and_pod_of_each_runtime_and_cgroup_version(fixture, expected):
+    assert cgroup.parse((CGROUPS / f"{fixture}.txt").read_text()) == expected
+
+
+def test_every_cgroup_fixture_is_tested():
+    tested = {p.stem for p in CGROUPS.glob("*.txt")}
+    assert len(tested) == 14
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "0::", "0::/", "12:memory:/kubepods/pod" + "x" * 40])
+def test_nothing_from_a_cgroup_file_that_names_no_container(text):
+    assert cgroup.parse(text) is None
+
+
+def test_a_process_gone_or_out_of_sight_has_no_cgroup(tmp_path):
+    assert cgroup.read(12345, proc=str(tmp_path)) is None
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text((CGROUPS / "crio-systemd-v2.txt").read_text())
+    assert cgroup.read(7, proc=str(tmp_path)) == cgroup.Container(CRIO, "cri-o", POD_UID)
+
+
+# -- the PID namespace ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "host"),
+    [
+        ("Name:\tgpuwatch\nTgid:\t4242\nNSpid:\t4242\nPPid:\t1\n", True),
+        ("Name:\tgpuwatch\nTgid:\t98765\nNSpid:\t98765\t7\nPPid:\t1\n", False),  # a container's namespace
+        ("Name:\tgpuwatch\nNSpid:\t98765\t300\t7\n", False),  # nested twice
+        ("Name:\tgpuwatch\nTgid:\t4242\nPPid:\t1\n", None),  # a kernel before 4.1 does not say
+    ],
+)
+def test_the_pid_namespace_from_nspid(status, host):
+    assert pidns.in_host_namespace(status) is host
+
+
+def test_this_process_status_is_read():
+    assert pidns.in_host_namespace(pidns.own_status()) in (True, False)
+
+
+def test_nvml_pids_this_namespace_lacks():
+    assert pidns.pids_missing([10, 11, 4000, 4000], {1, 10, 11}) == [4000]
+
+
+# -- the kubelet's PodResources API over its unix socket ------------------------------------------
+
+grpc = pytest.importorskip("grpc")  # in the test extra; CI installs it
+
+from concurrent import futures  # noqa: E402
+
+from gpuwatch.k8s import podresources  # noqa: E402
+from gpuwatch.k8s.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+
+GPU0 = "GPU-2f4e6a8c-1b3d-4f5a-9c7e-0d1f2a3b4c5d"
+GPU1 = "GPU-8a9b0c1d-2e3f-4a5b-8c6d-7e8f9a0b1c2d"
+MIG = "MIG-5c6d7e8f-9a0b-5c1d-2e3f-4a5b6c7d8e9f"
+
+
+def pod(namespace: str, name: str, *containers: tuple[str, str, list[str]]) -> api_pb2.PodResources:
+    return api_pb2.PodResources(
+        name=name,
+        namespace=namespace,
+        containers=[
+            api_pb2.ContainerResources(
+                name=container, devices=[api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)]
+            )
+            for container, resource, ids in containers
+        ],
+    )
+
+
+class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
+    """The kubelet's side of the API, answering List with the pods given."""
+
+    def __init__(self, pods: list[api_pb2.PodResources]) -> None:
+        self.pods = pods
+        self.calls = 0
+
+    def List(self, request, context):  # the API's name
+        self.calls += 1
+        return api_pb2.ListPodResourcesResponse(pod_resources=self.pods)
+
+
+@pytest.fixture
+def kubelet(tmp_path):
+    """A grpc server on a unix socket, as the kubelet serves pod-resources/kubelet.sock."""
+    servers = []
+
+    def start(pods: list[api_pb2.PodResources]) -> tuple[str, Kubelet]:
+        path = str(tmp_path / f"kubelet-{len(servers)}.sock")
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        servicer = Kubelet(pods)
+        api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
+        server.add_insecure_port(f"unix://{path}")
+        server.start()
+        servers.append(server)
+        return path, servicer
+
+    yield start
+    for server in servers:
+        server.stop(grace=None)
+
+
+def test_gpus_are_mapped_to_the_containers_they_are_allocated_to(kubelet):
+    path, servicer = kubelet(
+        [
+            pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0, GPU1]), ("sidecar", "cpu", [])),
+            pod("batch", "embed-7f9c", ("worker", "nvidia.com/mig-1g.10gb", [MIG])),
+            pod("kube-system", "nic-plugin", ("plugin", "example.com/nic", ["eth1"])),
+        ]
+    )
+    owners = podresources.list_gpu_owners(path, timeout_s=5)
+    assert owners == {
+        GPU0: (podresources.PodRef("llm", "vllm-0", "server"),),
+        GPU1: (podresources.PodRef("llm", "vllm-0", "server"),),
+        MIG: (podresources.PodRef("batch", "embed-7f9c", "worker"),),
+    }
+    assert servicer.calls == 1
+
+
+def test_a_time_sliced_gpu_is_owned_by_every_replica_holder(kubelet):
+    path, _ = kubelet(
+        [
+            pod("a", "p1", ("c", "nvidia.com/gpu", [f"{GPU0}::0"])),
+            pod("b", "p2", ("c", "nvidia.com/gpu", [f"{GPU0}::1"])),
+        ]
+    )
+    assert podresources.list_gpu_owners(path, timeout_s=5) == {
+        GPU0: (podresources.PodRef("a", "p1", "c"), podresources.PodRef("b", "p2", "c"))
+    }
+
+
+def test_no_socket_is_not_an_error_to_log_but_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        podresources.list_gpu_owners(str(tmp_path / "absent.sock"), timeout_s=1)
+
+
+def test_a_socket_that_never_answers_costs_the_timeout_and_no_more(tmp_path):
+    import socket
+    import time
+
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)  # accepts connections (the backlog) and never speaks HTTP/2
+    try:
+        started = time.monotonic()
+        with pytest.raises(podresources.PodResourcesError, match=r"DEADLINE_EXCEEDED|UNAVAILABLE"):
+            podresources.list_gpu_owners(path, timeout_s=0.5)
+        assert time.monotonic() - started < 30  # a hang guard, not a speed target
+    finally:
+        listener.close()
+
+
+def test_the_committed_stubs_are_what_protoc_makes_of_the_published_proto():
+    pytest.importorskip("grpc_tools")
+    from gpuwatch.k8s import stubs
+
+    assert stubs.differences() == [], "run python -m gpuwatch.k8s.stubs and commit the result"
+
+
+def test_the_api_is_the_kubelets_on_the_wire():
+    service = api_pb2.DESCRIPTOR.services_by_name["PodResourcesLister"]
+    assert service.full_name == "v1.PodResourcesLister"
+    assert {m.name for m in service.methods} >= {"List", "GetAllocatableResources", "Get"}
+
+
+def test_podresources_says_when_grpc_is_missing(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_grpc(name, *args, **kwargs):
+        if name == "grpc" or name.startswith("grpc."):
+            raise ImportError("No module named 'grpc'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_grpc)
+    why = podresources.available()
+    assert why is not None and "gpuwatch[kubernetes]" in why
+    monkeypatch.undo()
+    assert podresources.available() is None
