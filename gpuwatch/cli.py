@@ -244,6 +244,21 @@ def _setting_of(param: str) -> str:
     show_default=True,
     help="Log verbosity (logs go to stderr; journald format under systemd).",
 )
+@click.option(
+    "--kubernetes.pod-resources-socket",
+    "pod_resources_socket",
+    default="/var/lib/kubelet/pod-resources/kubelet.sock",
+    show_default=True,
+    help="The kubelet's PodResources socket, for the pod and container of each GPU (pods collector).",
+)
+@click.option(
+    "--kubernetes.refresh-interval",
+    "pods_refresh_s",
+    type=_Duration(),
+    default="30s",
+    show_default=True,
+    help="How often pod attribution asks the kubelet and reads GPU processes' cgroups.",
+)
 @_collector_options
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:

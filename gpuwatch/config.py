@@ -40,6 +40,9 @@ refused whole, with an error that names the file (or variable), the key and the 
     [collectors.processes]        # the process collector: its switch (or `processes = true` above) and option
     enabled = true
     pid = true                    # --no-collector.processes.pid: no pid label, memory summed per name and user
+    [kubernetes]                  # pod attribution (the pods collector), on a real host
+    pod_resources_socket = "/var/lib/kubelet/pod-resources/kubelet.sock"  # --kubernetes.pod-resources-socket
+    refresh_interval = "30s"      # --kubernetes.refresh-interval
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ from gpuwatch.exporter.address import (
     ListenAddressError,
     parse_listen_address,
 )
+from gpuwatch.k8s.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
+from gpuwatch.k8s.pods import DEFAULT_REFRESH_S as DEFAULT_PODS_REFRESH_S
 from gpuwatch.labels import utf8_text
 from gpuwatch.tokens import source
 
@@ -94,6 +99,8 @@ class ServeSettings:
     tokens: tuple[source.SourceConfig, ...] = ()
     tokens_window_s: float = DEFAULT_WINDOW_S
     collectors: CollectorSettings = field(default_factory=CollectorSettings)
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+    pods_refresh_s: float = DEFAULT_PODS_REFRESH_S
 
     @property
     def limits(self) -> Limits:
@@ -144,8 +151,30 @@ _KEYS.update({f"collectors.{key}": (f"collectors.{key}", "bool", 0, 0) for key i
 FLAG_FOR_KEY.update(
     {f"collectors.{key}": collector_switches.flag_for_key(key) for key in collector_switches.config_keys()}
 )
+# [kubernetes]: pod attribution (gpuwatch/k8s/); a change takes a restart.
+_KEYS.update(
+    {
+        "kubernetes.pod_resources_socket": ("pod_resources_socket", "string", 0, 0),
+        "kubernetes.refresh_interval": ("pods_refresh_s", "duration", 1, 86400),
+    }
+)
+FLAG_FOR_KEY.update(
+    {
+        "kubernetes.pod_resources_socket": "--kubernetes.pod-resources-socket",
+        "kubernetes.refresh_interval": "--kubernetes.refresh-interval",
+    }
+)
 # Changing these needs a restart; everything else is applied on SIGHUP.
-RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
+RESTART_FIELDS = (
+    "listen_address",
+    "max_requests",
+    "read_timeout_s",
+    "simulate",
+    "sim_speed",
+    "tokens",
+    "pod_resources_socket",
+    "pods_refresh_s",
+)
 ENV_PREFIX = "GPUWATCH_"
 
 

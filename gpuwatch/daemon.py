@@ -61,6 +61,8 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         tokens_window_s=settings.tokens_window_s,
         event_thread=True,
         collectors=settings.collectors,
+        pod_resources_socket=settings.pod_resources_socket,
+        pods_refresh_s=settings.pods_refresh_s,
     )
 
 

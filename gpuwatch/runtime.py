@@ -32,7 +32,9 @@ from gpuwatch.collectors import CollectorSettings, select
 from gpuwatch.exporter.exposition import CachedExposition
 from gpuwatch.exporter.registry import SnapshotCollector, registry_for
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
-from gpuwatch.model import Snapshot, SourcesSnapshot
+from gpuwatch.k8s.podresources import DEFAULT_SOCKET
+from gpuwatch.k8s.pods import DEFAULT_REFRESH_S, PodAttributor
+from gpuwatch.model import PodsSnapshot, Snapshot, SourcesSnapshot
 from gpuwatch.nvml import use_library
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
@@ -56,25 +58,31 @@ class RuntimeOptions:
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
     collectors: CollectorSettings = field(default_factory=CollectorSettings)  # which collectors run
+    pods: bool | None = None  # pod attribution (gpuwatch/k8s/); None: on a real host when the pods collector runs
+    pod_resources_socket: str = DEFAULT_SOCKET
+    pods_refresh_s: float = DEFAULT_REFRESH_S
 
 
 class MergedSnapshot:
     """The GPU snapshot with the token sources' merged in; the same object while neither changes,
     so a rendering cached by snapshot stays valid until one of them does."""
 
-    def __init__(self, sampler: Sampler, tokens: TokenTracker | None) -> None:
+    def __init__(self, sampler: Sampler, tokens: TokenTracker | None, pods: PodAttributor | None = None) -> None:
         self._sampler = sampler
         self._tokens = tokens
-        self._last: tuple[Snapshot, SourcesSnapshot | None, Snapshot] | None = None
+        self._pods = pods
+        self._last: tuple[Snapshot, SourcesSnapshot | None, PodsSnapshot | None, Snapshot] | None = None
 
     def __call__(self) -> Snapshot:
         gpus = self._sampler.latest
         sources = None if self._tokens is None else self._tokens.latest
+        pods = None if self._pods is None else self._pods.latest
         last = self._last
-        if last is not None and last[0] is gpus and last[1] is sources:
-            return last[2]
+        if last is not None and last[0] is gpus and last[1] is sources and last[2] is pods:
+            return last[3]
         merged = gpus if sources is None else replace(gpus, sources=sources.sources)
-        self._last = (gpus, sources, merged)
+        merged = merged if pods is None else replace(merged, pods=pods)
+        self._last = (gpus, sources, pods, merged)
         return merged
 
 
@@ -101,6 +109,11 @@ class Runtime:
         self._started = False
         self._collectors = options.collectors
         self._attributing = False  # a token source finds its GPUs from NVML's process lists
+        self.pods: PodAttributor | None = None
+        wants_pods = options.simulate is None and "pods" in options.collectors.enabled
+        if options.pods or (options.pods is None and wants_pods):
+            self.pods = PodAttributor(host.clock.time, options.pod_resources_socket, options.pods_refresh_s)
+            self._latest = MergedSnapshot(self.sampler, None, self.pods)
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -137,9 +150,13 @@ class Runtime:
         self._attributing = any(source.gpus is None for source in sources)
         self.sampler.list_processes = self._lists_processes()
         prerender = self.exposition.prerender
+        if self.pods is not None:
+            self.sampler.subscribe(self.pods.on_snapshot)
+            if threads:
+                self.pods.start()
         if sources:
             tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
-            self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
+            self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker, self.pods)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
         else:
@@ -153,6 +170,11 @@ class Runtime:
         """One poll (the token tracker takes it in on this thread); the merged snapshot."""
         self.sampler.poll_once()
         return self.latest()
+
+    def refresh_pods(self) -> None:
+        """Refresh pod attribution once, on this thread (it refreshes on its own thread when started)."""
+        if self.pods is not None:
+            self.pods.refresh(self.sampler.latest)
 
     def scrape_tokens(self) -> None:
         """Scrape every token source once, on this thread."""
@@ -187,6 +209,8 @@ class Runtime:
         self.sampler.stop(timeout_s=1.0)
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
+        if self.pods is not None:
+            self.pods.stop(timeout_s=0.5)
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:

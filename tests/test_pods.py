@@ -219,3 +219,107 @@ def test_podresources_says_when_grpc_is_missing(monkeypatch):
     assert why is not None and "gpuwatch[kubernetes]" in why
     monkeypatch.undo()
     assert podresources.available() is None
+
+
+# -- the attributor and what /metrics shows ----------------------------------------------------------
+
+from gpuwatch.k8s.pods import PodAttributor  # noqa: E402
+from gpuwatch.model import GpuIdentity, GpuProcess, GpuStatus, PodRef, Snapshot  # noqa: E402
+
+
+def fake_proc(tmp_path: Path, nspid: str, cgroups: dict[int, str]) -> str:
+    """A /proc with this process's status and some processes' cgroup files."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "status").write_text(f"Name:\tgpuwatch\nNSpid:\t{nspid}\n")
+    for pid, fixture in cgroups.items():
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "cgroup").write_text((CGROUPS / f"{fixture}.txt").read_text())
+    return str(proc)
+
+
+def gpu_snapshot(*pids_per_gpu: tuple[int, ...]) -> Snapshot:
+    gpus = tuple(
+        GpuStatus(
+            identity=GpuIdentity(
+                index=i, uuid=(GPU0, GPU1)[i], name="NVIDIA H100 80GB HBM3", pci_bus_id=f"0000:0{i}:00.0"
+            ),
+            up=True,
+            processes=tuple(
+                GpuProcess(pid=pid, name="python3", user="root", used_memory_bytes=1 << 30) for pid in pids
+            ),
+        )
+        for i, pids in enumerate(pids_per_gpu)
+    )
+    return Snapshot(timestamp=1.0, nvml_up=True, gpus=gpus)
+
+
+def test_processes_get_their_gpus_pod_and_their_own_container(tmp_path, kubelet):
+    path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0]))])
+    proc = fake_proc(tmp_path, "4242", {100: "containerd-systemd-v2", 200: "crio-systemd-v2"})
+    attributor = PodAttributor(lambda: 5.0, path, proc=proc)
+    pods = attributor.refresh(gpu_snapshot((100,), (200, 300)))
+    assert pods.host_pid_namespace is True and pods.pod_resources_up is True
+    by_pid = {p.pid: p for p in pods.processes}
+    assert by_pid[100].pod == PodRef("llm", "vllm-0", "server") and by_pid[100].container_id == CONTAINER
+    assert by_pid[200].pod is None and by_pid[200].container_id == CRIO and by_pid[200].pod_uid == POD_UID
+    assert 300 not in by_pid  # no cgroup to read, and its GPU has no owner
+
+
+def test_outside_the_host_pid_namespace_no_process_is_attributed(tmp_path, kubelet, caplog):
+    path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0]))])
+    proc = fake_proc(tmp_path, "98765\t7", {100: "containerd-systemd-v2"})
+    attributor = PodAttributor(lambda: 5.0, path, proc=proc)
+    with caplog.at_level("INFO"):
+        pods = attributor.refresh(gpu_snapshot((100,)))
+        attributor.refresh(gpu_snapshot((100,)))
+    assert pods.host_pid_namespace is False and pods.processes == ()
+    assert pods.gpus[GPU0] == (PodRef("llm", "vllm-0", "server"),)  # GPUs still, by UUID
+    assert sum("not in the host's PID namespace" in r.message for r in caplog.records) == 1  # said once
+
+
+def test_without_nspid_nvml_pids_missing_from_proc_mean_another_namespace(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "status").write_text("Name:\tgpuwatch\n")
+    (proc / "1").mkdir()
+    attributor = PodAttributor(lambda: 5.0, str(tmp_path / "absent.sock"), proc=str(proc))
+    assert attributor.refresh(gpu_snapshot((1, 777))).host_pid_namespace is False
+    assert attributor.refresh(gpu_snapshot((1,))).host_pid_namespace is True
+
+
+def test_no_socket_means_cgroups_only_and_no_pod_resources_series(tmp_path):
+    proc = fake_proc(tmp_path, "4242", {100: "docker-kubernetes-systemd-v2"})
+    pods = PodAttributor(lambda: 5.0, str(tmp_path / "absent.sock"), proc=proc).refresh(gpu_snapshot((100,)))
+    assert pods.pod_resources_up is None and pods.gpus == {}
+    assert [(p.container_id, p.pod_uid) for p in pods.processes] == [(DOCKER, POD_UID)]
+
+
+def test_a_simulated_node_exports_pod_info_for_gpus_and_token_sources(tmp_path, kubelet):
+    from gpuwatch.runtime import RuntimeOptions, assemble
+    from gpuwatch.sim.clock import ManualClock
+
+    clock = ManualClock()
+    with assemble(RuntimeOptions(simulate="inference-host", pods=True), clock=clock) as rt:
+        rt.start(threads=False)
+        clock.advance(1)
+        snapshot = rt.step()
+        uuids = [g.identity.uuid for g in snapshot.gpus]
+        path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", uuids))])
+        rt.pods.socket_path = path
+        for t in (20, 40, 60):
+            clock.advance(t - clock.sim_seconds())
+            rt.step()
+            rt.scrape_tokens()
+        rt.refresh_pods()
+        body = rt.exposition.render("")[0].decode()
+    assert rt.pods.latest.pod_resources_up, rt.pods.latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {f.name: f.samples for f in text_string_to_metric_families(body)}
+    server = {"namespace": "llm", "pod": "vllm-0", "container": "server"}
+    gpu_pods = samples["gpuwatch_gpu_pod_info"]
+    assert sorted(s.labels["uuid"] for s in gpu_pods) == sorted(uuids)
+    assert all({k: s.labels[k] for k in server} == server for s in gpu_pods)
+    assert [s.labels for s in samples["gpuwatch_source_pod_info"]] == [{"source": "vllm", **server}]
+    assert samples["gpuwatch_pod_resources_up"][0].value == 1

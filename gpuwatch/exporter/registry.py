@@ -16,6 +16,7 @@ from gpuwatch.exporter import (
     identity,
     memory,
     pcie,
+    pods,
     power,
     processes,
     reliability,
@@ -43,6 +44,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "processes": processes.collect,
     "tokens": tokens.collect,
     "self": self_metrics.collect,
+    "pods": pods.collect,
 }
 
 

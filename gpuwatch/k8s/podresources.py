@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from gpuwatch.model import PodRef
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 DEFAULT_TIMEOUT_S = 2.0
@@ -28,15 +29,6 @@ MAX_MESSAGE_BYTES = 16 << 20  # the kubelet's own limit on a List answer (podres
 
 class PodResourcesError(Exception):
     """The kubelet's socket is there but did not answer ``List`` usefully; the message says how."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class PodRef:
-    """A container of a pod."""
-
-    namespace: str
-    pod: str
-    container: str
 
 
 def available() -> str | None:
