@@ -45,6 +45,14 @@ NEVER = {
     "gpuwatch.tokens": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status"),
     "gpuwatch.nvml": ("gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status", "gpuwatch.tokens", "gpuwatch.sim"),
     "gpuwatch.sim": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status"),
+    "gpuwatch.k8s": (
+        "pynvml",
+        "gpuwatch.nvml",
+        "gpuwatch.sampler",
+        "gpuwatch.exporter",
+        "gpuwatch.status",
+        "gpuwatch.tokens",
+    ),
 }
 PYNVML_ONLY_IN = "gpuwatch.nvml"
 

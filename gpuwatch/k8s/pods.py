@@ -96,7 +96,11 @@ class PodAttributor:
 
     def _owners(self) -> tuple[Mapping[str, tuple[PodRef, ...]], bool | None, str | None]:
         if not os.path.exists(self.socket_path):
-            self._once("socket", f"no kubelet PodResources socket at {self.socket_path}; pods named from cgroups only")
+            self._once(
+                "socket",
+                f"no kubelet PodResources socket at {self.socket_path}; containers named from cgroups only",
+                level=logging.DEBUG,
+            )
             return {}, None, None
         missing = podresources.available()
         if missing is not None:
