@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-from gpuwatch.exporter import lean, processes
+from gpuwatch.exporter import lean, pods, processes
 from gpuwatch.exporter.registry import COLLECTORS, ConcernCollector
 
 ALWAYS_ON = ("self",)  # gpuwatch's own series: no switch
@@ -117,6 +117,8 @@ def select(settings: CollectorSettings) -> dict[str, ConcernCollector]:
     chosen = {name: COLLECTORS[name] for name in settings.enabled}
     if "processes" in chosen and not settings.process_pid and COLLECTORS["processes"] is processes.collect:
         chosen["processes"] = processes.collect_without_pid
+    if "pods" in chosen and not settings.process_pid and COLLECTORS["pods"] is pods.collect:
+        chosen["pods"] = pods.collect_without_pid
     if settings.lean_set:
         chosen = {name: c if name in ALWAYS_ON else lean.Trimmed(c) for name, c in chosen.items()}
     return chosen

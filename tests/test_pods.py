@@ -323,3 +323,22 @@ def test_a_simulated_node_exports_pod_info_for_gpus_and_token_sources(tmp_path, 
     assert all({k: s.labels[k] for k in server} == server for s in gpu_pods)
     assert [s.labels for s in samples["gpuwatch_source_pod_info"]] == [{"source": "vllm", **server}]
     assert samples["gpuwatch_pod_resources_up"][0].value == 1
+
+
+def test_without_pid_the_process_pod_series_are_one_per_container(tmp_path, kubelet):
+    from gpuwatch.collectors import CollectorSettings, select
+
+    path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0]))])
+    proc = fake_proc(tmp_path, "4242", {100: "containerd-systemd-v2", 101: "containerd-systemd-v2"})
+    gpus = gpu_snapshot((100, 101))
+    pods = PodAttributor(lambda: 5.0, path, proc=proc).refresh(gpus)
+    snapshot = Snapshot(timestamp=1.0, nvml_up=True, gpus=gpus.gpus, pods=pods)
+
+    def series(settings: CollectorSettings) -> list[dict[str, str]]:
+        families = select(settings)["pods"](snapshot)
+        return [s.labels for f in families if f.name == "gpuwatch_gpu_process_pod_info" for s in f.samples]
+
+    assert sorted(s["pid"] for s in series(CollectorSettings())) == ["100", "101"]
+    assert [("pid" in s, s["container_id"]) for s in series(CollectorSettings(process_pid=False))] == [
+        (False, CONTAINER)
+    ]

@@ -12,6 +12,16 @@ DESCRIPTION = "the pod and container of each GPU, GPU process and token source o
 
 
 def collect(snapshot: Snapshot) -> Families:
+    return _collect(snapshot, with_pid=True)
+
+
+def collect_without_pid(snapshot: Snapshot) -> Families:
+    """The same without ``pid`` on the per-process series (``--no-collector.processes.pid``): one
+    series per GPU and container, so a restarted worker keeps its series."""
+    return _collect(snapshot, with_pid=False)
+
+
+def _collect(snapshot: Snapshot, with_pid: bool) -> Families:
     f = Families()
     pods = snapshot.pods
     if pods is None:
@@ -41,18 +51,24 @@ def collect(snapshot: Snapshot) -> Families:
                 1,
                 **_labels(owner),
             )
+    seen = set()
     for proc in pods.processes:
         identity = by_uuid.get(proc.gpu_uuid)
         if identity is None:
             continue
         pod = proc.pod or PodRef("", "", "")
+        pid = {"pid": str(proc.pid)} if with_pid else {}
+        key = (proc.gpu_uuid, proc.pid if with_pid else None, pod, proc.container_id, proc.pod_uid)
+        if key in seen:
+            continue
+        seen.add(key)
         f.gpu_gauge(
             "gpuwatch_gpu_process_pod_info",
             "The pod of a GPU process: namespace, pod and container from its GPU's only owner (PodResources), "
             "container_id and pod_uid from /proc/PID/cgroup; empty where not known.",
             identity,
             1,
-            pid=str(proc.pid),
+            **pid,
             **_labels(pod),
             container_id=proc.container_id or "",
             pod_uid=proc.pod_uid or "",
