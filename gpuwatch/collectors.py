@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 
 from gpuwatch.exporter import lean, pods, processes
@@ -117,8 +118,8 @@ def select(settings: CollectorSettings) -> dict[str, ConcernCollector]:
     chosen = {name: COLLECTORS[name] for name in settings.enabled}
     if "processes" in chosen and not settings.process_pid and COLLECTORS["processes"] is processes.collect:
         chosen["processes"] = processes.collect_without_pid
-    if "pods" in chosen and not settings.process_pid and COLLECTORS["pods"] is pods.collect:
-        chosen["pods"] = pods.collect_without_pid
+    if "pods" in chosen and COLLECTORS["pods"] is pods.collect:
+        chosen["pods"] = partial(pods.collect_with, processes="processes" in chosen, pid=settings.process_pid)
     if settings.lean_set:
         chosen = {name: c if name in ALWAYS_ON else lean.Trimmed(c) for name, c in chosen.items()}
     return chosen

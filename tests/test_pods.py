@@ -342,3 +342,56 @@ def test_without_pid_the_process_pod_series_are_one_per_container(tmp_path, kube
     assert [("pid" in s, s["container_id"]) for s in series(CollectorSettings(process_pid=False))] == [
         (False, CONTAINER)
     ]
+
+
+def test_the_attributor_refreshes_on_its_own_thread_when_due(tmp_path, kubelet):
+    from waiting import wait_until
+
+    path, servicer = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0]))])
+    now = [100.0]
+    attributor = PodAttributor(lambda: now[0], path, refresh_s=30, proc=fake_proc(tmp_path, "4242", {}))
+    attributor.start()
+    try:
+        attributor.on_snapshot(gpu_snapshot(()))  # returns at once; the thread asks the kubelet
+        assert wait_until(lambda: attributor.latest is not None, timeout_s=30, every_s=0.05)
+        first = attributor.latest
+        attributor.on_snapshot(gpu_snapshot(()))  # not due: 30 s have not passed
+        now[0] = 131.0
+        attributor.on_snapshot(gpu_snapshot(()))
+        assert wait_until(lambda: attributor.latest is not first, timeout_s=30, every_s=0.05)
+        assert servicer.calls == 2 and attributor.latest.gpus[GPU0] == (PodRef("llm", "vllm-0", "server"),)
+    finally:
+        attributor.stop(timeout_s=5)
+
+
+def test_the_pod_series_pass_promtool(tmp_path, kubelet, promtool):
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    from gpuwatch.exporter.registry import build_registry
+
+    path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0, GPU1]))])
+    proc = fake_proc(tmp_path, "4242", {100: "containerd-systemd-v2"})
+    gpus = gpu_snapshot((100,), ())
+    snapshot = Snapshot(
+        timestamp=1.0, nvml_up=True, gpus=gpus.gpus, pods=PodAttributor(lambda: 5.0, path, proc=proc).refresh(gpus)
+    )
+    text = generate_latest(build_registry(lambda: snapshot, include_process=False))
+    assert b"gpuwatch_gpu_process_pod_info{" in text and b"gpuwatch_gpu_pod_info{" in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, check=False)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_no_process_collector_means_no_process_pod_series_either(tmp_path, kubelet):
+    from gpuwatch.collectors import CollectorSettings, select
+
+    path, _ = kubelet([pod("llm", "vllm-0", ("server", "nvidia.com/gpu", [GPU0]))])
+    gpus = gpu_snapshot((100,))
+    proc = fake_proc(tmp_path, "4242", {100: "containerd-systemd-v2"})
+    snapshot = Snapshot(
+        timestamp=1.0, nvml_up=True, gpus=gpus.gpus, pods=PodAttributor(lambda: 5.0, path, proc=proc).refresh(gpus)
+    )
+    names = {f.name for f in select(CollectorSettings.from_keys({"processes": False}))["pods"](snapshot)}
+    assert "gpuwatch_gpu_pod_info" in names
+    assert not any(name.startswith("gpuwatch_gpu_process_") for name in names)

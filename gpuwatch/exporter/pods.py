@@ -12,16 +12,13 @@ DESCRIPTION = "the pod and container of each GPU, GPU process and token source o
 
 
 def collect(snapshot: Snapshot) -> Families:
-    return _collect(snapshot, with_pid=True)
+    return collect_with(snapshot)
 
 
-def collect_without_pid(snapshot: Snapshot) -> Families:
-    """The same without ``pid`` on the per-process series (``--no-collector.processes.pid``): one
-    series per GPU and container, so a restarted worker keeps its series."""
-    return _collect(snapshot, with_pid=False)
-
-
-def _collect(snapshot: Snapshot, with_pid: bool) -> Families:
+def collect_with(snapshot: Snapshot, processes: bool = True, pid: bool = True) -> Families:
+    """:func:`collect`, with the collector switches' say on per-process series: none while the
+    ``processes`` collector is off (``--no-collector.processes`` exports no ``gpuwatch_gpu_process_``
+    series), and without ``pid`` (``--no-collector.processes.pid``) one per GPU and container."""
     f = Families()
     pods = snapshot.pods
     if pods is None:
@@ -52,13 +49,13 @@ def _collect(snapshot: Snapshot, with_pid: bool) -> Families:
                 **_labels(owner),
             )
     seen = set()
-    for proc in pods.processes:
+    for proc in pods.processes if processes else ():
         identity = by_uuid.get(proc.gpu_uuid)
         if identity is None:
             continue
         pod = proc.pod or PodRef("", "", "")
-        pid = {"pid": str(proc.pid)} if with_pid else {}
-        key = (proc.gpu_uuid, proc.pid if with_pid else None, pod, proc.container_id, proc.pod_uid)
+        pid_label = {"pid": str(proc.pid)} if pid else {}
+        key = (proc.gpu_uuid, proc.pid if pid else None, pod, proc.container_id, proc.pod_uid)
         if key in seen:
             continue
         seen.add(key)
@@ -68,7 +65,7 @@ def _collect(snapshot: Snapshot, with_pid: bool) -> Families:
             "container_id and pod_uid from /proc/PID/cgroup; empty where not known.",
             identity,
             1,
-            **pid,
+            **pid_label,
             **_labels(pod),
             container_id=proc.container_id or "",
             pod_uid=proc.pod_uid or "",
