@@ -121,7 +121,8 @@ def select(settings: CollectorSettings) -> dict[str, ConcernCollector]:
     if "pods" in chosen and COLLECTORS["pods"] is pods.collect:
         chosen["pods"] = partial(pods.collect_with, processes="processes" in chosen, pid=settings.process_pid)
     if settings.lean_set:
-        chosen = {name: c if name in ALWAYS_ON else lean.Trimmed(c) for name, c in chosen.items()}
+        # the lean set's own collectors trimmed; one added by name (--collector.pcie) exports whole
+        chosen = {name: lean.Trimmed(c) if name in LEAN_SET else c for name, c in chosen.items()}
     return chosen
 
 

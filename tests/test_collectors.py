@@ -360,6 +360,8 @@ def test_the_lean_set_trims_state_sets_to_the_series_that_are_set(host_snapshot)
     assert len(health.samples) == len(host_snapshot.gpus) and all(s.value == 1 for s in health.samples)
     assert {s.labels["clock"] for s in families["gpuwatch_gpu_clock_hertz"].samples} == {"sm"}
     assert "gpuwatch_gpu_pcie_link_width" not in families and "gpuwatch_gpu_info" not in families
+    added = {f.name for f in rendered(host_snapshot, CollectorSettings.from_keys({"lean_set": True, "pcie": True}))}
+    assert "gpuwatch_gpu_pcie_link_width" in added  # a collector added by name exports whole
 
 
 if __name__ == "__main__":  # print the README table
