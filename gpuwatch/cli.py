@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from gpuwatch import __version__, client, config, install, logsetup, webconfig
+from gpuwatch import __version__, client, collectors, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
 from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
 from gpuwatch.page import tuner as tuner_result
@@ -103,6 +103,55 @@ def main() -> None:
 
 
 # -- serve ----------------------------------------------------------------------------------------
+
+
+def _collector_options(command: F) -> F:
+    """node_exporter's switches, one pair per collector in exporter/registry.py: ``--collector.NAME`` /
+    ``--no-collector.NAME``, ``--collector.disable-defaults`` and ``--[no-]collector.processes.pid``.
+    Their parameters are named ``collector__NAME`` (``__`` for the key's dots: see :func:`_setting_of`)."""
+    options = [
+        click.option(
+            "--collector.disable-defaults",
+            "collector__disable_defaults",
+            is_flag=True,
+            default=False,
+            help="Turn every collector off but those turned on by --collector.NAME (gpuwatch's own series stay).",
+        ),
+        click.option(
+            "--collector.lean-set",
+            "collector__lean_set",
+            is_flag=True,
+            default=False,
+            help="The lean set: at most 30 series per GPU, every one the shipped alerts and dashboards read "
+            "(README: Collectors); --collector.NAME still adds to it.",
+        ),
+        *(
+            click.option(
+                f"--collector.{name}/--no-collector.{name}",
+                f"collector__{name}",
+                default=collectors.default_enabled(name),
+                help=f"The {name} collector: {collectors.description(name)} "
+                f"(default {'on' if collectors.default_enabled(name) else 'off'}).",
+            )
+            for name in collectors.SWITCHABLE
+        ),
+        click.option(
+            "--collector.processes.pid/--no-collector.processes.pid",
+            "collector__processes__pid",
+            default=True,
+            help="Label per-process series with pid; without it, one series per process name and user (no churn).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _setting_of(param: str) -> str:
+    """The settings key a flag's parameter sets: ``collector__processes__pid`` -> ``collectors.processes.pid``."""
+    if param.startswith("collector__"):
+        return "collectors." + param.removeprefix("collector__").replace("__", ".")
+    return param
 
 
 @main.command()
@@ -202,6 +251,22 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="A `gpuwatch tune power-limit --json` result: the page at / draws its curve (re-read when it changes).",
 )
+@click.option(
+    "--kubernetes.pod-resources-socket",
+    "pod_resources_socket",
+    default="/var/lib/kubelet/pod-resources/kubelet.sock",
+    show_default=True,
+    help="The kubelet's PodResources socket, for the pod and container of each GPU (pods collector).",
+)
+@click.option(
+    "--kubernetes.refresh-interval",
+    "pods_refresh_s",
+    type=_Duration(),
+    default="30s",
+    show_default=True,
+    help="How often pod attribution asks the kubelet and reads GPU processes' cgroups.",
+)
+@_collector_options
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     """Poll every GPU and serve Prometheus metrics and a JSON status.
@@ -210,7 +275,7 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     SIGHUP reloads the config. A config that cannot be used exits with status 78.
     """
     given = {
-        name: value
+        _setting_of(name): value
         for name, value in flags.items()
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     }
@@ -268,8 +333,9 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
         click.echo(f"gpuwatch: warning: environment variable {name} is not a gpuwatch setting; ignored", err=True)
     click.echo(f"{config_file}: OK")
     for key, flag in config.FLAG_FOR_KEY.items():
-        if key != "tokens":
+        if key != "tokens" and not key.startswith("collectors."):  # the switches: one line below
             click.echo(f"  {key} = {getattr(settings, config.field_for_key(key))!r}  ({flag})")
+    click.echo(f"  {collectors.describe(settings.collectors)}")
     for source in settings.tokens:
         gpus = "auto" if source.gpus is None else ", ".join(map(str, source.gpus))
         click.echo(f"  token source {source.name!r}: {source.shown_url}, preset {source.preset}, GPUs {gpus}")

@@ -34,6 +34,16 @@ refused whole, with an error that names the file (or variable), the key and the 
     critical_xids = [48, 62, 64, 74, 79, 92, 94, 95, 119, 120]
     warning_xids = [63]
     xid_window = "1h"
+    [collectors]                  # --collector.NAME / --no-collector.NAME (README "Collectors")
+    disable_defaults = false      # --collector.disable-defaults: only the collectors named here run
+    lean_set = false              # --collector.lean-set: at most 30 series per GPU
+    pcie = true                   # --collector.pcie
+    [collectors.processes]        # the process collector: its switch (or `processes = true` above) and option
+    enabled = true
+    pid = true                    # --no-collector.processes.pid: no pid label, memory summed per name and user
+    [kubernetes]                  # pod attribution (the pods collector), on a real host
+    pod_resources_socket = "/var/lib/kubelet/pod-resources/kubelet.sock"  # --kubernetes.pod-resources-socket
+    refresh_interval = "30s"      # --kubernetes.refresh-interval
 """
 
 from __future__ import annotations
@@ -49,8 +59,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gpuwatch import collectors as collector_switches
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.collectors import CollectorSettings
 from gpuwatch.exporter.address import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
@@ -59,6 +71,8 @@ from gpuwatch.exporter.address import (
     ListenAddressError,
     parse_listen_address,
 )
+from gpuwatch.k8s.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
+from gpuwatch.k8s.pods import DEFAULT_REFRESH_S as DEFAULT_PODS_REFRESH_S
 from gpuwatch.labels import utf8_text
 from gpuwatch.tokens import source
 
@@ -87,6 +101,9 @@ class ServeSettings:
     tokens_window_s: float = DEFAULT_WINDOW_S
     # the live page: a `gpuwatch tune power-limit --json` result to draw (gpuwatch/page/tuner.py)
     tuner_result_file: str | None = None
+    collectors: CollectorSettings = field(default_factory=CollectorSettings)
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+    pods_refresh_s: float = DEFAULT_PODS_REFRESH_S
 
     @property
     def limits(self) -> Limits:
@@ -133,6 +150,26 @@ FLAG_FOR_KEY = {
     "tokens_window": "--tokens-window",
     "web.tuner_result": "--web.tuner-result",
 }
+# [collectors]: a switch per collector (`collectors.processes`, or `collectors.processes.enabled`
+# inside a [collectors.processes] table), `collectors.disable_defaults` and `collectors.processes.pid`;
+# flags in gpuwatch/cli.py (`--collector.NAME`), reloaded on SIGHUP.
+_KEYS.update({f"collectors.{key}": (f"collectors.{key}", "bool", 0, 0) for key in collector_switches.config_keys()})
+FLAG_FOR_KEY.update(
+    {f"collectors.{key}": collector_switches.flag_for_key(key) for key in collector_switches.config_keys()}
+)
+# [kubernetes]: pod attribution (gpuwatch/k8s/); a change takes a restart.
+_KEYS.update(
+    {
+        "kubernetes.pod_resources_socket": ("pod_resources_socket", "string", 0, 0),
+        "kubernetes.refresh_interval": ("pods_refresh_s", "duration", 1, 86400),
+    }
+)
+FLAG_FOR_KEY.update(
+    {
+        "kubernetes.pod_resources_socket": "--kubernetes.pod-resources-socket",
+        "kubernetes.refresh_interval": "--kubernetes.refresh-interval",
+    }
+)
 # Changing these needs a restart; everything else is applied on SIGHUP.
 # (the live page's routes are built once, so its tuner_result_file path too; the file is re-read when it changes)
 RESTART_FIELDS = (
@@ -143,6 +180,8 @@ RESTART_FIELDS = (
     "sim_speed",
     "tokens",
     "tuner_result_file",
+    "pod_resources_socket",
+    "pods_refresh_s",
 )
 ENV_PREFIX = "GPUWATCH_"
 
@@ -186,6 +225,8 @@ def _convert(key: str, value: Any) -> Any:
         return _xids(value)
     if kind == "tokens":
         return _token_sources(value)
+    if kind == "bool":
+        return _bool(value)
     if kind in ("duration", "positive", "integer"):
         number = _number(kind, value)
         if not lowest <= number <= highest:
@@ -212,6 +253,18 @@ def _real(value: Any) -> float:
         return float(value)
     except ValueError:
         raise ValueError("expected a number") from None
+
+
+def _bool(value: Any) -> bool:
+    """true or false: a TOML boolean, or "true"/"false" (also 1/0, yes/no) from the environment."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ValueError("expected true or false")
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _xids(value: Any) -> tuple[int, ...]:
@@ -357,6 +410,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     values: dict[str, Any] = {}
     for key, value in _flatten(doc).items():
+        if key.startswith("collectors.") and key not in _KEYS:  # a collector this gpuwatch does not have
+            name = key.removeprefix("collectors.").removesuffix(".enabled")
+            raise ConfigError(
+                f"config file {path}: key {key!r}: value {value!r}: {collector_switches.unknown_collector(name)}"
+            )
         if key not in _KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {', '.join(_KEYS)})")
         try:
@@ -429,7 +487,13 @@ def build(
     layered = {**file_values, **(env_values or {}), **flag_values}
     merged = {k: v for k, v in layered.items() if k in known}
     health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
-    return replace(ServeSettings(), **merged, health=replace(HealthThresholds(), **health))
+    switches = {k.removeprefix("collectors."): v for k, v in layered.items() if k.startswith("collectors.")}
+    return replace(
+        ServeSettings(),
+        **merged,
+        health=replace(HealthThresholds(), **health),
+        collectors=CollectorSettings.from_keys(switches),
+    )
 
 
 def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:

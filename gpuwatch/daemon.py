@@ -1,7 +1,7 @@
 """`gpuwatch serve` at run time: wire sampler, exporter and systemd together; stop and reload.
 
 Signals: SIGTERM and SIGINT stop the daemon; SIGHUP re-reads the config file, the environment and
-the web config file and applies what can change without a restart (poll and process intervals,
+the web config file and applies what can change without a restart (poll and process intervals, collector switches,
 log level, TLS and users). Polling and serving never pause, so a reload drops no metrics; a reload
 that fails validation keeps the running config and logs why.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gpuwatch import __version__, config, logsetup
+from gpuwatch import __version__, collectors, config, logsetup
 from gpuwatch.exporter.web import WebServer
 from gpuwatch.page.routes import page_routes
 from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
@@ -61,6 +61,9 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         tokens=settings.tokens,
         tokens_window_s=settings.tokens_window_s,
         event_thread=True,
+        collectors=settings.collectors,
+        pod_resources_socket=settings.pod_resources_socket,
+        pods_refresh_s=settings.pods_refresh_s,
     )
 
 
@@ -170,7 +173,7 @@ def _reload(
             key = config.key_for_field(name)
             log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
-    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s)
+    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s, new.collectors)
     logsetup.set_level(new.log_level)
     log.info(
         "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",
@@ -179,5 +182,7 @@ def _reload(
         new.log_level,
         new.web_config_file or "none",
     )
+    if new.collectors != current.collectors:
+        log.info("reloaded: %s", collectors.describe(new.collectors))
     notifier.send(READY=1, STATUS=_describe(rt.sampler))
     return new

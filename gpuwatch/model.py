@@ -149,6 +149,9 @@ class Snapshot:
     # token sources, in configured order: never filled by the sampler, but merged in at render time
     # from the token tracker's own SourcesSnapshot (gpuwatch.runtime.MergedSnapshot)
     sources: tuple[SourceStatus, ...] = ()
+    # pods holding the GPUs and their processes on a Kubernetes node: merged in at render time, from
+    # gpuwatch.k8s.pods (None where pod attribution does not run)
+    pods: PodsSnapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +165,38 @@ class SourcesSnapshot:
 
     gpu_timestamp: float  # of the GPU snapshot whose energy this took in
     sources: tuple[SourceStatus, ...] = ()
+
+
+# -- pod attribution (gpuwatch/k8s/) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PodRef:
+    """A container of a pod, as the kubelet names it."""
+
+    namespace: str
+    pod: str
+    container: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessPod:
+    """What a GPU process's cgroup says (container id, pod UID), and the pod its GPU is allocated to."""
+
+    pid: int
+    gpu_uuid: str
+    pod: PodRef | None = None  # the GPU's only owner by the kubelet's PodResources API
+    container_id: str | None = None  # from /proc/PID/cgroup
+    pod_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PodsSnapshot:
+    """Pod attribution after one refresh (gpuwatch/k8s/pods.py); replaced whole, like a Snapshot."""
+
+    timestamp: float
+    gpus: Mapping[str, tuple[PodRef, ...]] = field(default_factory=dict)  # GPU (or MIG) UUID -> owners
+    processes: tuple[ProcessPod, ...] = ()
+    host_pid_namespace: bool | None = None  # None: not known; False: NVML's PIDs are not this /proc's
+    pod_resources_up: bool | None = None  # None: no PodResources socket (or no grpcio)
+    error: str | None = None

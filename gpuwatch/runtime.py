@@ -12,8 +12,9 @@ or else the exposition's pre-rendering); the tracker publishes a SourcesSnapshot
 then the exposition pre-renders); :meth:`Runtime.latest` merges the two when anything renders.
 
 Threading contract: :meth:`Runtime.reconfigure` may be called from any thread (the daemon calls it
-on SIGHUP from its main thread); it only sets intervals and the tokens window, each picked up by
-the next poll, wait or snapshot. Nothing else is changed on a running runtime.
+on SIGHUP from its main thread); it only sets intervals, the tokens window and the collector
+switches, each picked up by the next poll, wait, snapshot or rendering. Nothing else is changed on a
+running runtime.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from prometheus_client import CollectorRegistry
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.collectors import CollectorSettings, select
 from gpuwatch.exporter.exposition import CachedExposition
-from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_for
+from gpuwatch.exporter.registry import SnapshotCollector, registry_for
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
-from gpuwatch.model import Snapshot, SourcesSnapshot
+from gpuwatch.k8s.podresources import DEFAULT_SOCKET
+from gpuwatch.k8s.pods import DEFAULT_REFRESH_S, PodAttributor
+from gpuwatch.model import PodsSnapshot, Snapshot, SourcesSnapshot
 from gpuwatch.nvml import use_library
 from gpuwatch.page.history import History
 from gpuwatch.sampler import Sampler
@@ -54,25 +58,32 @@ class RuntimeOptions:
     tokens_window_s: float = DEFAULT_WINDOW_S
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+    collectors: CollectorSettings = field(default_factory=CollectorSettings)  # which collectors run
+    pods: bool | None = None  # pod attribution (gpuwatch/k8s/); None: on a real host when the pods collector runs
+    pod_resources_socket: str = DEFAULT_SOCKET
+    pods_refresh_s: float = DEFAULT_REFRESH_S
 
 
 class MergedSnapshot:
     """The GPU snapshot with the token sources' merged in; the same object while neither changes,
     so a rendering cached by snapshot stays valid until one of them does."""
 
-    def __init__(self, sampler: Sampler, tokens: TokenTracker | None) -> None:
+    def __init__(self, sampler: Sampler, tokens: TokenTracker | None, pods: PodAttributor | None = None) -> None:
         self._sampler = sampler
         self._tokens = tokens
-        self._last: tuple[Snapshot, SourcesSnapshot | None, Snapshot] | None = None
+        self._pods = pods
+        self._last: tuple[Snapshot, SourcesSnapshot | None, PodsSnapshot | None, Snapshot] | None = None
 
     def __call__(self) -> Snapshot:
         gpus = self._sampler.latest
         sources = None if self._tokens is None else self._tokens.latest
+        pods = None if self._pods is None else self._pods.latest
         last = self._last
-        if last is not None and last[0] is gpus and last[1] is sources:
-            return last[2]
+        if last is not None and last[0] is gpus and last[1] is sources and last[2] is pods:
+            return last[3]
         merged = gpus if sources is None else replace(gpus, sources=sources.sources)
-        self._last = (gpus, sources, merged)
+        merged = merged if pods is None else replace(merged, pods=pods)
+        self._last = (gpus, sources, pods, merged)
         return merged
 
 
@@ -92,13 +103,20 @@ class Runtime:
         )
         self.servers: list[InferenceEndpoint] = []
         self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
-        self.collector = SnapshotCollector(self.latest, COLLECTORS)
+        self.collector = SnapshotCollector(self.latest, select(options.collectors))
         self.registry: CollectorRegistry = registry_for(self.collector)
         self.exposition = CachedExposition(self.registry, self.latest)
         self._tokens: TokenTracker | None = None
         self._started = False
         # the live page's last 15 minutes, fed by the snapshots (subscribed in start)
         self.history = History(options.poll_interval_s)
+        self._collectors = options.collectors
+        self._attributing = False  # a token source finds its GPUs from NVML's process lists
+        self.pods: PodAttributor | None = None
+        wants_pods = options.simulate is None and "pods" in options.collectors.enabled
+        if options.pods or (options.pods is None and wants_pods):
+            self.pods = PodAttributor(host.clock.time, options.pod_resources_socket, options.pods_refresh_s)
+            self._latest = MergedSnapshot(self.sampler, None, self.pods)
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -132,10 +150,16 @@ class Runtime:
         sources: Sequence[SourceConfig] = self.options.tokens or [source for _, source in simulated]
         if not self.options.tokens and self.options.sim_source_timeout_s is not None:
             sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
+        self._attributing = any(source.gpus is None for source in sources)
+        self.sampler.list_processes = self._lists_processes()
         prerender = self.exposition.prerender
+        if self.pods is not None:
+            self.sampler.subscribe(self.pods.on_snapshot)
+            if threads:
+                self.pods.start()
         if sources:
             tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
-            self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
+            self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker, self.pods)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
         else:
@@ -151,22 +175,46 @@ class Runtime:
         self.sampler.poll_once()
         return self.latest()
 
+    def refresh_pods(self) -> None:
+        """Refresh pod attribution once, on this thread (it refreshes on its own thread when started)."""
+        if self.pods is not None:
+            self.pods.refresh(self.sampler.latest)
+
     def scrape_tokens(self) -> None:
         """Scrape every token source once, on this thread."""
         if self._tokens is not None:
             self._tokens.scrape_all()
 
-    def reconfigure(self, poll_interval_s: float, process_interval_s: float, tokens_window_s: float) -> None:
-        """New intervals and tokens window (see the module doc's threading contract)."""
+    def reconfigure(
+        self,
+        poll_interval_s: float,
+        process_interval_s: float,
+        tokens_window_s: float,
+        collectors: CollectorSettings | None = None,
+    ) -> None:
+        """New intervals, tokens window and collector switches (see the module doc's threading contract)."""
         self.sampler.configure(poll_interval_s, process_interval_s)
         if self._tokens is not None:
             self._tokens.configure(tokens_window_s)
+        if collectors is not None and collectors != self._collectors:
+            self._collectors = collectors
+            self.collector.use(select(collectors))
+            self.exposition.invalidate()
+            self.sampler.list_processes = self._lists_processes()
+
+    def _lists_processes(self) -> bool:
+        """Whether the slow loop lists GPU processes: for the per-process series, or for a token
+        source that finds its GPUs by them. Else the listing (a slow NVML call per GPU) is skipped,
+        and /status shows no processes."""
+        return "processes" in self._collectors.enabled or self._attributing
 
     def close(self) -> None:
         """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""
         self.sampler.stop(timeout_s=1.0)
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
+        if self.pods is not None:
+            self.pods.stop(timeout_s=0.5)
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:

@@ -55,6 +55,7 @@ class Sampler:
         self._subscribers: list[Subscriber] = []
         self.latest = Snapshot(timestamp=clock.time(), nvml_up=False, nvml_error=self._session.error)
         self.ready = threading.Event()  # set after the first poll, whatever its outcome
+        self.list_processes = True  # off: the slow loop skips the process listing (no collector wants it)
 
     @property
     def poll_interval_s(self) -> float:
@@ -123,7 +124,7 @@ class Sampler:
             if stuck_since is not None:
                 outcome: Outcome = Hung(stuck_since)
             else:
-                outcome = self.loop.watched(generation, index, partial(_read, reader, index, slow))
+                outcome = self.loop.watched(generation, index, partial(_read, reader, index, slow, self.list_processes))
             identity = reader.identity(index)
             statuses.append(derive(self._history_of(identity), identity, outcome, self._clock.time(), self.health))
         return tuple(statuses)
@@ -139,10 +140,12 @@ class Sampler:
             self._session.close()
 
 
-def _read(reader: NvmlReader, index: int, slow: bool) -> Outcome:
-    """Every NVML call for one GPU in one poll."""
+def _read(reader: NvmlReader, index: int, slow: bool, list_processes: bool = True) -> Outcome:
+    """Every NVML call for one GPU in one poll (the process listing only when asked for: an empty
+    list then, so none listed before lingers)."""
     try:
-        return Read(reader.read(index, slow=slow), reader.processes(index) if slow else None)
+        reading = reader.read(index, slow=slow)
+        return Read(reading, (reader.processes(index) if list_processes else ()) if slow else None)
     except GpuLost as exc:
         return Failed(str(exc))
     except PollFailed as exc:

@@ -251,7 +251,7 @@ def test_the_example_in_the_config_docstring_is_what_the_loader_accepts(tmp_path
         (b'\xef\xbb\xbfpoll_interval = "1s"\n', "byte order mark"),
         (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 32 deep"),
         (b"x = " + b"{a=" * 5000 + b"1" + b"}" * 5000 + b"\n", "nested more than 32 deep"),
-        (b"[" + b".".join([b"a"] * 2000) + b"]\n", "unknown key 'a.a.a'"),
+        (b"[" + b".".join([b"a"] * 2000) + b"]\n", "unknown key 'a.a.a"),  # as deep as the deepest key, and one more
         (b'[[tokens]]\nurl = "http://127.0.0.1:1/metrics"\npreset = [1]\n', "key 'tokens'"),
         (b"#" * (config.MAX_FILE_BYTES + 1), "larger than 1024 KiB"),
     ],

@@ -47,6 +47,14 @@ NEVER = {
     "gpuwatch.sim": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.exporter", "gpuwatch.status"),
     # the live page reads snapshots and the /status document it is handed, never the driver
     "gpuwatch.page": ("pynvml", "gpuwatch.nvml", "gpuwatch.sampler", "gpuwatch.sim", "gpuwatch.tokens"),
+    "gpuwatch.k8s": (
+        "pynvml",
+        "gpuwatch.nvml",
+        "gpuwatch.sampler",
+        "gpuwatch.exporter",
+        "gpuwatch.status",
+        "gpuwatch.tokens",
+    ),
 }
 PYNVML_ONLY_IN = "gpuwatch.nvml"
 

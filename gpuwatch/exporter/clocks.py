@@ -6,6 +6,10 @@ from gpuwatch.exporter.families import Families
 from gpuwatch.labels import CLOCK_EVENT_REASONS
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "clocks against their maxima, the P-state, the active clock event reasons and violation time"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

@@ -124,6 +124,12 @@ class CachedExposition:
             with self._lock:
                 self._prerendering = None
 
+    def invalidate(self) -> None:
+        """Forget the cached renderings: the next scrape renders again (the collectors changed).
+        Waits for a rendering under way, which may have used the old collectors."""
+        with self._render_lock, self._lock:
+            self._snapshot, self._bodies = None, {}
+
     def _cached(self, snapshot: Snapshot, content_type: str) -> bytes | None:
         return self._bodies.get(content_type) if snapshot is self._snapshot else None
 

@@ -6,6 +6,10 @@ from gpuwatch.exporter.families import Families
 from gpuwatch.labels import EXIT_CODES, HEALTH_STATES
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "health verdicts per GPU, per check and for the host"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

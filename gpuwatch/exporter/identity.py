@@ -5,6 +5,10 @@ from __future__ import annotations
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "which GPUs there are (gpu_info), whether each answered (up) and whether its values are stale"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

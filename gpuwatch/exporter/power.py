@@ -5,6 +5,10 @@ from __future__ import annotations
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "power draw, the enforced power limit and its range, and the reset-safe energy counter"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

@@ -16,6 +16,7 @@ from gpuwatch.exporter import (
     identity,
     memory,
     pcie,
+    pods,
     power,
     processes,
     reliability,
@@ -43,6 +44,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "processes": processes.collect,
     "tokens": tokens.collect,
     "self": self_metrics.collect,
+    "pods": pods.collect,
 }
 
 
@@ -58,6 +60,10 @@ class SnapshotCollector:
         self._latest = latest
         self._collectors = collectors
         self.failed: tuple[str, ...] = ()
+
+    def use(self, collectors: dict[str, ConcernCollector]) -> None:
+        """Run these collectors from the next rendering on (collector switches, reloaded on SIGHUP)."""
+        self._collectors = collectors
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._latest()

@@ -8,6 +8,10 @@ from gpuwatch import __version__
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "gpuwatch's own state: build, NVML up, polls, NVML errors (always exported)"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

@@ -6,6 +6,10 @@ from gpuwatch.exporter.families import Families
 from gpuwatch.labels import THROTTLE_CLASSES
 from gpuwatch.model import Snapshot
 
+# Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "why clocks were held down over the health window (per-reason seconds, classes, clock loss)"
+
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()

@@ -1,0 +1,93 @@
+"""The lean set's series: which families, and which of their series, `--collector.lean-set` keeps.
+
+Chosen from what the shipped alerts, recording rules and dashboards read (``prometheus/*.yml``,
+``dashboards/*.json``; ``tests/test_collectors.py`` fails when one reads a family left out here),
+to stay under 30 series per GPU (README "Collectors", measured by that test on a simulated host):
+
+* a family not named here is left out: ``gpuwatch_gpu_info`` (name, serial, driver: join it from a
+  full scrape when needed), engine utilization, the power limit's range, BAR1, PCIe, per-process
+  memory, the violation counters;
+* a family named with label values keeps those series only (the SM clock and its maximum, the two
+  thermal thresholds the alert and dashboard compare against);
+* a state set or reason list (``ACTIVE``) keeps only its series that are not 0: the host's and
+  each GPU's current health state, the throttle class that dominates, the clock event reasons that
+  hold clocks down now, the health checks that are not ok, the throttle classes seen in the window.
+  Queries of the form ``x{state="critical"} == 1`` and ``sum by (class) (x)`` read the same; a
+  query for ``== 0`` does not, and a state change starts a new series (state changes are rare).
+
+gpuwatch's own series (the ``self`` collector) are never trimmed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.core import Metric
+
+from gpuwatch.model import Snapshot
+
+ALL = None  # every series of the family
+ACTIVE = "active"  # only its series whose value is not 0
+
+# family name (a counter's without _total) -> ALL, ACTIVE, or {label: values kept}
+LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
+    "gpuwatch_gpu_up": ALL,
+    "gpuwatch_gpu_power_watts": ALL,
+    "gpuwatch_gpu_power_limit_watts": ALL,
+    "gpuwatch_gpu_energy_joules": ALL,
+    "gpuwatch_gpu_temperature_celsius": ALL,
+    "gpuwatch_gpu_temperature_margin_celsius": ALL,
+    "gpuwatch_gpu_temperature_threshold_celsius": {"threshold": frozenset({"max_operating", "slowdown"})},
+    "gpuwatch_gpu_fan_speed_ratio": ALL,
+    "gpuwatch_gpu_clock_hertz": {"clock": frozenset({"sm"})},
+    "gpuwatch_gpu_clock_max_hertz": {"clock": frozenset({"sm"})},
+    "gpuwatch_gpu_clocks_event_active": ACTIVE,
+    "gpuwatch_gpu_clocks_event_seconds": ALL,
+    "gpuwatch_gpu_throttle_class": ACTIVE,
+    "gpuwatch_gpu_throttle_ratio": ACTIVE,
+    "gpuwatch_gpu_clock_loss_ratio": ALL,
+    "gpuwatch_health": ACTIVE,
+    "gpuwatch_gpu_health": ACTIVE,
+    "gpuwatch_gpu_health_check": ACTIVE,
+    "gpuwatch_gpu_memory_size_bytes": ALL,
+    "gpuwatch_gpu_memory_used_bytes": ALL,
+    "gpuwatch_gpu_memory_reserved_bytes": ALL,
+    "gpuwatch_gpu_ecc_errors": ALL,
+    "gpuwatch_gpu_remapped_rows": ALL,
+    "gpuwatch_gpu_row_remap_pending": ALL,
+    "gpuwatch_gpu_row_remap_failure": ALL,
+    "gpuwatch_gpu_xid_errors": ALL,
+    "gpuwatch_source_up": ALL,
+    "gpuwatch_source_gpu_info": ALL,
+    "gpuwatch_tokens": ALL,
+    "gpuwatch_tokens_per_joule": ALL,
+    "gpuwatch_joules_per_token": ALL,
+}
+
+
+def trim(families: Iterable[Metric]) -> Iterator[Metric]:
+    """The lean set's part of ``families``: a family left with no series is left out whole."""
+    for family in families:
+        if family.name not in LEAN_SERIES:
+            continue
+        rule = LEAN_SERIES[family.name]
+        if rule is ALL:
+            yield family
+            continue
+        if rule == ACTIVE:
+            family.samples = [s for s in family.samples if s.value != 0]
+        else:
+            assert isinstance(rule, Mapping)
+            family.samples = [s for s in family.samples if all(s.labels.get(k) in v for k, v in rule.items())]
+        if family.samples:
+            yield family
+
+
+class Trimmed:
+    """A collector whose output is :func:`trim`-med (the collector switch's lean set)."""
+
+    def __init__(self, collect: Callable[[Snapshot], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def __call__(self, snapshot: Snapshot) -> Iterator[Metric]:
+        return trim(self._collect(snapshot))
