@@ -20,6 +20,8 @@ import jsonschema
 import pytest
 import yaml
 
+import gpuwatch
+
 try:
     import kubernetes_validate
     from kubernetes_validate import utils as kv_utils
@@ -199,3 +201,16 @@ def test_the_podresources_component_patches_the_daemonset_into_a_valid_one():
     context = patched["spec"]["template"]["spec"]["securityContext"]
     assert context["runAsUser"] == 0
     assert patched["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_the_image_is_this_version_and_its_user_is_the_pods():
+    (daemonset,) = documents(DEPLOY / "daemonset.yaml")
+    (kustomization,) = documents(DEPLOY / "kustomization.yaml")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == f"gpuwatch:{gpuwatch.__version__}"
+    assert kustomization["images"] == [{"name": "gpuwatch", "newTag": gpuwatch.__version__}]
+    dockerfile = (ROOT / "deploy/container/Dockerfile").read_text()
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    context = pod["securityContext"]
+    assert users[-1:] == [f"{context['runAsUser']}:{context['runAsGroup']}"]
+    assert f"gpuwatch:{gpuwatch.__version__}" in dockerfile  # the build command it documents
