@@ -57,7 +57,7 @@ def hidden_paths(settings: dict[str, list[str]]) -> list[HiddenPath]:
     if protect_home in _TRUE or protect_home == "tmpfs":
         hidden += [HiddenPath(path, f"ProtectHome={protect_home}") for path in _HOME_PATHS]
     private_tmp = (settings.get("PrivateTmp") or ["no"])[-1].lower()
-    if private_tmp in _TRUE:
+    if private_tmp in _TRUE or private_tmp == "disconnected":  # systemd 256: a tmpfs, /tmp not shared
         hidden += [HiddenPath(path, f"PrivateTmp={private_tmp}") for path in _TMP_PATHS]
     for key in ("InaccessiblePaths", "TemporaryFileSystem"):
         for value in settings.get(key, []):

@@ -60,6 +60,8 @@ def test_hidden_paths_follow_the_units_own_settings():
     assert {h.path for h in hidden} == {"/home", "/root", "/run/user", "/tmp", "/var/tmp"}
     loose = unitcheck.service_settings(SHIPPED.replace("ProtectHome=yes", "ProtectHome=read-only"))
     assert {h.path for h in unitcheck.hidden_paths(loose)} == {"/tmp", "/var/tmp"}
+    disconnected = unitcheck.service_settings("[Service]\nPrivateTmp=disconnected\nProtectHome=tmpfs\n")
+    assert {h.path for h in unitcheck.hidden_paths(disconnected)} == {"/home", "/root", "/run/user", "/tmp", "/var/tmp"}
     # a later empty assignment resets a list; a path prefixed "-" still counts; tmpfs options are cut off
     extra = "[Service]\nInaccessiblePaths=/srv\nInaccessiblePaths=\nInaccessiblePaths=-/data /mnt\nTemporaryFileSystem=/var/lib:ro\n"
     assert [h.path for h in unitcheck.hidden_paths(unitcheck.service_settings(extra))] == ["/data", "/mnt", "/var/lib"]
