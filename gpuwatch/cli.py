@@ -356,15 +356,26 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
     help="The gpuwatch executable for ExecStart= (default: the one running now).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing config and defaults file too.")
-def install_service(root: str, executable: str | None, force: bool) -> None:
+@click.option(
+    "--force-path",
+    is_flag=True,
+    help="Write ExecStart= even where the unit's sandbox hides it or it does not exist (yet).",
+)
+def install_service(root: str, executable: str | None, force: bool, force_path: bool) -> None:
     """Install the systemd unit, its user, a defaults file and a default config.
 
     Writes /etc/systemd/system/gpuwatch.service, /etc/sysusers.d/gpuwatch.conf,
     /etc/default/gpuwatch and /etc/gpuwatch/gpuwatch.toml (the last two only if absent), then
-    prints the commands that create the user and start the service.
+    prints the commands that create the user and start the service. Refuses (exit 78) an executable
+    the unit could not start: missing, not executable, or under a path its sandbox hides.
     """
+    executable = executable or install.current_executable()
+    problem = None if force_path else install.exec_problem(executable)
+    if problem is not None:
+        click.echo(f"gpuwatch: cannot install: {problem}; {install.WHAT_TO_DO}", err=True)
+        sys.exit(EXIT_CONFIG)
     try:
-        written = install.install(root, executable or install.current_executable(), force)
+        written = install.install(root, executable, force)
     except OSError as exc:
         click.echo(f"gpuwatch: cannot install: {exc}", err=True)
         sys.exit(1)

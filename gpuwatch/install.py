@@ -12,8 +12,14 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from gpuwatch import unitcheck
+
 CONFIG_PATH = "/etc/gpuwatch/gpuwatch.toml"
 UNIT_EXEC = "/usr/local/bin/gpuwatch"  # what the shipped unit names; replaced on install
+WHAT_TO_DO = (
+    "install gpuwatch with the Debian package (to /opt/gpuwatch) or in a venv under /opt "
+    "(python3 -m venv /opt/gpuwatch), or pass --force-path if you know the service can run it"
+)
 
 # packaged file -> (installed path, overwrite without --force)
 FILES = {
@@ -40,6 +46,11 @@ def current_executable() -> str:
 def unit_text(executable: str) -> str:
     """The unit with ``ExecStart=`` pointing at ``executable``."""
     return packaged("gpuwatch.service").replace(f"ExecStart={UNIT_EXEC} ", f"ExecStart={executable} ")
+
+
+def exec_problem(executable: str) -> str | None:
+    """Why the installed unit could not start ``executable`` (hidden by its sandbox, missing), or None."""
+    return unitcheck.exec_problem(executable, unit_text(executable))
 
 
 def install(root: str | Path, executable: str, force: bool = False) -> list[tuple[Path, str]]:

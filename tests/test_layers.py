@@ -21,6 +21,7 @@ ONLY = {
     "gpuwatch.model": (),
     "gpuwatch.derive": ("gpuwatch.analysis", "gpuwatch.model"),
     "gpuwatch.client": ("gpuwatch.status",),
+    "gpuwatch.unitcheck": (),
 }
 # module prefix -> what it must never import, directly or by a name below it
 NEVER = {

@@ -182,8 +182,8 @@ def test_process_labels_carry_no_command_line_or_environment(tmp_path):
 
 
 def test_install_service_writes_the_unit_user_defaults_and_config(tmp_path):
-    executable = tmp_path / "bin" / "gpuwatch"
-    result = gpuwatch("install-service", "--root", str(tmp_path / "root"), "--bin", str(executable))
+    executable = tmp_path / "bin" / "gpuwatch"  # under /tmp and missing: refused without --force-path
+    result = gpuwatch("install-service", "--root", str(tmp_path / "root"), "--bin", str(executable), "--force-path")
     assert result.returncode == 0, result.stderr
     root = tmp_path / "root"
     unit = (root / "etc/systemd/system/gpuwatch.service").read_text()
@@ -192,7 +192,7 @@ def test_install_service_writes_the_unit_user_defaults_and_config(tmp_path):
     config = root / "etc/gpuwatch/gpuwatch.toml"
     assert gpuwatch("check-config", "--config", str(config)).returncode == 0
     config.write_text("# mine\n")
-    again = gpuwatch("install-service", "--root", str(root), "--bin", str(executable))
+    again = gpuwatch("install-service", "--root", str(root), "--bin", str(executable), "--force-path")
     assert "kept" in again.stdout and config.read_text() == "# mine\n"  # an operator's config survives
 
 
