@@ -216,7 +216,7 @@ def test_podresources_says_when_grpc_is_missing(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_grpc)
     why = podresources.available()
-    assert why is not None and "gpuwatch[kubernetes]" in why
+    assert why is not None and "kubernetes extra" in why
     monkeypatch.undo()
     assert podresources.available() is None
 

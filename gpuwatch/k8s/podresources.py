@@ -9,7 +9,8 @@ devices by theirs (``MIG-…``) under ``nvidia.com/gpu`` or ``nvidia.com/mig-<pr
 
 Bounded: one call with a deadline (a socket that accepts and never answers costs that long, no
 more), on the slow path only (:mod:`gpuwatch.k8s.pods` caches the answer). Needs grpcio and
-protobuf (``pip install 'gpuwatch[kubernetes]'``); without them :func:`available` says why.
+protobuf (the ``kubernetes`` extra: ``pip install '.[kubernetes]'`` in a clone); without them
+:func:`available` says why.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def available() -> str | None:
 
         from gpuwatch.k8s.v1 import api_pb2, api_pb2_grpc  # noqa: F401
     except ImportError as exc:
-        return f"pod attribution via the kubelet's PodResources API needs grpcio and protobuf (pip install 'gpuwatch[kubernetes]'): {exc}"
+        return f"pod attribution via the kubelet's PodResources API needs grpcio and protobuf (the kubernetes extra: pip install '.[kubernetes]' in a clone): {exc}"
     except Exception as exc:  # the stubs' version check: a protobuf older than they were generated for
         return f"pod attribution via the kubelet's PodResources API cannot load its stubs: {type(exc).__name__}: {exc}"
     return None
