@@ -18,6 +18,9 @@ const REASON_WORDS = {
   display_clocks: "display clocks",
   other: "other reason",
 };
+// Reasons that are the normal state of a working or resting GPU (the README's throttle classes):
+// drawn in the series colour; the others (heat, slowdown, brake, unknown) in warning colours.
+const NORMAL_REASONS = ["idle", "sw_power_cap", "applications_clocks", "sync_boost", "display_clocks"];
 const THROTTLE_WORDS = {
   none: "clocks not held back",
   idle: "idle",
@@ -419,7 +422,8 @@ function reasonTimeline(times, reasons, now) {
   seen.forEach((reason, row) => {
     const top = 2 + row * rowH;
     const isNow = now.includes(reason);
-    svg.append(s("text", { x: W - PAD.right + 3, y: top + 7.5, class: isNow ? "limit-label" : null }, `${REASON_WORDS[reason] || reason}${isNow ? " ◀ now" : ""}`));
+    const kind = NORMAL_REASONS.includes(reason) ? "normal" : "alarm";
+    svg.append(s("text", { x: W - PAD.right + 3, y: top + 7.5, class: isNow && kind === "alarm" ? "limit-label" : null }, `${REASON_WORDS[reason] || reason}${isNow ? " ◀ now" : ""}`));
     svg.append(s("line", { class: "axis", x1: PAD.left, x2: W - PAD.right, y1: top + rowH - 1, y2: top + rowH - 1 }));
     let start = null;
     for (let i = 0; i <= reasons.length; i += 1) {
@@ -428,7 +432,7 @@ function reasonTimeline(times, reasons, now) {
       if (!on && start !== null) {
         const x0 = x(times[start]);
         const x1 = i < times.length ? x(times[i]) : Math.max(x0 + 1.5, x(times[i - 1]));
-        svg.append(s("rect", { class: `band${isNow && i === reasons.length ? " now" : ""}`, x: x0.toFixed(1), y: top + 1, width: Math.max(1.5, x1 - x0).toFixed(1), height: rowH - 3 }));
+        svg.append(s("rect", { class: `band ${kind}${isNow && i === reasons.length ? " now" : ""}`, x: x0.toFixed(1), y: top + 1, width: Math.max(1.5, x1 - x0).toFixed(1), height: rowH - 3 }));
         start = null;
       }
     }
