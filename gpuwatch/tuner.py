@@ -26,7 +26,7 @@ from gpuwatch.analysis.tuning import (
     recommend,
     settled,
 )
-from gpuwatch.model import Snapshot
+from gpuwatch.model import GpuStatus, Snapshot
 from gpuwatch.nvml.power_limit import PowerLimitControl, PowerLimitError
 from gpuwatch.runtime import Runtime
 
@@ -165,7 +165,9 @@ class Tuner:
             means.append((end.joules - start.joules) / max(end.time_s - start.time_s, 1e-9))
             waited += end.time_s - start.time_s
         start = self._sample(self._poll())
-        self._progress(f"{watts:g} W: settled at {means[-1]:.0f} W after {waited:.0f} s; measuring for {self._plan.dwell_s:g} s")
+        self._progress(
+            f"{watts:g} W: settled at {means[-1]:.0f} W after {waited:.0f} s; measuring for {self._plan.dwell_s:g} s"
+        )
         elapsed, reported = 0.0, 0.0
         snapshot = self._poll()
         while elapsed < self._plan.dwell_s:
@@ -207,7 +209,7 @@ class Tuner:
         self._last_poll_s = now
         return snapshot
 
-    def _selected(self, snapshot: Snapshot) -> list[Any]:
+    def _selected(self, snapshot: Snapshot) -> list[GpuStatus]:
         return [g for g in snapshot.gpus if g.identity.index in self._plan.gpus]
 
     def _time(self, snapshot: Snapshot) -> float:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,5 @@ class PowerLimitControl:
     def close(self) -> None:
         if self._open:
             self._open = False
-            try:
+            with contextlib.suppress(pynvml.NVMLError):  # the driver went away: nothing left to release
                 pynvml.nvmlShutdown()
-            except pynvml.NVMLError:
-                pass  # the driver went away under us: nothing left to release

@@ -360,7 +360,8 @@ class SimGpu:
 
 
 def _leakage_w(profile: DeviceProfile, temperature_c: float) -> float:
-    return LEAKAGE_SHARE * profile.demand_power_w * 2.0 ** ((temperature_c - 65.0) / LEAKAGE_DOUBLING_C)
+    doublings: float = (temperature_c - 65.0) / LEAKAGE_DOUBLING_C
+    return LEAKAGE_SHARE * profile.demand_power_w * math.pow(2.0, doublings)
 
 
 def static_power_w(profile: DeviceProfile, temperature_c: float) -> float:
@@ -391,10 +392,8 @@ def capped_clock_fraction(profile: DeviceProfile, headroom_w: float, activity: f
     if full <= headroom_w:
         return 1.0
     target = (headroom_w / full - A_MEM) / A_SM if full > 0 else 1.0
-    if target >= V_FLOOR**3:
-        fraction = target ** (1.0 / 3.0)
-    else:
-        fraction = target / V_FLOOR**2
+    # Above the floor power goes with f³; below it voltage cannot fall, so power goes with f alone.
+    fraction = target ** (1.0 / 3.0) if target >= V_FLOOR**3 else target / V_FLOOR**2
     return max(_MIN_CLOCK_FRACTION, fraction)
 
 
