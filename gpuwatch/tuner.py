@@ -224,16 +224,21 @@ class Tuner:
             if status.energy_joules_total is None:
                 raise TuneError(f"GPU {status.identity.index} reports no energy counter; cannot measure per joule")
             joules += status.energy_joules_total
-        return WorkSample(self._time(snapshot), self._work(snapshot), joules)
-
-    def _work(self, snapshot: Snapshot) -> float:
+        now = self._time(snapshot)
         if self._plan.source is None:
-            return self._busy_cycles / 1e9  # gigacycles: readable figures
+            return WorkSample(now, self._busy_cycles / 1e9, joules, now)  # gigacycles: readable figures
+        work, scraped_at = self._tokens(snapshot)
+        return WorkSample(now, work, joules, scraped_at)
+
+    def _tokens(self, snapshot: Snapshot) -> tuple[float, float]:
+        """The source's generated tokens and when they were scraped (the scrape's midpoint, as the
+        token tracker pairs them with energy)."""
         for source in snapshot.sources:
             if source.name == self._plan.source:
-                if not source.up:
+                if not source.up or source.last_scrape_timestamp is None:
                     raise TuneError(f"token source {source.name!r} is down: {source.error}")
-                return source.tokens_total.get("generation", 0.0)
+                midpoint = source.last_scrape_timestamp - (source.scrape_duration_seconds or 0.0) / 2
+                return source.tokens_total.get("generation", 0.0), midpoint
         names = ", ".join(s.name for s in snapshot.sources) or "none"
         raise TuneError(f"no token source named {self._plan.source!r} (sources: {names})")
 

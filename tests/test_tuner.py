@@ -45,10 +45,13 @@ def test_limits_run_from_low_to_high_and_always_include_the_top():
 
 
 def test_a_point_is_work_over_time_and_over_energy():
-    p = point(250, WorkSample(10.0, 1000.0, 5000.0), WorkSample(70.0, 61000.0, 35000.0))
+    p = point(250, WorkSample(10.0, 1000.0, 5000.0, 10.0), WorkSample(70.0, 61000.0, 35000.0, 70.0))
+    assert p == TunePoint(250, 1000.0, 2.0, 500.0)
+    # Tokens scraped 0.5 s after each poll, on their own timestamps: the same figures.
+    p = point(250, WorkSample(10.0, 1500.0, 5000.0, 10.5), WorkSample(70.0, 61500.0, 35000.0, 70.5))
     assert p == TunePoint(250, 1000.0, 2.0, 500.0)
     with pytest.raises(ValueError):
-        point(250, WorkSample(10.0, 0, 0), WorkSample(10.0, 0, 0))
+        point(250, WorkSample(10.0, 0, 0, 10.0), WorkSample(10.0, 0, 0, 10.0))
 
 
 def test_settled_needs_two_means_within_tolerance():
@@ -68,6 +71,10 @@ def test_the_recommendation_is_the_best_per_joule_within_the_throughput_toleranc
     assert rec.throughput_ratio == pytest.approx(0.978)
     assert rec.energy_ratio == pytest.approx(499 / 600)
     assert recommend(points, 0.85).limit_watts == 200  # type: ignore[union-attr]
+    # Ratios are against the highest limit, even where noise put a lower one ahead on throughput.
+    noisy = [TunePoint(250, 1010.0, 2.02, 500.0), TunePoint(300, 1000.0, 1.67, 600.0)]
+    rec = recommend(noisy, 0.95)
+    assert rec is not None and rec.limit_watts == 250 and rec.throughput_ratio == pytest.approx(1.01)
     assert recommend([], 0.95) is None
 
 
