@@ -20,6 +20,8 @@ class Spell:
     def __init__(self) -> None:
         self.tokens = self.joules = self.seconds = 0.0
         self.partner_watts: list[float] = []
+        self.partner_sm_active: list[float] = []
+        self.partner_utilization: list[int] = []
 
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
@@ -50,6 +52,8 @@ def run_truth(until_s: float) -> tuple[Spell, Spell, SimulatedNvmlLibrary]:
             spell.joules += new_joules - joules
             spell.seconds += STEP_S
             spell.partner_watts.append(library.gpus[0].state.power_w)
+            spell.partner_sm_active.append(library.gpus[0].sm_active)
+            spell.partner_utilization.append(library.gpus[0].state.utilization_gpu)
         tokens, joules = new_tokens, new_joules
     library.close()
     return cool, hot, library
@@ -71,6 +75,10 @@ def test_the_pair_slows_to_its_hot_members_roofline_and_its_partner_waits_below_
     cap = library.gpus[0].power_limit_w
     assert max(cool.partner_watts) > 0.98 * cap
     assert sum(hot.partner_watts) / len(hot.partner_watts) < 0.9 * cap
+    # The waiting all-reduce is a resident kernel: NVML's utilization counts it; SM activity does not.
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert mean(hot.partner_utilization) > 85
+    assert mean(hot.partner_sm_active) < 0.6 * mean(cool.partner_sm_active)
 
 
 def test_tokens_per_joule_falls_while_a_member_is_in_hw_slowdown():

@@ -87,13 +87,14 @@ class SimInferenceServer:
         load = sum(g.load for g in self.gpus) / len(self.gpus)
         if load <= _BUSY_LOAD:
             for gpu in self.gpus:
-                gpu.duty = 1.0
+                gpu.duty = gpu.memory_duty = 1.0
             return 0.0, 0.0
         batch = _MAX_NUM_SEQS * load
         times = [decode_step_time(batch, *_clock_fractions(g)) for g in self.gpus]
         group = max(times)  # the collective waits for the slowest member
         for gpu, own in zip(self.gpus, times, strict=True):
             gpu.duty = own / group
+            gpu.memory_duty = decode_memory_time(batch, _clock_fractions(gpu)[1]) / group
         full = decode_step_time(_MAX_NUM_SEQS, 1.0, 1.0)
         decode = self.spec.decode_tokens_per_s * (batch / _MAX_NUM_SEQS) * full / group
         sm = min(_clock_fractions(g)[0] for g in self.gpus)
@@ -108,7 +109,7 @@ class SimInferenceServer:
         if not self.running(time_s):
             self.batch = 0.0
             for gpu in self.gpus:
-                gpu.duty = 1.0
+                gpu.duty = gpu.memory_duty = 1.0
             return
         decode, prefill = self.rates()
         made = {"generation": decode * STEP_S, "prompt": prefill * STEP_S}
@@ -173,10 +174,14 @@ class SimInferenceServer:
 def decode_step_time(batch: float, sm_fraction: float, memory_fraction: float) -> float:
     """One decode step's time over ``batch`` sequences, in units of the weights' read time at full
     memory clock: the roofline's ``max(compute, memory)``."""
-    memory = (1.0 + _KV_PER_SEQUENCE * batch) / max(memory_fraction, 1e-3)
     compute_full = DECODE_COMPUTE_RATIO * (1.0 + _KV_PER_SEQUENCE * _MAX_NUM_SEQS) / _MAX_NUM_SEQS
     compute = compute_full * batch / max(sm_fraction, 1e-3)
-    return max(compute, memory)
+    return max(compute, decode_memory_time(batch, memory_fraction))
+
+
+def decode_memory_time(batch: float, memory_fraction: float) -> float:
+    """The memory side of :func:`decode_step_time`: the weights and ``batch`` sequences' KV cache read once."""
+    return (1.0 + _KV_PER_SEQUENCE * batch) / max(memory_fraction, 1e-3)
 
 
 def _clock_fractions(gpu: SimGpu) -> tuple[float, float]:

@@ -123,6 +123,7 @@ class SimGpu:
         # Set by a tensor-parallel server: the share of each step this GPU computes (the rest it
         # waits at the collective for a slower member), and the leader whose bursts it shares.
         self.duty = 1.0
+        self.memory_duty = 1.0  # the share of each step its memory reads take
         self.sm_active = 0.0  # share of the latest step the SMs did real work (GPM's SM activity)
         self.burst_follows: SimGpu | None = None
         self._sw_thermal_scale = 1.0
@@ -304,7 +305,8 @@ class SimGpu:
             s.clocks_mhz = (sm, sm, max_mem, _quantize(max_video * scale))
             # A collective's wait is a resident kernel: NVML's utilization counts it, SM activity does not.
             s.utilization_gpu = min(100, max(1, round(100 * load + 2 * self.rng.gauss(0, 1))))
-            s.utilization_memory = min(100, max(0, round(60 * load * duty + self.rng.gauss(0, 1))))
+            memory_duty = self.memory_duty if busy else 1.0
+            s.utilization_memory = min(100, max(0, round(60 * load * memory_duty + self.rng.gauss(0, 1))))
             self.sm_active = load * (duty + (1.0 - duty) * WAIT_SM_ACTIVITY)
             s.pstate = 0
             s.pcie_generation = p.pcie_max_generation
