@@ -138,14 +138,26 @@ class Tuner:
         return result
 
     def _restore(self, result: TuneResult) -> None:
+        """Every changed GPU back to its original limit. A second Ctrl-C during the restore does not
+        cut it short: the restore finishes, then the interruption goes on."""
+        interrupted = False
         for index, watts in result.original_limits_watts.items():
             if index not in self._changed:
                 continue
-            try:
-                self._control.set(index, watts)
-            except PowerLimitError as exc:
-                result.restore_errors.append(str(exc))
+            for _ in range(2):
+                try:
+                    self._control.set(index, watts)
+                    break
+                except PowerLimitError as exc:
+                    result.restore_errors.append(str(exc))
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True  # try this GPU once more, then the rest
+            else:
+                result.restore_errors.append(f"GPU {index}: restoring {watts:g} W was interrupted twice")
         result.restored = not result.restore_errors
+        if interrupted:
+            raise KeyboardInterrupt
 
     def _measure(self, watts: float) -> TunePoint:
         gpus = ", ".join(map(str, self._plan.gpus))

@@ -272,3 +272,28 @@ def test_it_refuses_to_start_when_the_limits_cannot_be_read(tmp_path: Path):
     assert proc.returncode == 1
     assert "cannot read its power limit" in err and "not starting" in err
     assert out == ""
+
+
+class _InterruptedOnce:
+    """A power-limit control whose next ``set`` is cut short by Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.limits: dict[int, float] = {}
+        self.interrupt = True
+
+    def set(self, index: int, watts: float) -> None:
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        self.limits[index] = watts
+
+
+def test_a_second_ctrl_c_during_the_restore_does_not_cut_it_short():
+    control = _InterruptedOnce()
+    plan = TunePlan((0, 1), (200.0,), 60.0, 0.95)
+    tuner = Tuner(None, control, plan, lambda s: None, lambda line: None)  # type: ignore[arg-type]
+    tuner._changed = {0, 1}
+    result = TuneResult((0, 1), None, {0: 300.0, 1: 280.0})
+    with pytest.raises(KeyboardInterrupt):
+        tuner._restore(result)
+    assert control.limits == {0: 300.0, 1: 280.0} and result.restored
