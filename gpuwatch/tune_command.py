@@ -29,40 +29,30 @@ _WATTS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[wW]?\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")
 
 
-class _Watts(click.ParamType):  # type: ignore[type-arg]
-    name = "watts"
+class _Quantity(click.ParamType):  # type: ignore[type-arg]
+    """A positive number with an optional unit suffix ("250W", "95%"), scaled by ``scale``."""
+
+    def __init__(self, name: str, pattern: re.Pattern[str], example: str, scale: float, most: float) -> None:
+        self.name, self._pattern, self._example, self._scale, self._most = name, pattern, example, scale, most
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
-        match = _WATTS.match(str(value))
-        if match is None or float(match[1]) <= 0:
-            self.fail(f"{value!r}: expected watts such as 250W", param, ctx)
-        return float(match[1])
+        match = self._pattern.match(str(value))
+        if match is None or not 0 < float(match[1]) <= self._most:
+            self.fail(f"{value!r}: expected {self.name} such as {self._example}", param, ctx)
+        return float(match[1]) * self._scale
 
 
-class _Percent(click.ParamType):  # type: ignore[type-arg]
-    name = "percent"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        match = _PERCENT.match(str(value))
-        if match is None or not 0 < float(match[1]) <= 100:
-            self.fail(f"{value!r}: expected a share such as 95%", param, ctx)
-        return float(match[1]) / 100.0
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
 
 
-class _Seconds(click.ParamType):  # type: ignore[type-arg]
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(f"{value!r}: {exc}", param, ctx)
+WATTS = _Quantity("watts", _WATTS, "250W", 1.0, float("inf"))
+SHARE = _Quantity("a share", _PERCENT, "95%", 0.01, 100.0)
 
 
 def _gpu_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -93,14 +83,16 @@ def tune() -> None:
     help="Token source to measure: a token server's metrics URL, or on a simulated host a simulated "
     "server's name. Without it the GPUs' own work measure is used (busy SM cycles: utilization x SM clock).",
 )
-@click.option("--from", "low_watts", type=_Watts(), default="200W", show_default=True, help="Lowest limit.")
-@click.option("--to", "high_watts", type=_Watts(), default="300W", show_default=True, help="Highest limit.")
-@click.option("--step", "step_watts", type=_Watts(), default="25W", show_default=True, help="Step between limits.")
-@click.option("--dwell", "dwell_s", type=_Seconds(), default="2m", show_default=True, help="Measuring time per limit.")
+@click.option("--from", "low_watts", type=WATTS, default="200W", show_default=True, help="Lowest limit.")
+@click.option("--to", "high_watts", type=WATTS, default="300W", show_default=True, help="Highest limit.")
+@click.option("--step", "step_watts", type=WATTS, default="25W", show_default=True, help="Step between limits.")
+@click.option(
+    "--dwell", "dwell_s", callback=_duration, default="2m", show_default=True, help="Measuring time per limit."
+)
 @click.option(
     "--min-throughput",
     "min_throughput",
-    type=_Percent(),
+    type=SHARE,
     default="95%",
     show_default=True,
     help="Recommend the best per-joule limit whose throughput is at least this share of the best.",
@@ -128,19 +120,7 @@ def tune() -> None:
     show_default=True,
     help="Simulated seconds per wall-clock second (with --simulate).",
 )
-def power_limit(
-    gpus: tuple[int, ...],
-    source: str | None,
-    low_watts: float,
-    high_watts: float,
-    step_watts: float,
-    dwell_s: float,
-    min_throughput: float,
-    as_json: bool,
-    output: str | None,
-    simulate: str | None,
-    sim_speed: float,
-) -> None:
+def power_limit(low_watts: float, high_watts: float, step_watts: float, **flags: Any) -> None:
     """Sweep the power limit of GPUS, measure work per joule at each limit, recommend one.
 
     For each limit from --from to --to it sets the enforced limit on every GPU named
@@ -159,7 +139,7 @@ def power_limit(
         raise click.UsageError(str(exc)) from exc
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = _run(gpus, source, tuple(limits), dwell_s, min_throughput, as_json, output, simulate, sim_speed)
+        code = _run(limits=tuple(limits), **flags)
     finally:
         signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

@@ -193,6 +193,19 @@ def gpuwatch(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def stderr_lines(proc: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """The process's stderr lines as they come, read by a thread of their own."""
+    seen: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        seen.extend(proc.stderr)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return seen, reader
+
+
 def test_the_acceptance_run_prints_the_curve_as_json():
     proc = gpuwatch(*ACCEPTANCE, *SWEEP, "--json")
     out, err = proc.communicate(timeout=300)
@@ -214,16 +227,7 @@ def test_the_acceptance_run_prints_the_curve_as_json():
 def test_sigint_halfway_restores_300_watts(tmp_path: Path):
     output = tmp_path / "tune.json"
     proc = gpuwatch(*ACCEPTANCE, *SWEEP, "--source", "vllm", "--json", "--output", str(output))
-    assert proc.stderr is not None
-    seen: list[str] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    seen, reader = stderr_lines(proc)
     # Halfway: the third limit has been set and is settling.
     assert wait_until(lambda: any("250 W on GPU 0, 1" in line for line in seen), timeout_s=120), "".join(seen)
     proc.send_signal(signal.SIGINT)
@@ -244,15 +248,7 @@ def test_sigterm_restores_too():
     proc = gpuwatch(
         *ACCEPTANCE, "--from", "200W", "--to", "300W", "--step", "50W", "--dwell", "60s", "--source", "vllm"
     )
-    seen: list[str] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    seen, reader = stderr_lines(proc)
     assert wait_until(lambda: any("200 W: settled" in line for line in seen), timeout_s=120), "".join(seen)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
