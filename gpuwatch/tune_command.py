@@ -34,13 +34,14 @@ class _Quantity(click.ParamType):  # type: ignore[type-arg]
 
     def __init__(self, name: str, pattern: re.Pattern[str], example: str, scale: float, most: float) -> None:
         self.name, self._pattern, self._example, self._scale, self._most = name, pattern, example, scale, most
+        self._what = "watts" if name == "watts" else f"a {name}"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
         match = self._pattern.match(str(value))
         if match is None or not 0 < float(match[1]) <= self._most:
-            self.fail(f"{value!r}: expected {self.name} such as {self._example}", param, ctx)
+            self.fail(f"{value!r}: expected {self._what} such as {self._example}", param, ctx)
         return float(match[1]) * self._scale
 
 
@@ -52,7 +53,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 WATTS = _Quantity("watts", _WATTS, "250W", 1.0, float("inf"))
-SHARE = _Quantity("a share", _PERCENT, "95%", 0.01, 100.0)
+SHARE = _Quantity("share", _PERCENT, "95%", 0.01, 100.0)
 
 
 def _gpu_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -87,7 +88,13 @@ def tune() -> None:
 @click.option("--to", "high_watts", type=WATTS, default="300W", show_default=True, help="Highest limit.")
 @click.option("--step", "step_watts", type=WATTS, default="25W", show_default=True, help="Step between limits.")
 @click.option(
-    "--dwell", "dwell_s", callback=_duration, default="2m", show_default=True, help="Measuring time per limit."
+    "--dwell",
+    "dwell_s",
+    callback=_duration,
+    metavar="DURATION",
+    default="2m",
+    show_default=True,
+    help="Measuring time per limit.",
 )
 @click.option(
     "--min-throughput",
