@@ -773,3 +773,10 @@ def sim_run(scenario: str, program: tuple[str, ...], sim_speed: float, sim_at_s:
     except scenarios.ScenarioError as exc:
         raise click.UsageError(str(exc)) from exc
     sys.exit(code)
+
+
+# -- tune (gpuwatch/tune_command.py) --------------------------------------------------------------
+
+from gpuwatch.tune_command import tune  # noqa: E402
+
+main.add_command(tune)

@@ -10,6 +10,7 @@ from __future__ import annotations
 SUCCESS = 0
 ERROR_UNINITIALIZED = 1
 ERROR_INVALID_ARGUMENT = 2
+ERROR_NO_PERMISSION = 4  # nvmlDeviceSetPowerManagementLimit without root or CAP_SYS_ADMIN
 ERROR_NOT_SUPPORTED = 3
 ERROR_NOT_FOUND = 6
 ERROR_INSUFFICIENT_SIZE = 7
@@ -25,6 +26,7 @@ ERROR_STRINGS = {
     SUCCESS: b"Success",
     ERROR_UNINITIALIZED: b"Uninitialized",
     ERROR_INVALID_ARGUMENT: b"Invalid Argument",
+    ERROR_NO_PERMISSION: b"Insufficient Permissions",
     ERROR_NOT_SUPPORTED: b"Not Supported",
     ERROR_NOT_FOUND: b"Not Found",
     ERROR_INSUFFICIENT_SIZE: b"Insufficient Size",

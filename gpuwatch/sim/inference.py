@@ -1,9 +1,24 @@
 """A simulated inference server: token counters that follow the simulated GPUs, served as vLLM does.
 
 The token side (:class:`SimInferenceServer`) steps with the simulated driver, so tokens and energy
-come from the same simulated instants: decode is memory-bound (mostly the memory clock), prefill
-compute-bound (the SM clock), and a tensor-parallel group runs at the pace of its slowest GPU.
-Throttling therefore moves tokens per joule. It keeps the true totals, for tests to compare against.
+come from the same simulated instants. It keeps the true totals, for tests to compare against.
+
+Roofline: a decode step over a batch of ``B`` sequences takes ``max(compute, memory)``: compute
+time grows with ``B`` (2 FLOP per parameter per token) and scales with 1/SM clock; memory time is
+the weights plus ``B`` sequences' KV cache read once, and scales with 1/memory clock. For an 8B
+BF16 model (16 GB of weights, 128 KiB of KV cache per token at ~1000 tokens of context) on RTX
+A6000-class GPUs (768 GB/s, ~80 % of it reached; ~32 TFLOPS reached by decode's thin GEMMs, about a
+fifth of the 155 TFLOPS dense BF16 peak [est]) that gives, at the full batch of 64 sequences,
+compute time = ``DECODE_COMPUTE_RATIO`` (0.8) x memory time: memory-bound at full clocks, so a
+15-20 % power cut costs almost nothing (sweeps cited in :mod:`gpuwatch.sim.physics`), and
+compute-bound once the SM clock falls below 80 % or the batch grows past ~90 sequences. Small
+batches stay memory-bound (the weights dominate). Prefill is compute-bound: it follows the SM
+clock. Tensor parallelism splits weights and work evenly, so the ratio holds per GPU.
+
+Tensor parallelism: every step ends in a collective, so the group advances at its slowest member's
+pace; each member's ``duty`` (its own step time over the group's) goes to its GPU, whose power falls
+to the wait level for the rest of the step (:mod:`gpuwatch.sim.physics`). The scenario's
+``decode_tokens_per_s`` is the rate at full load and full clocks; the roofline scales it.
 
 The HTTP side (:class:`InferenceEndpoint`) serves ``/metrics`` with vLLM's metric names (as in a
 real vLLM capture) on a local port, and plays the server's faults: restarts, outages, slowness,
@@ -28,7 +43,8 @@ log = logging.getLogger(__name__)
 
 _BUSY_LOAD = 0.02
 _placeholder_pids = itertools.count(2**22 + 2**20)  # above any Linux pid, distinct from scenario pids
-_MEMORY_BOUND_SHARE = 0.75  # of decode speed that follows the memory clock; the rest follows SM
+DECODE_COMPUTE_RATIO = 0.8  # compute time / memory time of a full-batch decode step at full clocks
+_KV_PER_SEQUENCE = 0.0082  # KV-cache bytes per sequence, of the weights (0.131 GB / 16 GB)
 _TOKENS_PER_REQUEST = 256
 _MAX_NUM_SEQS = 64
 _ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -51,6 +67,8 @@ class SimInferenceServer:
         self.pid = next(_placeholder_pids)
         for gpu in gpus:
             gpu.processes.append(SimProcess(pid=self.pid, name=spec.name, used_memory_bytes=spec.used_memory_bytes))
+            if gpu is not gpus[0]:
+                gpu.burst_follows = gpus[0]
 
     def fault_active(self, kind: str, time_s: float) -> ServerFault | None:
         for fault in self.spec.faults:
@@ -63,15 +81,23 @@ class SimInferenceServer:
         return self.fault_active("restart", time_s) is None
 
     def rates(self) -> tuple[float, float]:
-        """(decode, prefill) tokens per second at the GPUs' current clocks and load."""
+        """(decode, prefill) tokens per second at the GPUs' current clocks and load; sets each GPU's duty."""
         if any(g.state.lost for g in self.gpus):
             return 0.0, 0.0
         load = sum(g.load for g in self.gpus) / len(self.gpus)
         if load <= _BUSY_LOAD:
+            for gpu in self.gpus:
+                gpu.duty = gpu.memory_duty = 1.0
             return 0.0, 0.0
-        sm = min(g.state.clocks_mhz[1] / g.profile.max_clocks_mhz[1] for g in self.gpus)
-        memory = min(g.state.clocks_mhz[2] / g.profile.max_clocks_mhz[2] for g in self.gpus)
-        decode = self.spec.decode_tokens_per_s * load * (_MEMORY_BOUND_SHARE * memory + (1 - _MEMORY_BOUND_SHARE) * sm)
+        batch = _MAX_NUM_SEQS * load
+        times = [decode_step_time(batch, *_clock_fractions(g)) for g in self.gpus]
+        group = max(times)  # the collective waits for the slowest member
+        for gpu, own in zip(self.gpus, times, strict=True):
+            gpu.duty = own / group
+            gpu.memory_duty = decode_memory_time(batch, _clock_fractions(gpu)[1]) / group
+        full = decode_step_time(_MAX_NUM_SEQS, 1.0, 1.0)
+        decode = self.spec.decode_tokens_per_s * (batch / _MAX_NUM_SEQS) * full / group
+        sm = min(_clock_fractions(g)[0] for g in self.gpus)
         return decode, self.spec.prefill_tokens_per_s * load * sm
 
     def step(self, time_s: float) -> None:
@@ -82,6 +108,8 @@ class SimInferenceServer:
             self.started_at_s = fault.at_s + fault.duration_s
         if not self.running(time_s):
             self.batch = 0.0
+            for gpu in self.gpus:
+                gpu.duty = gpu.memory_duty = 1.0
             return
         decode, prefill = self.rates()
         made = {"generation": decode * STEP_S, "prompt": prefill * STEP_S}
@@ -141,6 +169,25 @@ class SimInferenceServer:
             f"vllm:iteration_tokens_total_sum{{{labels}}} {float(generation + prompt)}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def decode_step_time(batch: float, sm_fraction: float, memory_fraction: float) -> float:
+    """One decode step's time over ``batch`` sequences, in units of the weights' read time at full
+    memory clock: the roofline's ``max(compute, memory)``."""
+    compute_full = DECODE_COMPUTE_RATIO * (1.0 + _KV_PER_SEQUENCE * _MAX_NUM_SEQS) / _MAX_NUM_SEQS
+    compute = compute_full * batch / max(sm_fraction, 1e-3)
+    return max(compute, decode_memory_time(batch, memory_fraction))
+
+
+def decode_memory_time(batch: float, memory_fraction: float) -> float:
+    """The memory side of :func:`decode_step_time`: the weights and ``batch`` sequences' KV cache read once."""
+    return (1.0 + _KV_PER_SEQUENCE * batch) / max(memory_fraction, 1e-3)
+
+
+def _clock_fractions(gpu: SimGpu) -> tuple[float, float]:
+    """(SM, memory) clock as fractions of the maximum."""
+    clocks, top = gpu.state.clocks_mhz, gpu.profile.max_clocks_mhz
+    return clocks[1] / top[1], clocks[2] / top[2]
 
 
 class _Library(Protocol):

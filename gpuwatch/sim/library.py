@@ -329,6 +329,17 @@ class SimulatedNvmlLibrary:
         _set(low, round(profile.power_min_w * 1000))
         _set(high, round(profile.power_max_w * 1000))
 
+    def _nvmlDeviceSetPowerManagementLimit(self, handle: Any, limit_mw: Any) -> None:
+        """Set the enforced power limit (nvidia-smi -pl): root or CAP_SYS_ADMIN, within the
+        constraints, kept until the driver reloads (nvml.h)."""
+        gpu = self._gpu(handle)
+        if not self.scenario.privileged:
+            raise SimulatedNvmlError(abi.ERROR_NO_PERMISSION)
+        watts = _val(limit_mw) / 1000.0
+        if not gpu.profile.power_min_w <= watts <= gpu.profile.power_max_w:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        gpu.power_limit_w = watts
+
     # -- thermal ----------------------------------------------------------------------------------
 
     def _nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, out: Any) -> None:

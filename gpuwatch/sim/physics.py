@@ -1,14 +1,44 @@
 """The physics of one simulated GPU, stepped in fixed increments of simulated time.
 
-Simple on purpose, plausible by construction:
+Simple on purpose, plausible by construction, and checked against what real sweeps and throttling
+reports show (the constants below, with their sources):
 
-* Power: idle power plus a dynamic part that scales with load and with (clock fraction)^2.5,
-  the usual voltage-frequency curve. The SW power-cap controller picks the highest clock whose
-  power fits under the enforced limit and sets the SW power cap reason when that binds.
+* Power (DVFS): board power is static power plus dynamic power. Dynamic power at a clock fraction
+  ``f`` of the maximum SM clock is ``D·load·(A_MEM + A_SM·f·v(f)²)``: the memory system's share
+  ``A_MEM`` does not follow the SM clock (the memory clock stays at its maximum under a power cap,
+  as every capped card's ``nvidia-smi -q`` shows), the SM share follows ``f·V²``. Voltage tracks the
+  clock down to a floor, ``v(f) = max(V_FLOOR, f)``; below the floor the voltage can go no lower
+  and power falls only linearly with clock, which is why deep cuts stop paying (the energy/frequency
+  convexity of De Vogeleer et al., arXiv:1404.3381). ``D`` is calibrated so that a GPU under full
+  load at maximum clocks and 70 °C draws the profile's ``demand_power_w``.
+* Leakage: static power grows exponentially with die temperature (De Vogeleer et al.,
+  arXiv:1404.3381, exponential over 20-85 °C; ML.ENERGY "Thermally stable profiling", 2026: back-to-back
+  runs read higher because leakage rises with temperature): ``LEAKAGE_SHARE·demand·2^((T-65)/LEAKAGE_DOUBLING_C)``,
+  counted above its value at 35 °C so that an idle card draws the profile's idle power.
+* Collective wait: a GPU of a tensor-parallel group that finishes its share of a step before the
+  slowest member spins in the collective (NCCL's kernel stays resident) for the rest of the step.
+  The simulated server sets the GPU's ``duty`` (share of the step it computes); while it waits
+  its dynamic power falls to ``WAIT_POWER_SHARE`` of busy power. NVML's utilization counts the
+  waiting kernel (a kernel is running), so ``utilization.gpu`` stays up; ``sm_active`` (the SMs'
+  share of real work, what GPM's SM-activity metric shows) falls with the duty.
+* SW power cap: the controller picks the highest clock whose power fits under the enforced limit
+  (solved in closed form over the DVFS curve) and sets the SW power cap reason when that binds.
+  With decode memory-bound at full clocks (see :mod:`gpuwatch.sim.inference`), a 15-20 % lower
+  limit costs under 1 % of the tokens and decode throughput flattens above ~250 W on a 300 W card,
+  as public sweeps show (InventiveHQ, "I capped my GPU to 150 W", RTX 5060 Ti: -17 % cap, <1 %
+  tokens; LLM Garage power-limit sweep, 6x RTX 3090: decode flat from 250 W up; Samsi et al.,
+  arXiv:2310.03003: A100 250 -> 175 W cut energy ~23 % for ~6-7 % latency).
 * Thermal: first order, ``dT/dt = (ambient + R·P - T) / τ``. At the max-operating threshold a SW
   thermal controller lowers clocks (with limited authority); at the slowdown threshold the
-  hardware halves them (HW thermal + HW slowdown) until the GPU cools 2 °C below it.
+  hardware halves them (HW thermal + HW slowdown) until the GPU cools 2 °C below it. An RTX A6000
+  held at the SW thermal floor (75 %) and halved by HW slowdown runs at 780 MHz.
 * Counters integrate: energy (mJ), violation time per policy (ns), PCIe bytes.
+
+Constants marked [est] are estimates consistent with those sources, not measurements:
+``V_FLOOR`` 0.67 [est: GA102 voltage/frequency curves reach their ~0.7 V floor near two thirds of
+the 2.1 GHz boost clock, where the maximum is ~1.08 V], ``A_MEM`` 0.25 [est: GDDR6/HBM share of
+board power under decode], ``WAIT_POWER_SHARE`` 0.45 [est: a spinning collective keeps clocks and
+some SM activity], ``LEAKAGE_SHARE`` 0.08 at 65 °C doubling every 25 °C [est].
 
 Fixed steps make the state at a simulated time independent of when it is read: a run is
 reproducible from its seed, whatever the polling rhythm.
@@ -26,7 +56,16 @@ from gpuwatch.sim.profiles import DeviceProfile
 from gpuwatch.sim.scenario import Fault, GpuSpec, SimProcess
 
 STEP_S = 0.25
-_POWER_EXPONENT = 2.5
+V_FLOOR = 0.67  # clock fraction below which the voltage stays at its floor [est, module doc]
+A_MEM = 0.25  # share of dynamic power that does not follow the SM clock (memory system) [est]
+A_SM = 1.0 - A_MEM
+WAIT_POWER_SHARE = 0.45  # dynamic power while spinning in a collective, of busy power [est]
+WAIT_SM_ACTIVITY = 0.1  # SM activity of a spinning collective kernel [est]
+LEAKAGE_SHARE = 0.08  # leakage at 65 °C, of the profile's demand power [est]
+LEAKAGE_DOUBLING_C = 25.0
+_LEAKAGE_COLD_C = 35.0  # the profile's idle power is measured about here
+_CALIBRATION_C = 70.0  # demand_power_w is drawn at full load and clocks at this die temperature
+_MIN_CLOCK_FRACTION = 0.1  # the lowest clock a power cap can force (about 210 MHz on an A6000)
 _SW_THERMAL_FLOOR = 0.75  # the SW thermal controller cannot take clocks below 75 % of max
 _SW_THERMAL_RATE_PER_S = 0.01
 _HW_SLOWDOWN_FACTOR = 0.5
@@ -81,6 +120,12 @@ class SimGpu:
             self.pci_bus_id = spec.pci_bus_id.upper()
             self.pci_bus = int(self.pci_bus_id.split(":")[1], 16)
         self.load = 0.0  # the work asked of it in the latest step, 0..1
+        # Set by a tensor-parallel server: the share of each step this GPU computes (the rest it
+        # waits at the collective for a slower member), and the leader whose bursts it shares.
+        self.duty = 1.0
+        self.memory_duty = 1.0  # the share of each step its memory reads take
+        self.sm_active = 0.0  # share of the latest step the SMs did real work (GPM's SM activity)
+        self.burst_follows: SimGpu | None = None
         self._sw_thermal_scale = 1.0
         self._hw_thermal = False
         self._avg_window: deque[float] = deque(maxlen=round(1.0 / STEP_S))
@@ -191,6 +236,10 @@ class SimGpu:
         spec = self.spec
         if spec.burst_on_s is None or spec.burst_off_s is None:
             return load
+        if self.burst_follows is not None:
+            # One request stream feeds a whole tensor-parallel group: its members burst together.
+            self._burst_on = self.burst_follows._burst_on
+            return load if self._burst_on else load * spec.burst_low
         mean_s = spec.burst_on_s if self._burst_on else spec.burst_off_s
         if self._burst_rng.random() < STEP_S / mean_s:
             self._burst_on = not self._burst_on
@@ -212,13 +261,11 @@ class SimGpu:
         load = self._bursty(self.load_at(self.time_s))
         self.load = load
         busy = load > _BUSY_LOAD
-        dynamic_full_w = load * (p.demand_power_w - p.idle_power_w)
-
-        # SW power cap: the highest clock fraction whose power fits under the limit.
-        headroom_w = self.power_limit_w - p.idle_power_w
-        cap_scale = 1.0
-        if busy and dynamic_full_w > headroom_w:
-            cap_scale = (headroom_w / dynamic_full_w) ** (1.0 / _POWER_EXPONENT)
+        # While it waits at a collective its dynamic power falls to the wait level.
+        duty = self.duty if busy else 1.0
+        activity = duty + (1.0 - duty) * WAIT_POWER_SHARE
+        static_w = static_power_w(p, s.temperature_c)
+        cap_scale = capped_clock_fraction(p, self.power_limit_w - static_w, load * activity) if busy else 1.0
 
         # SW thermal controller around the max-operating threshold, with limited authority.
         if s.temperature_c >= thresholds.max_operating:
@@ -251,19 +298,23 @@ class SimGpu:
 
         noise = self.rng.gauss(0.0, 0.004)
         if busy:
-            power = p.idle_power_w + dynamic_full_w * scale**_POWER_EXPONENT
+            power = static_w + dynamic_power_w(p, scale, load * activity)
             power = min(power * (1.0 + noise), self.power_limit_w * 1.01)
             _, max_sm, max_mem, max_video = p.max_clocks_mhz
             sm = _quantize(max_sm * scale)
             s.clocks_mhz = (sm, sm, max_mem, _quantize(max_video * scale))
+            # A collective's wait is a resident kernel: NVML's utilization counts it, SM activity does not.
             s.utilization_gpu = min(100, max(1, round(100 * load + 2 * self.rng.gauss(0, 1))))
-            s.utilization_memory = min(100, max(0, round(60 * load * scale + self.rng.gauss(0, 1))))
+            memory_duty = self.memory_duty if busy else 1.0
+            s.utilization_memory = min(100, max(0, round(60 * load * memory_duty + self.rng.gauss(0, 1))))
+            self.sm_active = load * (duty + (1.0 - duty) * WAIT_SM_ACTIVITY)
             s.pstate = 0
             s.pcie_generation = p.pcie_max_generation
             s.pcie_tx_bytes += 1.5e9 * load * STEP_S
             s.pcie_rx_bytes += 0.6e9 * load * STEP_S
         else:
-            power = p.idle_power_w * (1.0 + 4 * noise)
+            power = static_power_w(p, s.temperature_c) * (1.0 + 4 * noise)
+            self.sm_active = 0.0
             s.clocks_mhz = p.idle_clocks_mhz
             s.utilization_gpu = 0
             s.utilization_memory = 0
@@ -308,6 +359,44 @@ class SimGpu:
     def margin_c(self) -> float:
         """Degrees left to the first slowdown threshold (what nvmlDeviceGetMarginTemperature gives)."""
         return self.profile.thresholds.max_operating - self.state.temperature_c
+
+
+def _leakage_w(profile: DeviceProfile, temperature_c: float) -> float:
+    doublings: float = (temperature_c - 65.0) / LEAKAGE_DOUBLING_C
+    return LEAKAGE_SHARE * profile.demand_power_w * math.pow(2.0, doublings)
+
+
+def static_power_w(profile: DeviceProfile, temperature_c: float) -> float:
+    """Idle power at ``temperature_c``: the profile's idle power plus the leakage above 35 °C."""
+    return profile.idle_power_w + _leakage_w(profile, temperature_c) - _leakage_w(profile, _LEAKAGE_COLD_C)
+
+
+def _dynamic_full_w(profile: DeviceProfile) -> float:
+    """D: dynamic power at full load and maximum clocks (``demand_power_w`` at 70 °C, less static)."""
+    return max(1.0, profile.demand_power_w - static_power_w(profile, _CALIBRATION_C))
+
+
+def _sm_term(clock_fraction: float) -> float:
+    """f·v(f)²: the SM share of dynamic power at a clock fraction (1 at maximum clocks)."""
+    return clock_fraction * max(V_FLOOR, clock_fraction) ** 2
+
+
+def dynamic_power_w(profile: DeviceProfile, clock_fraction: float, activity: float) -> float:
+    """Dynamic power at a clock fraction for ``activity`` = load x (duty and wait mix), 0..1."""
+    return _dynamic_full_w(profile) * activity * (A_MEM + A_SM * _sm_term(clock_fraction))
+
+
+def capped_clock_fraction(profile: DeviceProfile, headroom_w: float, activity: float) -> float:
+    """The highest clock fraction whose dynamic power fits in ``headroom_w`` (1.0 when the cap does not bind).
+
+    Closed form over the DVFS curve: ``f³`` above the voltage floor, linear in ``f`` below it."""
+    full = _dynamic_full_w(profile) * activity
+    if full <= headroom_w:
+        return 1.0
+    target = (headroom_w / full - A_MEM) / A_SM if full > 0 else 1.0
+    # Above the floor power goes with f³; below it voltage cannot fall, so power goes with f alone.
+    fraction = target ** (1.0 / 3.0) if target >= V_FLOOR**3 else target / V_FLOOR**2
+    return max(_MIN_CLOCK_FRACTION, fraction)
 
 
 def _quantize(mhz: float) -> int:

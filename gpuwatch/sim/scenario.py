@@ -163,6 +163,9 @@ class Scenario:
     source: str = field(default="", compare=False)
     # What the scenario could not take from its source and filled in (a host built from a capture).
     fallbacks: tuple[str, ...] = field(default=(), compare=False)
+    # Whether the simulated caller may change settings (root or CAP_SYS_ADMIN): without it, setting
+    # a power limit answers NO_PERMISSION, as the real driver does for an ordinary user.
+    privileged: bool = True
 
     @property
     def driver_branch(self) -> int:
@@ -217,6 +220,8 @@ def parse(text: str, source: str = "<string>") -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
+    # Taken out before the table check, so the check of the other keys stays as it was.
+    privileged = reader.boolean({"privileged": doc.pop("privileged", True)}, "privileged", "", default=True)
     top = reader.table(
         doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
     )
@@ -240,6 +245,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         servers=servers,
         faults=tuple(reader.fault(f, f"fault[{i}]", HOST_FAULT_KINDS) for i, f in enumerate(top.get("fault", []))),
         source=source,
+        privileged=privileged,
     )
 
 
@@ -264,6 +270,12 @@ class _Reader:
         value = table.get(key, default)
         if not isinstance(value, str):
             raise self.fail(_join(where, key), f"expected a string, got {value!r}")
+        return value
+
+    def boolean(self, table: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(_join(where, key), f"expected true or false, got {value!r}")
         return value
 
     def number(
