@@ -262,6 +262,7 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
     for source in settings.tokens:
         gpus = "auto" if source.gpus is None else ", ".join(map(str, source.gpus))
         click.echo(f"  token source {source.name!r}: {source.shown_url}, preset {source.preset}, GPUs {gpus}")
+    click.echo(f"  cost: {settings.cost.summary()}")
     if web is not None:
         tls = "TLS" if web.ssl_context else "plain HTTP"
         click.echo(f"  web config: {tls}, {len(web.users)} basic-auth users")

@@ -33,6 +33,11 @@ refused whole, with an error that names the file (or variable), the key and the 
     critical_xids = [48, 62, 64, 74, 79, 92, 94, 95, 119, 120]
     warning_xids = [63]
     xid_window = "1h"
+    [cost]                        # prices for gpuwatch_source_cost_per_million_tokens (no flags)
+    energy_price_per_kwh = 0.30   # at the meter; without it (and gpu_hour_price) no cost series
+    pue = 1.0                     # power usage effectiveness of the room, 1 or more
+    gpu_hour_price = 2.40         # optional: rent or depreciation per GPU-hour
+    currency = "USD"              # ISO 4217 code, a label value (nothing is converted)
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Any
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.exporter.address import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_MAX_REQUESTS,
@@ -84,6 +90,7 @@ class ServeSettings:
     health: HealthThresholds = field(default_factory=HealthThresholds)
     tokens: tuple[source.SourceConfig, ...] = ()
     tokens_window_s: float = DEFAULT_WINDOW_S
+    cost: CostSettings = field(default_factory=CostSettings)  # [cost]
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +119,11 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "health.critical_xids": ("health.critical_xids", "xids", 0, 0),
     "health.warning_xids": ("health.warning_xids", "xids", 0, 0),
     "health.xid_window": ("health.xid_window_seconds", "duration", 1, 30 * 86400),
+    # [cost]: file and environment only, applied on SIGHUP (analysis/ledger.py)
+    "cost.energy_price_per_kwh": ("cost.energy_price_per_kwh", "number", 0, 1e6),
+    "cost.pue": ("cost.pue", "number", 1, 10),
+    "cost.gpu_hour_price": ("cost.gpu_hour_price", "number", 0, 1e6),
+    "cost.currency": ("cost.currency", "currency", 0, 0),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
@@ -184,6 +196,8 @@ def _convert(key: str, value: Any) -> Any:
             parse_listen_address(value)
         except ListenAddressError as exc:
             raise ValueError(str(exc)) from exc
+    if kind == "currency" and not re.fullmatch(r"[A-Z]{3}", value):
+        raise ValueError("expected an ISO 4217 currency code in capitals, e.g. 'USD' or 'EUR'")
     if kind == "log_level" and value.lower() not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
     return value.lower() if kind == "log_level" else value
@@ -412,7 +426,8 @@ def build(
     layered = {**file_values, **(env_values or {}), **flag_values}
     merged = {k: v for k, v in layered.items() if k in known}
     health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
-    return replace(ServeSettings(), **merged, health=replace(HealthThresholds(), **health))
+    cost = {k.removeprefix("cost."): v for k, v in layered.items() if k.startswith("cost.")}
+    return replace(ServeSettings(), **merged, health=replace(HealthThresholds(), **health), cost=CostSettings(**cost))
 
 
 def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:

@@ -60,6 +60,7 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         tokens=settings.tokens,
         tokens_window_s=settings.tokens_window_s,
         event_thread=True,
+        cost=settings.cost,
     )
 
 
@@ -168,7 +169,7 @@ def _reload(
             key = config.key_for_field(name)
             log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
-    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s)
+    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s, cost=new.cost)
     logsetup.set_level(new.log_level)
     log.info(
         "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",
@@ -177,5 +178,7 @@ def _reload(
         new.log_level,
         new.web_config_file or "none",
     )
+    if new.cost != current.cost:
+        log.info("reloaded: cost %s", new.cost.summary())
     notifier.send(READY=1, STATUS=_describe(rt.sampler))
     return new

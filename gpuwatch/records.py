@@ -48,10 +48,27 @@ class ThrottleSummary:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved."""
+    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved (and
+    "total", prompt and generated together, see analysis/efficiency.py)."""
 
     window_seconds: float
     joules: float
     tokens: Mapping[str, float]
     tokens_per_joule: Mapping[str, float]
     joules_per_token: Mapping[str, float]
+
+
+# -- the energy ledger of a token source (issue 18: ledger) ----------------------------------------
+
+
+@record
+class SourceLedger:
+    """What a token source's GPUs used while it served, since gpuwatch started; never decreases.
+
+    ``energy_joules``: its share of its GPUs' energy while it was up; ``idle_*``: the part of that
+    (and the time) between scrapes where no token counter moved.
+    """
+
+    energy_joules: float = 0.0
+    idle_seconds: float = 0.0
+    idle_joules: float = 0.0

@@ -12,7 +12,7 @@ or else the exposition's pre-rendering); the tracker publishes a SourcesSnapshot
 then the exposition pre-renders); :meth:`Runtime.latest` merges the two when anything renders.
 
 Threading contract: :meth:`Runtime.reconfigure` may be called from any thread (the daemon calls it
-on SIGHUP from its main thread); it only sets intervals and the tokens window, each picked up by
+on SIGHUP from its main thread); it only sets intervals, the tokens window and prices, each picked up by
 the next poll, wait or snapshot. Nothing else is changed on a running runtime.
 """
 
@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.exporter.exposition import CachedExposition
 from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_for
 from gpuwatch.host import Host, real_host, simulated_host, start_simulated_servers
@@ -53,6 +54,7 @@ class RuntimeOptions:
     tokens_window_s: float = DEFAULT_WINDOW_S
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+    cost: CostSettings = field(default_factory=CostSettings)  # [cost]: prices for the token sources' ledger
 
 
 class MergedSnapshot:
@@ -131,7 +133,7 @@ class Runtime:
             sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
         prerender = self.exposition.prerender
         if sources:
-            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
+            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s, cost=self.options.cost)
             self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
@@ -152,11 +154,17 @@ class Runtime:
         if self._tokens is not None:
             self._tokens.scrape_all()
 
-    def reconfigure(self, poll_interval_s: float, process_interval_s: float, tokens_window_s: float) -> None:
-        """New intervals and tokens window (see the module doc's threading contract)."""
+    def reconfigure(
+        self,
+        poll_interval_s: float,
+        process_interval_s: float,
+        tokens_window_s: float,
+        cost: CostSettings | None = None,
+    ) -> None:
+        """New intervals, tokens window and prices (see the module doc's threading contract)."""
         self.sampler.configure(poll_interval_s, process_interval_s)
         if self._tokens is not None:
-            self._tokens.configure(tokens_window_s)
+            self._tokens.configure(tokens_window_s, cost)
 
     def close(self) -> None:
         """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""

@@ -1,0 +1,164 @@
+"""The per-source energy ledger and cost (analysis/ledger.py): pure functions, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuwatch.analysis.efficiency import EnergyPoint, TokenPoint, window_efficiency
+from gpuwatch.analysis.ledger import (
+    CostSettings,
+    add_energy,
+    cost_per_million_tokens,
+    energy_deltas,
+    settle,
+    split_energy,
+)
+from gpuwatch.records import Efficiency, SourceLedger
+
+
+def test_energy_deltas_come_from_the_reset_safe_totals_of_gpus_in_both_polls():
+    previous = {0: 1000.0, 1: 2000.0, 2: 50.0}
+    current = {0: 1300.0, 1: 2000.0, 3: 10.0}  # GPU 2 stopped reporting, GPU 3 just started
+    assert energy_deltas(previous, current) == {0: 300.0, 1: 0.0}
+
+
+def test_an_energy_total_that_went_back_gives_nothing_rather_than_a_negative_share():
+    # derive.py's totals never go back; if one ever did (a bug upstream), no source is debited
+    assert energy_deltas({0: 500.0}, {0: 400.0}) == {0: 0.0}
+
+
+@pytest.mark.parametrize(
+    ("deltas", "serving", "expected"),
+    [
+        ({0: 300.0, 1: 100.0}, {"a": (0, 1)}, {"a": 400.0}),
+        # two servers on one GPU (two llama.cpp instances on a workstation card): half each
+        ({0: 300.0}, {"a": (0,), "b": (0,)}, {"a": 150.0, "b": 150.0}),
+        # a TP pair and a small server sharing GPU 1
+        ({0: 200.0, 1: 100.0}, {"tp": (0, 1), "small": (1,)}, {"tp": 250.0, "small": 50.0}),
+        # a source whose GPUs gave no energy this poll gets no entry (its ledger stays absent)
+        ({0: 200.0}, {"a": (0,), "b": (1,)}, {"a": 200.0}),
+        ({}, {"a": (0,)}, {}),
+    ],
+)
+def test_split_energy_shares_each_gpu_equally_among_the_sources_serving_it(deltas, serving, expected):
+    shares = split_energy(deltas, serving)
+    assert shares == pytest.approx(expected)
+    # nothing counted twice: the shares add up to the energy of the GPUs that serve anything
+    served = {gpu for gpus in serving.values() for gpu in gpus}
+    assert sum(shares.values()) == pytest.approx(sum(j for gpu, j in deltas.items() if gpu in served))
+
+
+def test_add_energy_starts_a_ledger_and_only_ever_adds():
+    ledger = add_energy(None, 120.0)
+    assert ledger == SourceLedger(energy_joules=120.0)
+    assert add_energy(ledger, 30.0).energy_joules == pytest.approx(150.0)
+    with pytest.raises(ValueError, match="negative"):
+        add_energy(ledger, -1.0)
+
+
+def scrape(t: float, generation: float, prompt: float = 0.0) -> TokenPoint:
+    return TokenPoint(t, {"generation": generation, "prompt": prompt})
+
+
+ATTRIBUTED = [EnergyPoint(float(t), 100.0 * t) for t in range(0, 11)]  # 100 W for 10 s
+
+
+def test_an_interval_between_scrapes_with_no_tokens_moving_is_idle_with_its_interpolated_energy():
+    ledger = SourceLedger(energy_joules=1000.0)
+    pending = [scrape(1.5, 10), scrape(2.5, 10, 0), scrape(4.5, 10, 3), scrape(5.5, 10, 3)]
+    after, consumed = settle(ledger, pending, ATTRIBUTED)
+    # 1.5-2.5 idle (1 s, 100 J); 2.5-4.5 prompt tokens moved: busy; 4.5-5.5 idle (1 s, 100 J)
+    assert consumed == 3
+    assert after.idle_seconds == pytest.approx(2.0)
+    assert after.idle_joules == pytest.approx(200.0)
+    assert after.energy_joules == 1000.0  # the energy itself was counted poll by poll
+
+
+def test_a_scrape_after_the_newest_poll_waits_for_the_next_poll():
+    pending = [scrape(9.5, 5), scrape(10.5, 5)]
+    after, consumed = settle(SourceLedger(), pending, ATTRIBUTED)
+    assert (after, consumed) == (SourceLedger(), 0)
+
+
+def test_scrapes_older_than_the_attributed_energy_are_dropped_unaccounted():
+    # the source's GPUs were found (or came back) only at t=5: nothing before is known
+    attributed = ATTRIBUTED[5:]
+    pending = [scrape(1.0, 5), scrape(2.0, 5), scrape(6.0, 5), scrape(7.0, 5)]
+    after, consumed = settle(SourceLedger(), pending, attributed)
+    assert consumed == 3
+    assert after.idle_seconds == pytest.approx(1.0)
+    # with no attributed energy at all, only the newest scrape is kept
+    assert settle(SourceLedger(), pending, [])[1] == 3
+
+
+def test_a_counter_reset_between_scrapes_is_not_idle_when_the_reset_safe_total_rose():
+    # the tracker gives settle reset-safe totals: a server restart that made tokens shows as a rise
+    pending = [scrape(1.0, 500), scrape(2.0, 507)]
+    after, _ = settle(SourceLedger(), pending, ATTRIBUTED)
+    assert after.idle_seconds == 0.0
+
+
+def test_idle_energy_never_exceeds_the_energy_attributed():
+    attributed: list[EnergyPoint] = []
+    ledger: SourceLedger | None = None
+    pending: list[TokenPoint] = []
+    for t in range(1, 40):
+        ledger = add_energy(ledger, 90.0)
+        attributed.append(EnergyPoint(float(t), ledger.energy_joules))
+        pending.append(scrape(t + 0.4, 100 if t < 20 else 100 + t))  # idle, then busy
+        ledger, consumed = settle(ledger, pending, attributed)
+        del pending[:consumed]
+        assert ledger.idle_joules <= ledger.energy_joules
+    assert ledger is not None
+    assert ledger.idle_seconds == pytest.approx(18.0)  # scrapes 1.4 .. 19.4, as the counter held still
+
+
+def efficiency(joules: float, generation: float, prompt: float, window_s: float = 60.0) -> Efficiency:
+    tokens = [
+        TokenPoint(0.0, {"generation": 0.0, "prompt": 0.0}),
+        TokenPoint(window_s, {"generation": generation, "prompt": prompt}),
+    ]
+    energy = [EnergyPoint(0.0, 0.0), EnergyPoint(window_s, joules)]
+    result = window_efficiency(tokens, energy, window_s)
+    assert result is not None
+    return result
+
+
+def test_window_efficiency_gives_joules_per_total_token():
+    e = efficiency(36_000.0, generation=6_000.0, prompt=30_000.0)
+    assert e.joules_per_token["generation"] == pytest.approx(6.0)
+    assert e.joules_per_token["total"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "gpus", "generation", "total"),
+    [
+        # 36 kJ = 0.01 kWh at 0.30/kWh = 0.003 for 6,000 generated (36,000 total) tokens
+        (CostSettings(energy_price_per_kwh=0.30), 2, 0.5, 0.003 / 36_000 * 1e6),
+        # PUE 1.5 scales the energy part
+        (CostSettings(energy_price_per_kwh=0.30, pue=1.5), 2, 0.75, 0.0045 / 36_000 * 1e6),
+        # 2 GPUs at 2.40 per GPU-hour for 60 s = 0.08, plus the energy
+        (CostSettings(energy_price_per_kwh=0.30, gpu_hour_price=2.40), 2, 0.083 / 6_000 * 1e6, 0.083 / 36_000 * 1e6),
+        # a GPU-hour price alone (cloud rental with power included)
+        (CostSettings(gpu_hour_price=2.40), 2, 0.08 / 6_000 * 1e6, 0.08 / 36_000 * 1e6),
+    ],
+)
+def test_cost_per_million_tokens(settings, gpus, generation, total):
+    e = efficiency(36_000.0, generation=6_000.0, prompt=30_000.0)
+    assert cost_per_million_tokens(e, gpus, settings) == pytest.approx({"generation": generation, "total": total})
+
+
+def test_no_price_or_no_tokens_gives_no_cost():
+    e = efficiency(36_000.0, generation=6_000.0, prompt=30_000.0)
+    assert cost_per_million_tokens(e, 2, CostSettings()) == {}
+    idle = efficiency(36_000.0, generation=0.0, prompt=0.0)
+    assert cost_per_million_tokens(idle, 2, CostSettings(energy_price_per_kwh=0.3)) == {}
+
+
+def test_cost_settings_refuse_what_cannot_be_a_price():
+    with pytest.raises(ValueError, match="pue"):
+        CostSettings(energy_price_per_kwh=0.3, pue=0.9)
+    with pytest.raises(ValueError, match="energy_price_per_kwh"):
+        CostSettings(energy_price_per_kwh=-0.1)
+    with pytest.raises(ValueError, match="currency"):
+        CostSettings(energy_price_per_kwh=0.3, currency="dollars")
