@@ -107,6 +107,7 @@ def _source(source: SourceStatus) -> dict[str, Any]:
         "idle_seconds_total": None if source.ledger is None else source.ledger.idle_seconds,
         "idle_joules_total": None if source.ledger is None else source.ledger.idle_joules,
         "cost_per_million_tokens_by_kind": dict(source.cost_per_million_tokens),
+        "cost_total_by_currency": {} if source.ledger is None else dict(source.ledger.spent),
         "currency": source.currency,
     }
 

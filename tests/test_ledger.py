@@ -7,10 +7,11 @@ import pytest
 from gpuwatch.analysis.efficiency import EnergyPoint, TokenPoint, window_efficiency
 from gpuwatch.analysis.ledger import (
     CostSettings,
-    add_energy,
+    add_share,
     cost_per_million_tokens,
     energy_deltas,
     settle,
+    spend,
     split_energy,
 )
 from gpuwatch.records import Efficiency, SourceLedger
@@ -48,12 +49,29 @@ def test_split_energy_shares_each_gpu_equally_among_the_sources_serving_it(delta
     assert sum(shares.values()) == pytest.approx(sum(j for gpu, j in deltas.items() if gpu in served))
 
 
-def test_add_energy_starts_a_ledger_and_only_ever_adds():
-    ledger = add_energy(None, 120.0)
+def test_add_share_starts_a_ledger_and_only_ever_adds():
+    ledger = add_share(None, 120.0)
     assert ledger == SourceLedger(energy_joules=120.0)
-    assert add_energy(ledger, 30.0).energy_joules == pytest.approx(150.0)
+    assert add_share(ledger, 30.0).energy_joules == pytest.approx(150.0)
     with pytest.raises(ValueError, match="negative"):
-        add_energy(ledger, -1.0)
+        add_share(ledger, -1.0)
+
+
+def test_add_share_prices_each_poll_at_the_prices_then_in_force():
+    usd = CostSettings(energy_price_per_kwh=0.30, gpu_hour_price=3.6)
+    ledger = add_share(None, 3.6e6, gpu_seconds=7200.0, cost=usd)  # 1 kWh and 2 GPU-hours
+    assert ledger.spent == pytest.approx({"USD": 0.30 + 7.2})
+    ledger = add_share(ledger, 3.6e6, cost=CostSettings(energy_price_per_kwh=0.30, pue=2.0))
+    assert ledger.spent == pytest.approx({"USD": 0.30 + 7.2 + 0.60})
+    ledger = add_share(ledger, 3.6e6, cost=CostSettings(energy_price_per_kwh=0.25, currency="EUR"))
+    assert ledger.spent == pytest.approx({"USD": 8.1, "EUR": 0.25})  # a currency changed on SIGHUP starts anew
+    assert add_share(ledger, 3.6e6, cost=CostSettings()).spent == ledger.spent  # no price: nothing spent
+
+
+def test_spend_is_energy_times_pue_at_the_kwh_price_plus_gpu_time():
+    assert spend(7.2e6, 0.0, CostSettings(energy_price_per_kwh=0.1, pue=1.5)) == pytest.approx(0.3)
+    assert spend(7.2e6, 1800.0, CostSettings(gpu_hour_price=2.0)) == pytest.approx(1.0)
+    assert spend(7.2e6, 1800.0, CostSettings()) == 0.0
 
 
 def scrape(t: float, generation: float, prompt: float = 0.0) -> TokenPoint:
@@ -103,7 +121,7 @@ def test_idle_energy_never_exceeds_the_energy_attributed():
     ledger: SourceLedger | None = None
     pending: list[TokenPoint] = []
     for t in range(1, 40):
-        ledger = add_energy(ledger, 90.0)
+        ledger = add_share(ledger, 90.0)
         attributed.append(EnergyPoint(float(t), ledger.energy_joules))
         pending.append(scrape(t + 0.4, 100 if t < 20 else 100 + t))  # idle, then busy
         ledger, consumed = settle(ledger, pending, attributed)

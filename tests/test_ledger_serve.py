@@ -12,11 +12,14 @@ import pytest
 from click.testing import CliRunner
 from serving import serve
 from test_e2e import daemon, get, parse
+from test_exporter import GOLDEN, exposition
 from waiting import wait_until
 
 from gpuwatch import config
 from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.cli import main
+from gpuwatch.runtime import RuntimeOptions, assemble
+from gpuwatch.sim.clock import ManualClock
 
 
 def write(tmp_path, text: str):  # type: ignore[no-untyped-def]
@@ -78,8 +81,29 @@ LEDGER_FAMILIES = (
     "gpuwatch_source_energy_joules_total",
     "gpuwatch_source_idle_seconds_total",
     "gpuwatch_source_idle_joules_total",
+    "gpuwatch_source_cost_total",
     "gpuwatch_source_cost_per_million_tokens",
 )
+
+
+def test_priced_metrics_match_the_golden_file(update_golden):
+    """inference-host at 600 s as tests/test_exporter.py steps it, with [cost] prices: the golden
+    file that shows (and lets the rules' tests name) the cost families."""
+    clock = ManualClock()
+    cost = CostSettings(energy_price_per_kwh=0.30, pue=1.2, gpu_hour_price=0.80)
+    with assemble(RuntimeOptions(simulate="inference-host", cost=cost), clock=clock) as rt:
+        rt.start(threads=False)
+        for t in [1, *range(585, 601)]:
+            clock.advance(t - clock.sim_seconds())
+            snapshot = rt.step()
+            rt.scrape_tokens()
+        text = exposition(snapshot)
+    golden = GOLDEN / "inference-host-cost-600s.prom"
+    if update_golden:
+        golden.write_text(text)
+    assert text == golden.read_text(), "exposition changed; if intended, run pytest --update-golden and review"
+    for family in LEDGER_FAMILIES:
+        assert f"\n{family}{{" in text, family
 
 
 @pytest.mark.slow
@@ -94,6 +118,7 @@ def test_serve_simulated_inference_host_with_cost_exports_the_ledger(tmp_path, p
         samples = parse(text)
         for family in LEDGER_FAMILIES[:3]:
             assert vllm in samples[family], family
+        assert frozenset({("source", "vllm"), ("currency", "USD")}) in samples["gpuwatch_source_cost_total"]
         assert samples["gpuwatch_source_energy_joules_total"][vllm] > 0
         costs = samples["gpuwatch_source_cost_per_million_tokens"]
         generation = frozenset({("source", "vllm"), ("kind", "generation"), ("currency", "USD")})

@@ -99,6 +99,7 @@ def test_sources_sharing_a_gpu_split_its_energy_equally_and_nothing_is_counted_t
         tracker.scrape_all()
     tp, small = (s.ledger for s in published.sources)
     assert tp.energy_joules == pytest.approx((WATTS[0] + WATTS[1] / 2) * 9)
+    assert tp.spent == {}  # no [cost]: nothing priced
     assert small.energy_joules == pytest.approx(WATTS[1] / 2 * 9)
     assert tp.energy_joules + small.energy_joules == pytest.approx(sum(WATTS) * 9)
 
@@ -112,6 +113,8 @@ def test_cost_per_million_tokens_follows_the_window_and_a_new_price_applies_at_o
     )
     status = run(tracker, host, server, 30, watts=WATTS)[-1]
     assert status.currency == "EUR"
+    # the ledger priced every poll's energy from the second on: 29 x 400 J at 0.36 per kWh
+    assert status.ledger.spent == pytest.approx({"EUR": 29 * 400 / 3.6e6 * 0.36})
     # 400 J per 800 generated tokens: 0.5 J, i.e. 0.5 / 3.6e6 kWh x 0.36 per kWh = 5e-8 per token
     assert status.efficiency.joules_per_token["generation"] == pytest.approx(0.5)
     assert status.cost_per_million_tokens == pytest.approx({"generation": 0.05, "total": 0.05 / 3})
@@ -171,3 +174,24 @@ def test_no_energy_no_ledger_series(sim):
     run_ = sim("inference-host")
     snapshot: Snapshot = run_.at(1)
     assert snapshot.sources[0].ledger is None
+
+
+def test_gpu_hours_are_split_like_energy_between_sources_sharing_a_gpu():
+    host, two = FakeHost(), TwoServers()
+    sources = [
+        SourceConfig(url="http://127.0.0.1:8000/metrics", name="tp", gpus=(0, 1)),
+        SourceConfig(url="http://127.0.0.1:8001/metrics", name="small", gpus=(1,)),
+    ]
+    rent = CostSettings(gpu_hour_price=3.6)  # 0.001 per GPU-second
+    tracker = TokenTracker(
+        sources, lambda: host.now, fetcher=two.fetch, attributor=lambda url, pids: pytest.fail(), cost=rent
+    )
+    for _ in range(11):
+        host.now += 1.0
+        for server in two.servers.values():
+            server.generation += 100
+        published = tracker.observe(host.snapshot())
+        tracker.scrape_all()
+    tp, small = (s.ledger for s in published.sources)
+    assert tp.spent == pytest.approx({"USD": 1.5 * 10 * 0.001})
+    assert small.spent == pytest.approx({"USD": 0.5 * 10 * 0.001})

@@ -15,11 +15,13 @@ out. Its energy is the source's attributed energy interpolated at both scrapes, 
 :mod:`gpuwatch.analysis.efficiency` lines tokens up with energy, so idle joules never exceed the
 energy attributed.
 
-Cost (``[cost]`` in the config): over the efficiency window, energy cost is joules x PUE at the
-price per kWh, and with a GPU-hour price each of the source's GPUs is charged that price for the
-window's length; their sum divided by the window's tokens, per million. These windowed figures use
-the whole energy of the source's GPUs, as tokens per joule always has, so a GPU shared by two
-sources is charged in full to each of them there (the ledger's counters split it).
+Cost (``[cost]`` in the config): energy costs joules x PUE at the price per kWh, and with a
+GPU-hour price each GPU's time costs that price per hour. The ledger prices each poll's share of
+energy and GPU time at the prices then in force (a GPU shared by sources: its time split as its
+energy), by currency, so a fleet can divide money by tokens over any range. The cost per million
+tokens is the same over the efficiency window, divided by the window's tokens. The windowed
+figures use the whole energy of the source's GPUs, as tokens per joule always has, so a GPU shared
+by two sources is charged in full to each of them there (the ledger's counters split it).
 """
 
 from __future__ import annotations
@@ -96,13 +98,28 @@ def split_energy(deltas: Mapping[int, float], serving: Mapping[K, Sequence[int]]
     }
 
 
-def add_energy(ledger: SourceLedger | None, joules: float) -> SourceLedger:
-    """The ledger (None: the source's first energy) after its share of one poll's energy."""
-    if joules < 0:
-        raise ValueError(f"a negative share of energy ({joules} J)")
-    if ledger is None:
-        return SourceLedger(energy_joules=joules)
-    return SourceLedger(ledger.energy_joules + joules, ledger.idle_seconds, ledger.idle_joules)
+def spend(joules: float, gpu_seconds: float, cost: CostSettings) -> float:
+    """What ``joules`` of GPU energy and ``gpu_seconds`` of GPU time cost at ``cost``'s prices."""
+    spent = 0.0
+    if cost.energy_price_per_kwh is not None:
+        spent += joules * cost.pue / JOULES_PER_KWH * cost.energy_price_per_kwh
+    if cost.gpu_hour_price is not None:
+        spent += cost.gpu_hour_price * gpu_seconds / 3600.0
+    return spent
+
+
+def add_share(
+    ledger: SourceLedger | None, joules: float, gpu_seconds: float = 0.0, cost: CostSettings | None = None
+) -> SourceLedger:
+    """The ledger (None: the source's first energy) after its share of one poll's energy and GPU
+    time, priced at ``cost`` (the prices in force at that poll) when it has a price."""
+    if joules < 0 or gpu_seconds < 0:
+        raise ValueError(f"a negative share ({joules} J, {gpu_seconds} GPU-seconds)")
+    ledger = ledger or SourceLedger()
+    spent = dict(ledger.spent)
+    if cost is not None and cost.priced:
+        spent[cost.currency] = spent.get(cost.currency, 0.0) + spend(joules, gpu_seconds, cost)
+    return SourceLedger(ledger.energy_joules + joules, ledger.idle_seconds, ledger.idle_joules, spent)
 
 
 def settle(
@@ -134,7 +151,7 @@ def settle(
         done += 1
     if (idle_seconds, idle_joules) == (ledger.idle_seconds, ledger.idle_joules):
         return ledger, done
-    return SourceLedger(ledger.energy_joules, idle_seconds, idle_joules), done
+    return SourceLedger(ledger.energy_joules, idle_seconds, idle_joules, ledger.spent), done
 
 
 def _still(start: TokenPoint, end: TokenPoint) -> bool:
@@ -147,11 +164,7 @@ def cost_per_million_tokens(efficiency: Efficiency, gpu_count: int, cost: CostSe
     without a price, and no entry for a kind whose tokens did not move."""
     if not cost.priced:
         return {}
-    spent = 0.0
-    if cost.energy_price_per_kwh is not None:
-        spent += efficiency.joules * cost.pue / JOULES_PER_KWH * cost.energy_price_per_kwh
-    if cost.gpu_hour_price is not None:
-        spent += cost.gpu_hour_price * gpu_count * efficiency.window_seconds / 3600.0
+    spent = spend(efficiency.joules, gpu_count * efficiency.window_seconds, cost)
     return {
         kind: spent * PER_TOKENS * efficiency.joules_per_token[kind] / efficiency.joules
         for kind in COST_KINDS

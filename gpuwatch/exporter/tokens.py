@@ -104,3 +104,12 @@ def _ledger(f: Families, source: SourceStatus) -> None:
         ledger.idle_joules,
         source=source.name,
     )
+    for currency, spent in ledger.spent.items():
+        f.counter(
+            "gpuwatch_source_cost",
+            "What the source's share of its GPUs' energy (x [cost] pue, at energy_price_per_kwh) and GPU time "
+            "(at gpu_hour_price) cost, at the prices in force at each poll.",
+            spent,
+            source=source.name,
+            currency=currency,
+        )

@@ -33,7 +33,7 @@ from gpuwatch.analysis.efficiency import (
 )
 from gpuwatch.analysis.ledger import (
     CostSettings,
-    add_energy,
+    add_share,
     cost_per_million_tokens,
     energy_deltas,
     settle,
@@ -195,15 +195,16 @@ class TokenTracker:
         last = self._gpu_energy  # a poll left behind in a hung read may finish late: only newer readings count
         fresh = {i: total for i, total in totals.items() if i not in last or stamps[i] > last[i][0]}
         deltas = energy_deltas({i: total for i, (_, total) in last.items()}, fresh)
+        gpu_seconds = {i: stamps[i] - last[i][0] for i in deltas}
         self._gpu_energy = {i: (stamps[i], totals[i]) if i in fresh else last[i] for i in totals}
         serving = {n: s.gpus for n, s in enumerate(self._sources) if s.up and s.gpus}
-        shares = split_energy(deltas, serving)
+        shares, times = split_energy(deltas, serving), split_energy(gpu_seconds, serving)
         for n, source in enumerate(self._sources):
             share = shares.get(n)
             if share is None:
                 source.attributed.clear()  # no energy for it this poll: no idle interval may span the gap
                 continue
-            source.ledger = add_energy(source.ledger, share)
+            source.ledger = add_share(source.ledger, share, times[n], self._cost)
             moved = [stamps[i] for i in source.gpus or () if i in deltas]
             timestamp = sum(moved) / len(moved)
             if not source.attributed or timestamp > source.attributed[-1].timestamp:
