@@ -7,6 +7,7 @@ import pytest
 from gpuwatch.analysis.efficiency import EnergyPoint, TokenPoint, window_efficiency
 from gpuwatch.analysis.ledger import (
     CostSettings,
+    IdleSpell,
     add_share,
     cost_per_million_tokens,
     energy_deltas,
@@ -78,53 +79,80 @@ def scrape(t: float, generation: float, prompt: float = 0.0) -> TokenPoint:
     return TokenPoint(t, {"generation": generation, "prompt": prompt})
 
 
-ATTRIBUTED = [EnergyPoint(float(t), 100.0 * t) for t in range(0, 11)]  # 100 W for 10 s
+ATTRIBUTED = [EnergyPoint(float(t), 100.0 * t) for t in range(0, 31)]  # 100 W for 30 s
 
 
-def test_an_interval_between_scrapes_with_no_tokens_moving_is_idle_with_its_interpolated_energy():
-    ledger = SourceLedger(energy_joules=1000.0)
-    pending = [scrape(1.5, 10), scrape(2.5, 10, 0), scrape(4.5, 10, 3), scrape(5.5, 10, 3)]
-    after, consumed = settle(ledger, pending, ATTRIBUTED)
-    # 1.5-2.5 idle (1 s, 100 J); 2.5-4.5 prompt tokens moved: busy; 4.5-5.5 idle (1 s, 100 J)
-    assert consumed == 3
-    assert after.idle_seconds == pytest.approx(2.0)
-    assert after.idle_joules == pytest.approx(200.0)
+def settled(pending, attributed=ATTRIBUTED, ledger=None, spell=None):  # type: ignore[no-untyped-def]
+    return settle(ledger or SourceLedger(), pending, attributed, spell or IdleSpell())
+
+
+def test_a_still_spell_of_five_seconds_or_more_is_idle_with_its_interpolated_energy():
+    # busy to 2.5, still from 2.5 to 9.5 (7 s), busy again to 10.5, still 10.5 to 12.5 (2 s)
+    pending = [scrape(1.5, 10), scrape(2.5, 12)]
+    pending += [scrape(t + 0.5, 12) for t in range(3, 10)]
+    pending += [scrape(10.5, 15), scrape(11.5, 15), scrape(12.5, 15)]
+    after, consumed, spell = settled(pending, ledger=SourceLedger(energy_joules=1000.0))
+    assert consumed == len(pending) - 1
+    assert after.idle_seconds == pytest.approx(7.0)
+    assert after.idle_joules == pytest.approx(700.0)
     assert after.energy_joules == 1000.0  # the energy itself was counted poll by poll
+    assert spell == IdleSpell(2.0, 200.0)  # the short spell at the end: not idle (yet)
+
+
+def test_still_intervals_shorter_than_a_spell_are_not_idle():
+    # a server whose counters move only as requests end (SGLang, TGI), busy: one still second in two
+    pending = [scrape(t + 0.5, 10 * (t // 2)) for t in range(0, 29)]
+    after, _, _ = settled(pending)
+    assert after.idle_seconds == 0.0
+
+
+def test_an_open_spell_counts_once_it_reaches_five_seconds_then_as_it_grows():
+    pending = [scrape(t + 0.5, 7) for t in range(0, 4)]  # 3 s still
+    ledger, consumed, spell = settled(pending)
+    assert (ledger.idle_seconds, spell.seconds) == (0.0, pytest.approx(3.0))
+    pending = [pending[consumed], *[scrape(t + 0.5, 7) for t in range(4, 7)]]  # 6 s now
+    ledger, consumed, spell = settled(pending, ledger=ledger, spell=spell)
+    assert ledger.idle_seconds == pytest.approx(6.0)
+    pending = [pending[consumed], scrape(7.5, 7)]
+    ledger, _, _ = settled(pending, ledger=ledger, spell=spell)
+    assert ledger.idle_seconds == pytest.approx(7.0)
 
 
 def test_a_scrape_after_the_newest_poll_waits_for_the_next_poll():
-    pending = [scrape(9.5, 5), scrape(10.5, 5)]
-    after, consumed = settle(SourceLedger(), pending, ATTRIBUTED)
+    pending = [scrape(29.5, 5), scrape(30.5, 5)]
+    after, consumed, _ = settled(pending)
     assert (after, consumed) == (SourceLedger(), 0)
 
 
-def test_scrapes_older_than_the_attributed_energy_are_dropped_unaccounted():
+def test_scrapes_older_than_the_attributed_energy_are_dropped_and_end_a_spell():
     # the source's GPUs were found (or came back) only at t=5: nothing before is known
     attributed = ATTRIBUTED[5:]
-    pending = [scrape(1.0, 5), scrape(2.0, 5), scrape(6.0, 5), scrape(7.0, 5)]
-    after, consumed = settle(SourceLedger(), pending, attributed)
-    assert consumed == 3
-    assert after.idle_seconds == pytest.approx(1.0)
+    pending = [scrape(float(t), 5) for t in range(1, 13)]
+    after, consumed, _ = settled(pending, attributed)
+    assert consumed == 11
+    assert after.idle_seconds == pytest.approx(7.0)  # 5 to 12, not 1 to 12
     # with no attributed energy at all, only the newest scrape is kept
-    assert settle(SourceLedger(), pending, [])[1] == 3
+    assert settled(pending, [])[1] == 11
 
 
-def test_a_counter_reset_between_scrapes_is_not_idle_when_the_reset_safe_total_rose():
+def test_a_counter_reset_between_scrapes_is_not_still_when_the_reset_safe_total_rose():
     # the tracker gives settle reset-safe totals: a server restart that made tokens shows as a rise
-    pending = [scrape(1.0, 500), scrape(2.0, 507)]
-    after, _ = settle(SourceLedger(), pending, ATTRIBUTED)
-    assert after.idle_seconds == 0.0
+    pending = [scrape(1.0, 500), *[scrape(float(t), 507) for t in range(2, 12)]]
+    after, _, spell = settled(pending)
+    assert after.idle_seconds == pytest.approx(9.0)  # from 2 s on; 1 to 2 moved
+    assert spell.seconds == pytest.approx(9.0)
 
 
 def test_idle_energy_never_exceeds_the_energy_attributed():
     attributed: list[EnergyPoint] = []
     ledger: SourceLedger | None = None
     pending: list[TokenPoint] = []
+    spell = IdleSpell()
     for t in range(1, 40):
         ledger = add_share(ledger, 90.0)
         attributed.append(EnergyPoint(float(t), ledger.energy_joules))
         pending.append(scrape(t + 0.4, 100 if t < 20 else 100 + t))  # idle, then busy
-        ledger, consumed = settle(ledger, pending, attributed)
+        ledger, consumed, spell = settle(ledger, pending, attributed, spell)
         del pending[:consumed]
         assert ledger.idle_joules <= ledger.energy_joules
     assert ledger is not None

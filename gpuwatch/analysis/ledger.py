@@ -10,8 +10,9 @@ sources add up to the energy of the GPUs that serve any (``gpuwatch_gpu_energy_j
 the rest).
 
 Idle: between two consecutive successful scrapes of a source, if none of its (reset-safe) token
-counters moved, the interval was idle: the source was up, its GPUs drew power, and no token came
-out. Its energy is the source's attributed energy interpolated at both scrapes, as
+counters moved, the interval was still; a spell of still intervals lasting at least
+:data:`IDLE_MIN_S` was idle: the source was up, its GPUs drew power, and no token came out. Its
+energy is the source's attributed energy interpolated at the scrapes, as
 :mod:`gpuwatch.analysis.efficiency` lines tokens up with energy, so idle joules never exceed the
 energy attributed.
 
@@ -32,12 +33,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gpuwatch.analysis.efficiency import EnergyPoint, TokenPoint, energy_at
-from gpuwatch.records import Efficiency, SourceLedger
+from gpuwatch.records import Efficiency, SourceLedger, record
 
 JOULES_PER_KWH = 3.6e6
 PER_TOKENS = 1e6  # cost per million tokens
 COST_KINDS = ("generation", "total")  # of gpuwatch_joules_per_token's kinds, those worth a price
 DEFAULT_CURRENCY = "USD"
+# A server's counters move in steps: per engine iteration (vLLM, tens of ms), or only as requests end
+# (SGLang, TGI). Two scrapes inside one step, or a busy server between completions, see them still;
+# only a still spell this long is idle, which leaves those out.
+IDLE_MIN_S = 5.0
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 K = TypeVar("K", bound=Hashable)
@@ -122,16 +127,26 @@ def add_share(
     return SourceLedger(ledger.energy_joules + joules, ledger.idle_seconds, ledger.idle_joules, spent)
 
 
+@record
+class IdleSpell:
+    """Consecutive intervals between scrapes in which no token counter moved, so far."""
+
+    seconds: float = 0.0
+    joules: float = 0.0
+
+
 def settle(
-    ledger: SourceLedger, pending: Sequence[TokenPoint], attributed: Sequence[EnergyPoint]
-) -> tuple[SourceLedger, int]:
+    ledger: SourceLedger, pending: Sequence[TokenPoint], attributed: Sequence[EnergyPoint], spell: IdleSpell
+) -> tuple[SourceLedger, int, IdleSpell]:
     """Account the intervals between consecutive scrapes in ``pending`` that ``attributed`` (the
-    source's ledger energy at each poll, in time order) covers; returns the ledger after them and
-    how many scrapes, from the front, are done with (the last one accounted starts the next interval).
+    source's ledger energy at each poll, in time order) covers; returns the ledger after them, how
+    many scrapes, from the front, are done with (the last one accounted starts the next interval),
+    and the idle spell still open at the newest.
 
     ``pending`` holds successful scrapes with reset-safe token totals, broken by the caller where
-    the source went down. A scrape older than the attributed energy can never be accounted and is
-    dropped; an interval ending after the newest poll waits for the next one.
+    the source went down (and ``spell`` with it). A scrape older than the attributed energy can
+    never be accounted and is dropped; an interval ending after the newest poll waits for the next
+    one. Still intervals count as idle once their spell lasts :data:`IDLE_MIN_S`, then as they come.
     """
     done = 0
     idle_seconds, idle_joules = ledger.idle_seconds, ledger.idle_joules
@@ -139,19 +154,27 @@ def settle(
         start, end = pending[done], pending[done + 1]
         if not attributed or start.timestamp < attributed[0].timestamp:
             done += 1
+            spell = IdleSpell()  # a gap in what is known: a spell does not span it
             continue
         joules_end = energy_at(attributed, end.timestamp)
         if joules_end is None:
             break
         joules_start = energy_at(attributed, start.timestamp)
         assert joules_start is not None  # between the first poll and the end's
-        if _still(start, end):
-            idle_seconds += end.timestamp - start.timestamp
-            idle_joules += max(0.0, joules_end - joules_start)
+        seconds, joules = end.timestamp - start.timestamp, max(0.0, joules_end - joules_start)
+        if not _still(start, end):
+            spell = IdleSpell()
+        elif spell.seconds >= IDLE_MIN_S:  # counted already: add this interval
+            spell = IdleSpell(spell.seconds + seconds, spell.joules + joules)
+            idle_seconds, idle_joules = idle_seconds + seconds, idle_joules + joules
+        else:
+            spell = IdleSpell(spell.seconds + seconds, spell.joules + joules)
+            if spell.seconds >= IDLE_MIN_S:  # long enough now: count all of it
+                idle_seconds, idle_joules = idle_seconds + spell.seconds, idle_joules + spell.joules
         done += 1
-    if (idle_seconds, idle_joules) == (ledger.idle_seconds, ledger.idle_joules):
-        return ledger, done
-    return SourceLedger(ledger.energy_joules, idle_seconds, idle_joules, ledger.spent), done
+    if (idle_seconds, idle_joules) != (ledger.idle_seconds, ledger.idle_joules):
+        ledger = SourceLedger(ledger.energy_joules, idle_seconds, idle_joules, ledger.spent)
+    return ledger, done, spell
 
 
 def _still(start: TokenPoint, end: TokenPoint) -> bool:

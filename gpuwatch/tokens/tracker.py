@@ -33,6 +33,7 @@ from gpuwatch.analysis.efficiency import (
 )
 from gpuwatch.analysis.ledger import (
     CostSettings,
+    IdleSpell,
     add_share,
     cost_per_million_tokens,
     energy_deltas,
@@ -85,6 +86,7 @@ class _Source:
     ledger: SourceLedger | None = None
     attributed: deque[EnergyPoint] = field(default_factory=deque)
     pending: deque[TokenPoint] = field(default_factory=deque)
+    spell: IdleSpell = field(default_factory=IdleSpell)
 
 
 class TokenTracker:
@@ -209,7 +211,9 @@ class TokenTracker:
             timestamp = sum(moved) / len(moved)
             if not source.attributed or timestamp > source.attributed[-1].timestamp:
                 source.attributed.append(EnergyPoint(timestamp, source.ledger.energy_joules))
-            source.ledger, done = settle(source.ledger, list(source.pending), list(source.attributed))
+            source.ledger, done, source.spell = settle(
+                source.ledger, list(source.pending), list(source.attributed), source.spell
+            )
             for _ in range(done):
                 source.pending.popleft()
             oldest = source.pending[0].timestamp if source.pending else source.attributed[-1].timestamp
@@ -310,6 +314,7 @@ class TokenTracker:
     def _down(self, source: _Source, error: str) -> None:
         source.up, source.error = False, error
         source.pending.clear()  # no idle interval spans an outage
+        source.spell = IdleSpell()
         if error != source.logged_error:
             log.warning("token source %s (%s): %s", source.config.name, source.config.shown_url, error)
             source.logged_error = error
