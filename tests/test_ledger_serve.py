@@ -113,7 +113,7 @@ def test_serve_simulated_inference_host_with_cost_exports_the_ledger(tmp_path, p
     vllm = frozenset({("source", "vllm")})
     with daemon(tmp_path, "--config", str(path), "--simulate", "inference-host", "--sim-speed", "60") as d:
         # the cost needs a complete window (60 simulated seconds) of tokens and energy
-        assert wait_until(lambda: "gpuwatch_source_cost_per_million_tokens" in d.metrics(), timeout_s=30), d.stderr
+        assert wait_until(lambda: "gpuwatch_source_cost_per_million_tokens" in d.metrics(), timeout_s=60), d.stderr
         text = get(d.url + "/metrics")
         samples = parse(text)
         for family in LEDGER_FAMILIES[:3]:
@@ -144,12 +144,12 @@ def test_serve_simulated_inference_host_with_cost_exports_the_ledger(tmp_path, p
             found = d.metrics().get("gpuwatch_source_cost_per_million_tokens", {})
             return bool(found) and all(("currency", "EUR") in labels for labels in found)
 
-        assert wait_until(in_euros, timeout_s=15), d.stderr
+        assert wait_until(in_euros, timeout_s=30), d.stderr
         assert "reloaded: cost 0.3 EUR per kWh at PUE 1.2" in d.stderr
 
 
 @pytest.mark.slow
 def test_serve_without_cost_has_no_cost_series_but_the_ledger(tmp_path):
     with serve(tmp_path, "--simulate", "inference-host", "--sim-speed", "60") as served:
-        assert wait_until(lambda: "gpuwatch_source_idle_joules_total" in get(served.url + "/metrics"), timeout_s=30)
+        assert wait_until(lambda: "gpuwatch_source_idle_joules_total" in get(served.url + "/metrics"), timeout_s=60)
         assert "gpuwatch_source_cost_per_million_tokens" not in get(served.url + "/metrics")
