@@ -195,3 +195,13 @@ def test_gpu_hours_are_split_like_energy_between_sources_sharing_a_gpu():
     tp, small = (s.ledger for s in published.sources)
     assert tp.spent == pytest.approx({"USD": 1.5 * 10 * 0.001})
     assert small.spent == pytest.approx({"USD": 0.5 * 10 * 0.001})
+
+
+def test_scrapes_do_not_pile_up_while_the_gpus_report_no_energy():
+    """A GPU without an energy counter gives no ledger, and its source's scrapes are not kept."""
+    server, host = FakeServer(), FakeHost()
+    tracker = make(server, host, gpus=(0, 1))
+    host.up = [False, False]  # no reading, so no energy
+    statuses = run(tracker, host, server, 50, watts=WATTS)
+    assert statuses[-1].up and statuses[-1].ledger is None
+    assert len(tracker._sources[0].pending) <= 2  # the one kept at the last poll, and the scrape after it

@@ -94,7 +94,7 @@ def _ledger(f: Families, source: SourceStatus) -> None:
     )
     f.counter(
         "gpuwatch_source_idle_seconds",
-        "Time the source was up with none of its token counters moving between two scrapes.",
+        "Time the source was up with none of its token counters moving, in spells of 5 s or more between scrapes.",
         ledger.idle_seconds,
         source=source.name,
     )

@@ -13,6 +13,10 @@ A source's token series starts again when its server restarts, and its energy se
 energy counter resets (driver reload), when its GPUs change, or while one of them reports no
 energy. A window needs both series across its whole span, so it never spans a discontinuity of
 either, and no negative or inflated rate can come out.
+
+Each source also keeps an energy ledger (:mod:`gpuwatch.analysis.ledger` decides): at each poll its
+share of its GPUs' energy and time, priced at the ``[cost]`` prices then in force, and the idle
+spells between the scrapes that poll's energy now covers.
 """
 
 from __future__ import annotations
@@ -203,8 +207,11 @@ class TokenTracker:
         shares, times = split_energy(deltas, serving), split_energy(gpu_seconds, serving)
         for n, source in enumerate(self._sources):
             share = shares.get(n)
-            if share is None:
-                source.attributed.clear()  # no energy for it this poll: no idle interval may span the gap
+            if share is None:  # no energy for it this poll (down, GPUs unknown or not reporting energy):
+                source.attributed.clear()  # no idle interval may span the gap, and scrapes before it
+                while len(source.pending) > 1:  # can never be accounted (nor pile up on a GPU without
+                    source.pending.popleft()  # an energy counter)
+                source.spell = IdleSpell()
                 continue
             source.ledger = add_share(source.ledger, share, times[n], self._cost)
             moved = [stamps[i] for i in source.gpus or () if i in deltas]
