@@ -17,6 +17,7 @@ import click
 
 from gpuwatch import __version__, client, collectors, config, install, logsetup, webconfig
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.exporter.address import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_REQUESTS, DEFAULT_PORT
 from gpuwatch.page import tuner as tuner_result
 from gpuwatch.sim import scenario as scenarios
@@ -339,6 +340,7 @@ def check_config(config_file: str, web_config_file: str | None) -> None:
     for source in settings.tokens:
         gpus = "auto" if source.gpus is None else ", ".join(map(str, source.gpus))
         click.echo(f"  token source {source.name!r}: {source.shown_url}, preset {source.preset}, GPUs {gpus}")
+    click.echo(f"  cost: {settings.cost.summary()}")
     if web is not None:
         tls = "TLS" if web.ssl_context else "plain HTTP"
         click.echo(f"  web config: {tls}, {len(web.users)} basic-auth users")
@@ -417,7 +419,7 @@ def _token_sources(urls: tuple[str, ...]) -> tuple[SourceConfig, ...]:
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    help="With --direct or --simulate: take the [health] thresholds from this file.",
+    help="With --direct or --simulate: take the [health] thresholds and [cost] prices from this file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the /status JSON document instead of a table.")
 @click.option("--nagios", is_flag=True, help="Print one Nagios plugin line with performance data.")
@@ -475,10 +477,11 @@ def status(
     _setup_logging("critical")  # what went wrong is printed below, once
     context = click.get_current_context()
     url_given = context.get_parameter_source("url") is not click.core.ParameterSource.DEFAULT
-    health = HealthThresholds()
+    health, cost = HealthThresholds(), CostSettings()
     if config_file:
         try:
-            health = config.build(config.load_file(config_file), {}).health
+            from_file = config.build(config.load_file(config_file), {})
+            health, cost = from_file.health, from_file.cost
         except config.ConfigError as exc:
             raise click.UsageError(str(exc)) from exc
     daemon = None
@@ -490,7 +493,7 @@ def status(
 
     def read(progress: _Progress) -> dict[str, Any]:
         doc = _fetch(daemon, timeout_s, progress, url_given) if daemon is not None else None
-        return doc if doc is not None else _sample_directly(simulate, sim_at_s, health, progress)
+        return doc if doc is not None else _sample_directly(simulate, sim_at_s, health, progress, cost)
 
     def show(doc: dict[str, Any]) -> None:
         try:
@@ -639,7 +642,11 @@ def _fetch(daemon: client.Daemon, timeout_s: float, progress: _Progress, say_why
 
 
 def _sample_directly(
-    simulate: str | None, sim_at_s: float, health: HealthThresholds, progress: _Progress
+    simulate: str | None,
+    sim_at_s: float,
+    health: HealthThresholds,
+    progress: _Progress,
+    cost: CostSettings | None = None,
 ) -> dict[str, Any]:
     """One snapshot sampled in this process.
 
@@ -651,7 +658,7 @@ def _sample_directly(
     what = "NVML" if simulate is None else f"the simulated host {simulate!r}"
     progress.doing = f"sampling {what} in this process (nvmlInit or a GPU read has not returned)"
     clock = ManualClock()
-    options = RuntimeOptions(simulate=simulate, health=health)
+    options = RuntimeOptions(simulate=simulate, health=health, cost=cost or CostSettings())
     try:
         host = open_host(options, clock)
     except scenarios.ScenarioError as exc:

@@ -44,6 +44,11 @@ refused whole, with an error that names the file (or variable), the key and the 
     [kubernetes]                  # pod attribution (the pods collector), on a real host
     pod_resources_socket = "/var/lib/kubelet/pod-resources/kubelet.sock"  # --kubernetes.pod-resources-socket
     refresh_interval = "30s"      # --kubernetes.refresh-interval
+    [cost]                        # prices for gpuwatch_source_cost_per_million_tokens (no flags)
+    energy_price_per_kwh = 0.30   # at the meter; without it (and gpu_hour_price) no cost series
+    pue = 1.0                     # power usage effectiveness of the room, 1 or more
+    gpu_hour_price = 2.40         # optional: rent or depreciation per GPU-hour
+    currency = "USD"              # ISO 4217 code, a label value (nothing is converted)
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from typing import Any
 from gpuwatch import collectors as collector_switches
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S, MIN_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.collectors import CollectorSettings
 from gpuwatch.exporter.address import (
     DEFAULT_LISTEN_ADDRESS,
@@ -104,6 +110,7 @@ class ServeSettings:
     collectors: CollectorSettings = field(default_factory=CollectorSettings)
     pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
     pods_refresh_s: float = DEFAULT_PODS_REFRESH_S
+    cost: CostSettings = field(default_factory=CostSettings)  # [cost]
 
     @property
     def limits(self) -> Limits:
@@ -134,6 +141,11 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "health.xid_window": ("health.xid_window_seconds", "duration", 1, 30 * 86400),
     # the live page
     "web.tuner_result": ("tuner_result_file", "path", 0, 0),
+    # [cost]: file and environment only, applied on SIGHUP (analysis/ledger.py)
+    "cost.energy_price_per_kwh": ("cost.energy_price_per_kwh", "number", 0, 1e6),
+    "cost.pue": ("cost.pue", "number", 1, 10),
+    "cost.gpu_hour_price": ("cost.gpu_hour_price", "number", 0, 1e6),
+    "cost.currency": ("cost.currency", "currency", 0, 0),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
@@ -240,6 +252,8 @@ def _convert(key: str, value: Any) -> Any:
             parse_listen_address(value)
         except ListenAddressError as exc:
             raise ValueError(str(exc)) from exc
+    if kind == "currency" and not re.fullmatch(r"[A-Z]{3}", value):
+        raise ValueError("expected an ISO 4217 currency code in capitals, e.g. 'USD' or 'EUR'")
     if kind == "log_level" and value.lower() not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
     return value.lower() if kind == "log_level" else value
@@ -488,11 +502,13 @@ def build(
     merged = {k: v for k, v in layered.items() if k in known}
     health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
     switches = {k.removeprefix("collectors."): v for k, v in layered.items() if k.startswith("collectors.")}
+    cost = {k.removeprefix("cost."): v for k, v in layered.items() if k.startswith("cost.")}
     return replace(
         ServeSettings(),
         **merged,
         health=replace(HealthThresholds(), **health),
         collectors=CollectorSettings.from_keys(switches),
+        cost=CostSettings(**cost),
     )
 
 

@@ -64,6 +64,7 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         collectors=settings.collectors,
         pod_resources_socket=settings.pod_resources_socket,
         pods_refresh_s=settings.pods_refresh_s,
+        cost=settings.cost,
     )
 
 
@@ -173,7 +174,7 @@ def _reload(
             key = config.key_for_field(name)
             log.warning("%s changed to %r; this takes effect after a restart", key, getattr(new, name))
     new = replace(new, **{name: getattr(current, name) for name in config.RESTART_FIELDS})
-    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s, new.collectors)
+    rt.reconfigure(new.poll_interval_s, new.process_interval_s, new.tokens_window_s, new.collectors, new.cost)
     logsetup.set_level(new.log_level)
     log.info(
         "reloaded: polling every %gs, processes every %gs, log level %s, web config %s",
@@ -184,5 +185,7 @@ def _reload(
     )
     if new.collectors != current.collectors:
         log.info("reloaded: %s", collectors.describe(new.collectors))
+    if new.cost != current.cost:
+        log.info("reloaded: cost %s", new.cost.summary())
     notifier.send(READY=1, STATUS=_describe(rt.sampler))
     return new

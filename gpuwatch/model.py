@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gpuwatch.records import Efficiency, ThrottleSummary, Verdict, record
+from gpuwatch.records import Efficiency, SourceLedger, ThrottleSummary, Verdict, record
 
 UNKNOWN_VERDICT = Verdict("unknown", ("not polled yet",), {})
 
@@ -130,6 +130,11 @@ class SourceStatus:
     efficiency: Efficiency | None = None  # over the window; None until a window is complete
     last_scrape_timestamp: float | None = None
     scrape_duration_seconds: float | None = None
+    # the energy ledger (analysis/ledger.py): None until its GPUs first gave energy while it was up
+    ledger: SourceLedger | None = None
+    # [cost]: price per million tokens over the efficiency window, by kind (generation, total)
+    cost_per_million_tokens: Mapping[str, float] = field(default_factory=dict)
+    currency: str | None = None  # of that price; None without a configured price
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ against 1.3 µs). Nothing changes a record once built; snapshots share them betw
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, dataclass_transform
 
 T = TypeVar("T")
@@ -48,10 +48,29 @@ class ThrottleSummary:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved."""
+    """Tokens per joule over one window; ``joules_per_token`` only for kinds whose tokens moved (and
+    "total", prompt and generated together, see analysis/efficiency.py)."""
 
     window_seconds: float
     joules: float
     tokens: Mapping[str, float]
     tokens_per_joule: Mapping[str, float]
     joules_per_token: Mapping[str, float]
+
+
+# -- the energy ledger of a token source (issue 18: ledger) ----------------------------------------
+
+
+@record
+class SourceLedger:
+    """What a token source's GPUs used while it served, since gpuwatch started; never decreases.
+
+    ``energy_joules``: its share of its GPUs' energy while it was up; ``idle_*``: the part of that
+    (and the time) between scrapes where no token counter moved; ``spent``: what that energy and
+    its GPUs' time cost at the configured prices, by currency.
+    """
+
+    energy_joules: float = 0.0
+    idle_seconds: float = 0.0
+    idle_joules: float = 0.0
+    spent: Mapping[str, float] = field(default_factory=dict)

@@ -12,9 +12,9 @@ or else the exposition's pre-rendering); the tracker publishes a SourcesSnapshot
 then the exposition pre-renders); :meth:`Runtime.latest` merges the two when anything renders.
 
 Threading contract: :meth:`Runtime.reconfigure` may be called from any thread (the daemon calls it
-on SIGHUP from its main thread); it only sets intervals, the tokens window and the collector
-switches, each picked up by the next poll, wait, snapshot or rendering. Nothing else is changed on a
-running runtime.
+on SIGHUP from its main thread); it only sets intervals, the tokens window, the collector switches
+and prices, each picked up by the next poll, wait, snapshot or rendering. Nothing else is changed on
+a running runtime.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from gpuwatch.analysis.efficiency import DEFAULT_WINDOW_S
 from gpuwatch.analysis.health import HealthThresholds
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.collectors import CollectorSettings, select
 from gpuwatch.exporter.exposition import CachedExposition
 from gpuwatch.exporter.registry import SnapshotCollector, registry_for
@@ -62,6 +63,7 @@ class RuntimeOptions:
     pods: bool | None = None  # pod attribution (gpuwatch/k8s/); None: on a real host when the pods collector runs
     pod_resources_socket: str = DEFAULT_SOCKET
     pods_refresh_s: float = DEFAULT_REFRESH_S
+    cost: CostSettings = field(default_factory=CostSettings)  # [cost]: prices for the token sources' ledger
 
 
 class MergedSnapshot:
@@ -158,7 +160,7 @@ class Runtime:
             if threads:
                 self.pods.start()
         if sources:
-            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
+            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s, cost=self.options.cost)
             self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker, self.pods)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
@@ -191,11 +193,12 @@ class Runtime:
         process_interval_s: float,
         tokens_window_s: float,
         collectors: CollectorSettings | None = None,
+        cost: CostSettings | None = None,
     ) -> None:
-        """New intervals, tokens window and collector switches (see the module doc's threading contract)."""
+        """New intervals, tokens window, collector switches and prices (see the module doc's threading contract)."""
         self.sampler.configure(poll_interval_s, process_interval_s)
         if self._tokens is not None:
-            self._tokens.configure(tokens_window_s)
+            self._tokens.configure(tokens_window_s, cost)
         if collectors is not None and collectors != self._collectors:
             self._collectors = collectors
             self.collector.use(select(collectors))

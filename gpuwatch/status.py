@@ -101,6 +101,14 @@ def _source(source: SourceStatus) -> dict[str, Any]:
         "window_seconds": None if efficiency is None else efficiency.window_seconds,
         "tokens_per_joule_by_kind": {} if efficiency is None else dict(efficiency.tokens_per_joule),
         "joules_per_token_by_kind": {} if efficiency is None else dict(efficiency.joules_per_token),
+        # the energy ledger since gpuwatch started (null until the source's GPUs gave energy) and,
+        # with [cost] prices, the price per million tokens by kind over the window
+        "energy_joules_total": None if source.ledger is None else source.ledger.energy_joules,
+        "idle_seconds_total": None if source.ledger is None else source.ledger.idle_seconds,
+        "idle_joules_total": None if source.ledger is None else source.ledger.idle_joules,
+        "cost_per_million_tokens_by_kind": dict(source.cost_per_million_tokens),
+        "cost_total_by_currency": {} if source.ledger is None else dict(source.ledger.spent),
+        "currency": source.currency,
     }
 
 
@@ -214,6 +222,10 @@ def render_table(doc: dict[str, Any], colour: bool = False) -> str:
     if doc.get("sources"):
         lines.append("")
         lines.extend(_columns([list(_SOURCE_COLUMNS)] + [_source_row(s) for s in doc["sources"]]))
+        ledgers = [s for s in doc["sources"] if s.get("energy_joules_total") is not None]
+        if ledgers:
+            lines.append("")
+            lines.extend(_columns([list(_LEDGER_COLUMNS)] + [_ledger_row(s) for s in ledgers]))
     return "\n".join(lines)
 
 
@@ -250,6 +262,42 @@ def _source_row(source: dict[str, Any]) -> list[str]:
         "n/a" if window is None else f"{window:.0f} s",
         note,
     ]
+
+
+_LEDGER_COLUMNS = ("SOURCE", "ENERGY", "IDLE", "IDLE ENERGY", "J/GEN TOKEN", "J/TOKEN", "COST/M GEN", "COST/M TOKENS")
+
+
+def _ledger_row(source: dict[str, Any]) -> list[str]:
+    """A source's energy ledger: energy and idle since gpuwatch started, per token and cost over the window."""
+    per_token = source.get("joules_per_token_by_kind") or {}
+    cost = source.get("cost_per_million_tokens_by_kind") or {}
+    currency = source.get("currency") or ""
+
+    def price(kind: str) -> str:
+        return "n/a" if cost.get(kind) is None else f"{cost[kind]:.3g} {currency}".strip()
+
+    def joules(kind: str) -> str:
+        return "n/a" if per_token.get(kind) is None else f"{per_token[kind]:.3g} J"
+
+    return [
+        source["name"],
+        _energy(source["energy_joules_total"]),
+        f"{source.get('idle_seconds_total') or 0:.0f} s",
+        _energy(source.get("idle_joules_total") or 0.0),
+        joules("generation"),
+        joules("total"),
+        price("generation"),
+        price("total"),
+    ]
+
+
+def _energy(joules: float) -> str:
+    """Joules as an operator reads them: J, kJ, then kWh."""
+    if joules < 1e4:
+        return f"{joules:.0f} J"
+    if joules < 3.6e6:
+        return f"{joules / 1e3:.1f} kJ"
+    return f"{joules / 3.6e6:.2f} kWh"
 
 
 def _row(gpu: dict[str, Any]) -> list[str]:

@@ -55,7 +55,10 @@ def test_status_of_a_simulated_host_prints_the_verdict_then_one_row_per_gpu():
     assert lines[8].split() == ["SOURCE", "GPUS", "UP", "TOKENS/J", "J/TOKEN", "WINDOW", "NOTE"]
     source = lines[9].split()
     assert source[:4] == ["vllm", "0,1", "(auto)", "yes"] and 1 < float(source[4]) < 5 and source[6:8] == ["60", "s"]
-    assert len(lines) == 10
+    # Then its energy ledger (no [cost] prices given: no cost).
+    assert lines[10] == "" and lines[11].split()[:3] == ["SOURCE", "ENERGY", "IDLE"]
+    assert lines[12].split()[0] == "vllm" and lines[12].split()[-2:] == ["n/a", "n/a"]
+    assert len(lines) == 13
     assert "\033[" not in result.stdout  # no colour when stdout is not a terminal
 
 

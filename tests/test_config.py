@@ -33,7 +33,7 @@ def test_every_key_is_read_and_flags_win(tmp_path):
 
 
 def test_every_flag_has_a_file_key():
-    assert set(config.FLAG_FOR_KEY) == {k for k in config._KEYS if not k.startswith("health.")}
+    assert set(config.FLAG_FOR_KEY) == {k for k in config._KEYS if not k.startswith(("health.", "cost."))}
 
 
 def test_health_thresholds_come_from_the_file(tmp_path):
@@ -140,7 +140,7 @@ def test_bad_environment_names_variable_key_and_value(environ, expected):
 def test_every_key_has_an_environment_variable():
     assert config.env_name("web.listen_address") == "GPUWATCH_WEB_LISTEN_ADDRESS"
     assert len({config.env_name(k) for k in config._KEYS}) == len(config._KEYS)
-    assert set(config.FLAG_FOR_KEY) == {k for k in config._KEYS if not k.startswith("health.")}
+    assert set(config.FLAG_FOR_KEY) == {k for k in config._KEYS if not k.startswith(("health.", "cost."))}
 
 
 def test_health_thresholds_from_the_environment():

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 SPEED = 60
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 THERMAL = ("GpuThermalSlowdown", "GpuTemperatureAtMaxOperating", "GpuTemperatureMarginSmall")
+PRICED = {"GPUWATCH_COST_ENERGY_PRICE_PER_KWH": "0.30", "GPUWATCH_COST_GPU_HOUR_PRICE": "0.80"}  # [cost]
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def _gpuwatch(stack: ExitStack, tmp: Path, host: Host, port: int) -> Served:
     args = ["--simulate", host.scenario, "--sim-speed", str(SPEED)] if host.scenario else []
     # A 5 s poll is 1/12 s of wall time at 60x: cheap enough for 18 daemons on 2 cores.
     args += ["--poll-interval", "5s", "--process-interval", "60s", "--log.level", "warning"]
-    return stack.enter_context(serve(tmp, *args, port=port, wait_ready=False))
+    env = PRICED if host.scenario == "inference-host" else None  # the ledger's cost rules and panels need a price
+    return stack.enter_context(serve(tmp, *args, port=port, wait_ready=False, env=env))
 
 
 @pytest.fixture(scope="module")

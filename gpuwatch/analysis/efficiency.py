@@ -17,6 +17,9 @@ from gpuwatch.records import Efficiency
 
 DEFAULT_WINDOW_S = 60.0
 MIN_WINDOW_S = 10.0
+# joules_per_token also has "total": the window's energy over these kinds together (a server's
+# prompt and generated tokens), when the source counts both
+TOTAL_OF_KINDS = ("generation", "prompt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +88,14 @@ def window_efficiency(
     moved = {kind: end.tokens[kind] - start.tokens[kind] for kind in end.tokens if kind in start.tokens}
     if any(delta < 0 for delta in moved.values()):
         return None  # a reset the caller missed; never report a negative rate
+    per_token = {kind: joules / delta for kind, delta in moved.items() if delta > 0}
+    total = sum(moved[kind] for kind in TOTAL_OF_KINDS if kind in moved)
+    if total > 0 and all(kind in moved for kind in TOTAL_OF_KINDS):
+        per_token["total"] = joules / total
     return Efficiency(
         window_seconds=span,
         joules=joules,
         tokens=moved,
         tokens_per_joule={kind: delta / joules for kind, delta in moved.items()},
-        joules_per_token={kind: joules / delta for kind, delta in moved.items() if delta > 0},
+        joules_per_token=per_token,
     )

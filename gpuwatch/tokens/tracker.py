@@ -13,6 +13,10 @@ A source's token series starts again when its server restarts, and its energy se
 energy counter resets (driver reload), when its GPUs change, or while one of them reports no
 energy. A window needs both series across its whole span, so it never spans a discontinuity of
 either, and no negative or inflated rate can come out.
+
+Each source also keeps an energy ledger (:mod:`gpuwatch.analysis.ledger` decides): at each poll its
+share of its GPUs' energy and time, priced at the ``[cost]`` prices then in force, and the idle
+spells between the scrapes that poll's energy now covers.
 """
 
 from __future__ import annotations
@@ -31,7 +35,17 @@ from gpuwatch.analysis.efficiency import (
     TokenPoint,
     window_efficiency,
 )
+from gpuwatch.analysis.ledger import (
+    CostSettings,
+    IdleSpell,
+    add_share,
+    cost_per_million_tokens,
+    energy_deltas,
+    settle,
+    split_energy,
+)
 from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
+from gpuwatch.records import SourceLedger
 from gpuwatch.tokens import attribution, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
 from gpuwatch.tokens.parse import CountReader, ExpositionError, TokenCounts
@@ -72,6 +86,11 @@ class _Source:
     last_scrape: float | None = None
     scrape_duration: float | None = None
     wake: threading.Event = field(default_factory=threading.Event)
+    # the energy ledger (analysis/ledger.py): its totals, its energy at each poll, scrapes to account
+    ledger: SourceLedger | None = None
+    attributed: deque[EnergyPoint] = field(default_factory=deque)
+    pending: deque[TokenPoint] = field(default_factory=deque)
+    spell: IdleSpell = field(default_factory=IdleSpell)
 
 
 class TokenTracker:
@@ -85,6 +104,7 @@ class TokenTracker:
         min_window_s: float = MIN_WINDOW_S,
         fetcher: Fetcher = fetch,
         attributor: Attributor = attribution.attribute,
+        cost: CostSettings | None = None,
     ) -> None:
         self._sources = [
             _Source(config=c, metrics=c.metrics, preset=None if c.metrics is None else c.preset, gpus=c.gpus)
@@ -105,11 +125,15 @@ class TokenTracker:
         self._summarised: tuple[str, ...] = ()  # the sources down at the last summary line
         self._next_summary_at = float("-inf")
         self.latest: SourcesSnapshot | None = None  # None until the first GPU snapshot is taken in
+        self._cost = cost or CostSettings()
+        self._gpu_energy: dict[int, tuple[float, float]] = {}  # GPU -> (reading time, reset-safe energy)
 
-    def configure(self, window_s: float) -> None:
-        """A new efficiency window (SIGHUP); safe from any thread, used from the next snapshot on."""
+    def configure(self, window_s: float, cost: CostSettings | None = None) -> None:
+        """A new efficiency window and prices (SIGHUP); safe from any thread, used from the next snapshot on."""
         with self._lock:
             self.window_s = window_s
+            if cost is not None:
+                self._cost = cost
 
     def subscribe(self, subscriber: Callable[[SourcesSnapshot], None]) -> None:
         """Called with each SourcesSnapshot, after :attr:`latest` is set (subscribe before start)."""
@@ -131,6 +155,7 @@ class TokenTracker:
         by_index = {g.identity.index: g for g in gpus}
         with self._lock:
             self._gpu_pids = {g.identity.index: tuple(p.pid for p in g.processes) for g in gpus if g.up}
+            self._account_energy(by_index)
             for source in self._sources:
                 self._record_energy(source, by_index)
                 if source.pids and not any(source.pids & set(p) for p in self._gpu_pids.values()):
@@ -165,6 +190,42 @@ class TokenTracker:
         source.energy.append(EnergyPoint(timestamp, joules))
         source.break_reason = None
         self._prune(source.energy, timestamp)
+
+    def _account_energy(self, by_index: Mapping[int, GpuStatus]) -> None:
+        """The ledger: this poll's energy of each GPU, shared among the sources up on it; then the
+        idle intervals between scrapes that the energy now covers."""
+        stamps, totals = {}, {}
+        for index, g in by_index.items():
+            if g.up and g.reading is not None and g.energy_joules_total is not None:
+                stamps[index], totals[index] = g.reading.timestamp, g.energy_joules_total
+        last = self._gpu_energy  # a poll left behind in a hung read may finish late: only newer readings count
+        fresh = {i: total for i, total in totals.items() if i not in last or stamps[i] > last[i][0]}
+        deltas = energy_deltas({i: total for i, (_, total) in last.items()}, fresh)
+        gpu_seconds = {i: stamps[i] - last[i][0] for i in deltas}
+        self._gpu_energy = {i: (stamps[i], totals[i]) if i in fresh else last[i] for i in totals}
+        serving = {n: s.gpus for n, s in enumerate(self._sources) if s.up and s.gpus}
+        shares, times = split_energy(deltas, serving), split_energy(gpu_seconds, serving)
+        for n, source in enumerate(self._sources):
+            share = shares.get(n)
+            if share is None:  # no energy for it this poll (down, GPUs unknown or not reporting energy):
+                source.attributed.clear()  # no idle interval may span the gap, and scrapes before it
+                while len(source.pending) > 1:  # can never be accounted (nor pile up on a GPU without
+                    source.pending.popleft()  # an energy counter)
+                source.spell = IdleSpell()
+                continue
+            source.ledger = add_share(source.ledger, share, times[n], self._cost)
+            moved = [stamps[i] for i in source.gpus or () if i in deltas]
+            timestamp = sum(moved) / len(moved)
+            if not source.attributed or timestamp > source.attributed[-1].timestamp:
+                source.attributed.append(EnergyPoint(timestamp, source.ledger.energy_joules))
+            source.ledger, done, source.spell = settle(
+                source.ledger, list(source.pending), list(source.attributed), source.spell
+            )
+            for _ in range(done):
+                source.pending.popleft()
+            oldest = source.pending[0].timestamp if source.pending else source.attributed[-1].timestamp
+            while len(source.attributed) > 2 and source.attributed[1].timestamp <= oldest:
+                source.attributed.popleft()
 
     def _prune(self, series: deque[EnergyPoint] | deque[TokenPoint], newest: float) -> None:
         # Keep one window and a little more: the newest scrape may lie a poll or two behind the energy.
@@ -213,6 +274,11 @@ class TokenTracker:
             efficiency=efficiency,
             last_scrape_timestamp=source.last_scrape,
             scrape_duration_seconds=source.scrape_duration,
+            ledger=source.ledger,
+            cost_per_million_tokens={}
+            if efficiency is None
+            else cost_per_million_tokens(efficiency, len(source.gpus or ()), self._cost),
+            currency=self._cost.currency if self._cost.priced else None,
         )
 
     # -- scraping -----------------------------------------------------------------------------------
@@ -254,6 +320,8 @@ class TokenTracker:
 
     def _down(self, source: _Source, error: str) -> None:
         source.up, source.error = False, error
+        source.pending.clear()  # no idle interval spans an outage
+        source.spell = IdleSpell()
         if error != source.logged_error:
             log.warning("token source %s (%s): %s", source.config.name, source.config.shown_url, error)
             source.logged_error = error
@@ -284,6 +352,7 @@ class TokenTracker:
             counter = source.counters.get(kind)
             source.counters[kind] = ResetSafeCounter(value) if counter is None else counter.advance(value)
         source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
+        source.pending.append(TokenPoint(timestamp, {kind: c.total for kind, c in source.counters.items()}))
         self._prune(source.tokens, timestamp)
         if not source.up and source.logged_error is not None:
             log.info("token source %s answers again", source.config.name)
