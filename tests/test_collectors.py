@@ -17,6 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch import collectors, config
+from gpuwatch.analysis.ledger import CostSettings
 from gpuwatch.collectors import LEAN_SET, SWITCHABLE, CollectorSettings, select
 from gpuwatch.exporter import lean, processes
 from gpuwatch.exporter.registry import COLLECTORS, SnapshotCollector, registry_for
@@ -145,10 +146,10 @@ def host_snapshot() -> Snapshot:
     return simulated_snapshot(*MEASURED_ON)
 
 
-def simulated_snapshot(scenario: str, at_s: int) -> Snapshot:
+def simulated_snapshot(scenario: str, at_s: int, cost: CostSettings | None = None) -> Snapshot:
     """A scenario's merged snapshot at ``at_s``, polled (and its servers scraped) every 5 s before."""
     clock = ManualClock()
-    with assemble(RuntimeOptions(simulate=scenario), clock=clock) as rt:
+    with assemble(RuntimeOptions(simulate=scenario, cost=cost or CostSettings()), clock=clock) as rt:
         rt.start(threads=False)
         for t in range(1, at_s + 1, 5):
             clock.advance(t - clock.sim_seconds())
@@ -337,6 +338,9 @@ def test_the_lean_set_exports_every_metric_a_shipped_rule_or_panel_reads(host_sn
     its family is one the lean set keeps (gpuwatch/exporter/lean.py; ``self`` is kept whole)."""
     found: dict[str, tuple[str, str]] = {}  # sample name -> (collector, family)
     snapshots = [host_snapshot, *(simulated_snapshot(*at) for at in EXPORTING_SCENARIOS)]
+    snapshots.append(
+        simulated_snapshot("inference-host", 120, CostSettings(energy_price_per_kwh=0.3, gpu_hour_price=2.4))
+    )
     for snapshot in snapshots:
         for name, collect in COLLECTORS.items():
             found.update({s.name: (name, f.name) for f in collect(snapshot) for s in f.samples})

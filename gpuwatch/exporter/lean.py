@@ -62,6 +62,12 @@ LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
     "gpuwatch_tokens": ALL,
     "gpuwatch_tokens_per_joule": ALL,
     "gpuwatch_joules_per_token": ALL,
+    # the energy ledger (per source, no gpu label)
+    "gpuwatch_source_energy_joules": ALL,
+    "gpuwatch_source_idle_seconds": ALL,
+    "gpuwatch_source_idle_joules": ALL,
+    "gpuwatch_source_cost": ALL,
+    "gpuwatch_source_cost_per_million_tokens": ALL,
 }
 
 
