@@ -12,9 +12,11 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gpuwatch.exporter import (
     clocks,
+    gpm,
     health,
     identity,
     memory,
+    mig,
     pcie,
     power,
     processes,
@@ -43,6 +45,8 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "processes": processes.collect,
     "tokens": tokens.collect,
     "self": self_metrics.collect,
+    "gpm": gpm.collect,
+    "mig": mig.collect,
 }
 
 

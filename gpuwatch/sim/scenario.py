@@ -118,6 +118,22 @@ class ServerSpec:
     faults: tuple[ServerFault, ...] = ()
 
 
+# What a GPU's (or MIG instance's) work is, for GPM's busyness (gpuwatch/sim/gpm.py): LLM decode is
+# memory-bound, prefill and dense training compute-bound. Unset on a GPU: decode where a simulated
+# server runs on it, else compute.
+WORKLOADS = ("decode", "prefill", "compute")
+
+
+@dataclass(frozen=True, slots=True)
+class MigSpec:
+    """One MIG instance (a GPU instance with one compute instance spanning it) and its work."""
+
+    profile: str  # as nvidia-smi names it: 3g.71gb (gpuwatch/sim/mig.py lists each card's)
+    load: float = 0.0
+    workload: str = "compute"
+    processes: tuple[SimProcess, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSpec:
     """One simulated GPU: its profile, its workload over time, its cooling and its faults."""
@@ -141,6 +157,10 @@ class GpuSpec:
     uuid: str | None = None
     serial: str | None = None
     pci_bus_id: str | None = None
+    # GPM and MIG (issue 17): the work's kind (WORKLOADS; None: decide as WORKLOADS says) and, with
+    # MIG enabled, its instances
+    workload: str | None = None
+    mig: tuple[MigSpec, ...] = ()
 
     @property
     def card(self) -> DeviceProfile:
@@ -163,6 +183,9 @@ class Scenario:
     source: str = field(default="", compare=False)
     # What the scenario could not take from its source and filled in (a host built from a capture).
     fallbacks: tuple[str, ...] = field(default=(), compare=False)
+    # false: gpuwatch runs as a user without privileges, so a MIG-enabled GPU's parent-level memory
+    # and process queries answer NoPermission (shared/research/real-cards.md)
+    privileged: bool = True
 
     @property
     def driver_branch(self) -> int:
@@ -218,7 +241,10 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
     top = reader.table(
-        doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
+        doc,
+        "",
+        {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
+        | {"privileged"},
     )
     gpus_raw = top.get("gpu", [])
     if not isinstance(gpus_raw, list) or not gpus_raw:
@@ -240,6 +266,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         servers=servers,
         faults=tuple(reader.fault(f, f"fault[{i}]", HOST_FAULT_KINDS) for i, f in enumerate(top.get("fault", []))),
         source=source,
+        privileged=reader.flag(top, "privileged", "", default=True),
     )
 
 
@@ -300,7 +327,7 @@ class _Reader:
             "burst_on_s",
             "burst_off_s",
             "burst_low",
-        }
+        } | {"workload", "mig"}
         g = self.table(raw, where, allowed)
         profile_key = self.string(g, "profile", where, default="rtx-a6000")
         profile_key = ALIASES.get(profile_key, profile_key)
@@ -351,7 +378,52 @@ class _Reader:
             burst_on_s=self.number(g, "burst_on_s", where, minimum=0.25) if "burst_on_s" in g else None,
             burst_off_s=self.number(g, "burst_off_s", where, minimum=0.25) if "burst_off_s" in g else None,
             burst_low=self.number(g, "burst_low", where, default=0.05, minimum=0, maximum=1),
+            workload=self.workload(g, where) if "workload" in g else None,
+            mig=self.mig(g, where, profile),
         )
+
+    def flag(self, table: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(_join(where, key), f"expected true or false, got {value!r}")
+        return value
+
+    def workload(self, table: dict[str, Any], where: str, default: str = "compute") -> str:
+        kind = self.string(table, "workload", where, default=default)
+        if kind not in WORKLOADS:
+            raise self.fail(_join(where, "workload"), f"{kind!r} is not a workload (known: {', '.join(WORKLOADS)})")
+        return kind
+
+    def mig(self, g: dict[str, Any], where: str, card: DeviceProfile) -> tuple[MigSpec, ...]:
+        """[[gpu.mig]] instances: each a profile this card offers, slices adding up to at most 7."""
+        from gpuwatch.sim.mig import MIG_PROFILES
+
+        raw = g.get("mig", [])
+        if not isinstance(raw, list):
+            raise self.fail(_join(where, "mig"), "expected [[gpu.mig]] tables")
+        offered = MIG_PROFILES.get(card.key, {})
+        out = []
+        for i, m in enumerate(raw):
+            at = _join(where, f"mig[{i}]")
+            t = self.table(m, at, {"profile", "load", "workload", "process"})
+            profile = self.string(t, "profile", at)
+            if profile not in offered:
+                known = ", ".join(offered) or "none: the card has no MIG"
+                raise self.fail(_join(at, "profile"), f"{profile!r} is not a MIG profile of {card.key} ({known})")
+            out.append(
+                MigSpec(
+                    profile=profile,
+                    load=self.number(t, "load", at, default=0.0, minimum=0, maximum=1),
+                    workload=self.workload(t, at),
+                    processes=tuple(
+                        self.process(p, _join(at, f"process[{j}]")) for j, p in enumerate(t.get("process", []))
+                    ),
+                )
+            )
+        slices: int = sum(offered[m.profile][0] for m in out)  # (slices, memory, SMs, GI ids)
+        if slices > 7:
+            raise self.fail(_join(where, "mig"), "the instances need more than the card's 7 slices")
+        return tuple(out)
 
     def server(self, raw: Any, where: str, gpu_count: int) -> ServerSpec:
         allowed = {
