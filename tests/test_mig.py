@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from gpuwatch import status as status_module
 from gpuwatch.nvml.mig import profile_name
 from gpuwatch.sim import scenario
+from gpuwatch.sim.mig import MIG_PROFILES, SimMig
+from gpuwatch.sim.physics import SimGpu
 from tests.test_exporter import exposition
 
 
@@ -121,3 +124,38 @@ def test_bad_mig_tables_name_the_key(mig, message):
 def test_mig_on_a_card_without_it_is_refused():
     with pytest.raises(scenario.ScenarioError, match="none: the card has no MIG"):
         scenario.parse('[[gpu]]\nprofile = "rtx-a6000"\n[[gpu.mig]]\nprofile = "1g.18gb"\n', source="x.toml")
+
+
+def _capture_mig_devices() -> list[dict[str, int]]:
+    """The idle section's MIG devices of the h200-mig capture: GI, CI, SMs, memory total (MiB)."""
+    text = (Path(__file__).parent / "data" / "captures" / "h200-mig__590.48.01.txt").read_text()
+    idle = text.split("=== idle :: query (-q)", 1)[1].split("\n    FB Memory Usage", 1)[0]
+    found = []
+    for block in idle.split("    MIG Device\n")[1:]:
+        numbers = {
+            key: int(re.search(rf"{label}\s*: (\d+)", block)[1])  # type: ignore[index]
+            for key, label in (
+                ("gi", "GPU Instance ID"),
+                ("ci", "Compute Instance ID"),
+                ("sms", "Multiprocessor count"),
+                ("memory_mib", r"Shared FB Memory Usage\s+Total"),
+            )
+        }
+        found.append(numbers)
+    return found
+
+
+def test_the_h200_mig_profiles_match_the_capture():
+    devices = _capture_mig_devices()
+    assert [d["gi"] for d in devices] == [2, 2, 3, 9, 10]
+    table = MIG_PROFILES["h200"]
+    by_gi = {2: "3g.71gb", 3: "2g.35gb", 9: "1g.18gb", 10: "1g.18gb"}
+    for d in devices:
+        slices, memory_mib, sms, gi_ids = table[by_gi[d["gi"]]]
+        assert d["memory_mib"] == memory_mib and d["gi"] in gi_ids
+        if d["gi"] != 2:  # the 3g instance is split into 1c + 2c compute instances there: 16 SMs per slice
+            assert d["sms"] == sms == 16 * slices
+    assert sum(d["sms"] for d in devices if d["gi"] == 2) == 48  # 1c + 2c of the 3g: 16 + 32 of its 60
+    # the simulated instances take the GI ids the driver gave, in the order it gave them
+    gpu = SimGpu(0, scenario.load("h200-mig").gpus[0], seed=1)
+    assert [m.gpu_instance_id for m in SimMig([gpu], seed=1).of(gpu)] == [2, 3, 9, 10]
