@@ -10,6 +10,8 @@ import pynvml
 import pytest
 
 from gpuwatch import status as status_module
+from gpuwatch.derive import throttle_sample
+from gpuwatch.model import GpuReading, MigReading
 from gpuwatch.nvml import gpm, use_library
 from gpuwatch.nvml.reader import NvmlReader
 from gpuwatch.sim import scenario
@@ -196,3 +198,29 @@ def test_status_without_gpm_shows_utilization_alone(sim):
     table = status_module.render_table(status_module.to_document(run.at(3)))
     row = next(line for line in table.splitlines() if line.startswith("0 "))
     assert re.search(r"util \d+ %", row) and "SM active" not in row
+
+
+@pytest.mark.parametrize(
+    ("utilization", "activity", "mig", "busy"),
+    [
+        (0.9, {}, (), True),  # no GPM: utilization decides, as before
+        (0.01, {}, (), False),
+        (1.0, {"sm_active": 0.38}, (), True),  # decode: busy by both
+        (1.0, {"sm_active": 0.01}, (), False),  # a kernel "runs" all the time on almost no SMs
+        (None, {}, ({"sm_active": 0.0}, {"sm_active": 0.6}), True),  # MIG: the busiest instance
+        (None, {}, ({"sm_active": 0.0},), False),
+    ],
+)
+def test_throttle_busy_is_sm_active_where_known(utilization, activity, mig, busy):
+    instances = tuple(
+        MigReading(index=i, uuid="MIG-x", profile="1g.18gb", gpu_instance_id=i, compute_instance_id=0, activity_ratio=a)
+        for i, a in enumerate(mig)
+    )
+    reading = GpuReading(
+        timestamp=1.0,
+        utilization_ratio={} if utilization is None else {"gpu": utilization},
+        clock_event_reasons=frozenset(),
+        activity_ratio=activity,
+        mig_instances=instances,
+    )
+    assert throttle_sample(reading, 2e9).busy is busy
