@@ -159,3 +159,26 @@ def test_the_h200_mig_profiles_match_the_capture():
     # the simulated instances take the GI ids the driver gave, in the order it gave them
     gpu = SimGpu(0, scenario.load("h200-mig").gpus[0], seed=1)
     assert [m.gpu_instance_id for m in SimMig([gpu], seed=1).of(gpu)] == [2, 3, 9, 10]
+
+
+def test_a_mig_mode_flip_opens_the_gpu_anew_on_the_next_slow_read(sim, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "flip.toml"
+    path.write_text(
+        'driver_version = "590.48.01"\ncuda_driver_version = 13010\n'
+        '[[gpu]]\nprofile = "h200"\nload = 0.5\n'
+        '[[gpu.fault]]\nkind = "mig_enable"\nat_s = 30\n'
+        '[[gpu.mig]]\nprofile = "3g.71gb"\nload = 0.9\n'
+        '[[gpu.mig]]\nprofile = "1g.18gb"\n'
+    )
+    run = sim(str(path), process_interval_s=10.0)
+    run.at(1)
+    before = run.at(5).gpus[0].reading
+    assert before.mig_enabled is False and not before.mig_instances
+    assert "sm_active" in before.activity_ratio and "gpu" in before.utilization_ratio
+    after = run.through(31, 45).gpus[0].reading
+    assert after.mig_enabled is True
+    assert [m.profile for m in after.mig_instances] == ["3g.71gb", "1g.18gb"]
+    assert "sm_active" in after.mig_instances[0].activity_ratio
+    assert not after.activity_ratio and "gpu" not in after.utilization_ratio  # the parent's own: gone
+    assert any("MIG mode is now enabled" in r.getMessage() for r in caplog.records)

@@ -86,10 +86,13 @@ class SimMig:
             self.instances[gpu.index] = found
 
     def enabled(self, gpu: SimGpu) -> bool:
-        return gpu.index in self.instances
+        if gpu.index not in self.instances:
+            return False
+        later = any(f.kind == "mig_enable" for f in gpu.spec.faults)
+        return not later or gpu.fault_active("mig_enable") is not None
 
     def of(self, gpu: SimGpu) -> list[SimMigInstance]:
-        return self.instances.get(gpu.index, [])
+        return self.instances.get(gpu.index, []) if self.enabled(gpu) else []
 
     def by_gpu_instance(self, gpu: SimGpu, gpu_instance_id: int) -> SimMigInstance | None:
         return next((m for m in self.of(gpu) if m.gpu_instance_id == gpu_instance_id), None)

@@ -33,6 +33,9 @@ FAULT_KINDS = frozenset(
         "not_supported",  # calls for the GPU answer NOT_SUPPORTED for `duration_s` (a `ratio` of them)
         "hang",  # every call for the GPU blocks `hang_s` wall seconds, for `duration_s`
         "gpu_reset",  # the GPU is reset: a lost GPU answers again; energy and volatile ECC restart from 0
+        # an administrator enables MIG (the pending mode, applied by a GPU reset): from `at_s` the GPU
+        # runs its [[gpu.mig]] instances; without this fault they are there from the start
+        "mig_enable",
     }
 )
 # Faults of the driver as a whole: top-level [[fault]] tables.
