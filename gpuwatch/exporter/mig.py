@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from gpuwatch.exporter.families import Families
+from gpuwatch.exporter.gpm import RATIOS
 from gpuwatch.model import Snapshot
 
 _GPM = (
-    "from NVML GPM per GPU instance (nvmlGpmMigSampleGet) over the interval since the previous poll; "
+    "of the MIG device's GPU instance, from NVML GPM (nvmlGpmMigSampleGet) over the interval since the previous poll; "
     "with MIG enabled the parent GPU has no utilization or GPM series of its own (NVML answers NotSupported)"
 )
-_RATIOS = (
-    ("sm_active", "gpuwatch_mig_sm_active_ratio", "Share of the instance's SMs busy"),
-    ("sm_occupancy", "gpuwatch_mig_sm_occupancy_ratio", "Resident warps as a share of the instance's maximum"),
-    ("tensor_active", "gpuwatch_mig_tensor_active_ratio", "Share of time any tensor pipe of the instance was busy"),
-    ("dram_active", "gpuwatch_mig_dram_active_ratio", "The instance's DRAM bandwidth use as a share of its peak"),
+# The GPU's GPM families that NVML also gives per GPU instance, as gpuwatch_mig_*
+_RATIOS = tuple(
+    (key, name.replace("gpuwatch_gpu_", "gpuwatch_mig_"), what)
+    for key, name, what in RATIOS
+    if key in ("sm_active", "sm_occupancy", "tensor_active", "dram_active")
 )
 
 
