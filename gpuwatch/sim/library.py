@@ -442,11 +442,12 @@ class SimulatedNvmlLibrary:
         out._obj.free = total - used
 
     def _nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> None:
-        _check_version(out._obj, abi.MEMORY_V2)
         if (mig := self._mig_device(handle)) is not None:
+            _check_version(out._obj, abi.MEMORY_V2)
             out._obj.reserved = 0
             return self._mig_memory(mig[1], out._obj)
         gpu = self._gpu(handle)
+        _check_version(out._obj, abi.MEMORY_V2)
         self._parent_permitted(gpu)
         total = gpu.profile.memory_total_mib * MIB
         reserved = gpu.profile.memory_reserved_mib * MIB
