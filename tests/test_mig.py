@@ -182,3 +182,33 @@ def test_a_mig_mode_flip_opens_the_gpu_anew_on_the_next_slow_read(sim, tmp_path,
     assert "sm_active" in after.mig_instances[0].activity_ratio
     assert not after.activity_ratio and "gpu" not in after.utilization_ratio  # the parent's own: gone
     assert any("MIG mode is now enabled" in r.getMessage() for r in caplog.records)
+
+
+def test_a_gpu_instance_split_into_compute_instances_is_named_as_the_capture_names_it(sim, tmp_path):
+    """The h200-mig capture's layout: 3g split into 1c + 2c, then 2g, 1g, 1g (`nvidia-smi -L`)."""
+    path = tmp_path / "capture-layout.toml"
+    path.write_text(
+        'driver_version = "590.48.01"\ncuda_driver_version = 13010\n[[gpu]]\nprofile = "h200"\nload = 0.3\n'
+        '[[gpu.mig]]\nprofile = "3g.71gb"\ncompute_instances = [1, 2]\nload = 0.5\n'
+        '[[gpu.mig]]\nprofile = "2g.35gb"\n[[gpu.mig]]\nprofile = "1g.18gb"\n[[gpu.mig]]\nprofile = "1g.18gb"\n'
+    )
+    run = sim(str(path))
+    run.at(1)
+    instances = run.at(3).gpus[0].reading.mig_instances
+    assert [(m.profile, m.gpu_instance_id, m.compute_instance_id) for m in instances] == [
+        ("1c.3g.71gb", 2, 0),
+        ("2c.3g.71gb", 2, 1),
+        ("2g.35gb", 3, 0),
+        ("1g.18gb", 9, 0),
+        ("1g.18gb", 10, 0),
+    ]
+    first, second = instances[:2]
+    assert first.memory_size_bytes == second.memory_size_bytes == 71424 * 2**20  # shared, as the capture shows
+    assert first.memory_used_bytes == second.memory_used_bytes
+    assert first.activity_ratio == second.activity_ratio and first.activity_ratio["sm_active"] > 0  # one GI
+    assert instances[0].activity_ratio["sm_active"] < 0.5  # counted once per GPU instance, not per CI
+
+
+def test_compute_instances_must_fit_their_gpu_instance():
+    with pytest.raises(scenario.ScenarioError, match=r"gpu\[0\]\.mig\[0\]\.compute_instances"):
+        scenario.parse('[[gpu]]\nprofile = "h200"\n[[gpu.mig]]\nprofile = "2g.35gb"\ncompute_instances = [2, 1]\n')

@@ -100,8 +100,10 @@ class SimGpm:
             if not self.supported(gpu) or gpu.state.lost:
                 continue
             if self._mig.enabled(gpu):
-                for m in self._mig.of(gpu):
-                    self._add((gpu.index, m.gpu_instance_id), m.spec.workload, m.spec.load, dt, nvlink=False, gpu=None)
+                # GPM counts per GPU instance: once for each, however many compute instances split it
+                instances = {m.gpu_instance_id: m.spec for m in self._mig.of(gpu)}
+                for gi, spec in instances.items():
+                    self._add((gpu.index, gi), spec.workload, spec.load, dt, nvlink=False, gpu=None)
                 continue
             utilization = gpu.state.utilization_gpu / 100.0
             kind = self.workload[gpu.index]

@@ -964,7 +964,8 @@ class SimulatedNvmlLibrary:
         a.multiprocessorCount = m.sms
         a.sharedCopyEngineCount = a.sharedDecoderCount = a.sharedJpegCount = m.slices  # the capture: 3/2/1
         a.sharedEncoderCount = a.sharedOfaCount = 0
-        a.gpuInstanceSliceCount = a.computeInstanceSliceCount = m.slices
+        a.gpuInstanceSliceCount = m.slices
+        a.computeInstanceSliceCount = m.compute_slices or m.slices
         a.memorySizeMB = m.memory_mib
 
     def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: Any, profile: Any, out: Any) -> None:

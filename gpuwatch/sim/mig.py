@@ -40,7 +40,10 @@ _IDLE_USED_MIB = {1: 9, 2: 17, 3: 22}  # per GI slices, the h200-mig capture's i
 
 @dataclass(slots=True)
 class SimMigInstance:
-    """One MIG device: a GPU instance with one compute instance over all of it."""
+    """One MIG device: a compute instance of a GPU instance (all of it, unless the GI is split).
+
+    The compute instances of one GPU instance share its memory: each shows the GI's total and
+    use (the capture's 1c.3g.71gb and 2c.3g.71gb both show 22 of 71424 MiB)."""
 
     index: int
     spec: MigSpec
@@ -50,17 +53,16 @@ class SimMigInstance:
     memory_mib: int
     sms: int
     processes: list[SimProcess] = field(default_factory=list)
-
-    @property
-    def compute_instance_id(self) -> int:
-        return 0
+    compute_instance_id: int = 0
+    compute_slices: int = 0  # 0: the whole GPU instance
+    gi_processes: list[SimProcess] = field(default_factory=list)  # of every compute instance of the GI
 
     @property
     def profile_name(self) -> str:
         return "MIG " + self.spec.profile
 
     def used_memory_bytes(self) -> int:
-        return _IDLE_USED_MIB[min(self.slices, 3)] * MIB + sum(p.used_memory_bytes for p in self.processes)
+        return _IDLE_USED_MIB[min(self.slices, 3)] * MIB + sum(p.used_memory_bytes for p in self.gi_processes)
 
 
 class SimMig:
@@ -74,13 +76,31 @@ class SimMig:
                 continue
             table = MIG_PROFILES[gpu.profile.key]
             used: dict[str, int] = {}
-            found = []
-            for index, spec in enumerate(gpu.spec.mig):
+            found: list[SimMigInstance] = []
+            for spec in gpu.spec.mig:
                 slices, memory_mib, sms, gi_ids = table[spec.profile]
                 gi = gi_ids[used.get(spec.profile, 0)]
                 used[spec.profile] = used.get(spec.profile, 0) + 1
-                uuid = "MIG-" + "-".join(f"{rng.getrandbits(b):0{b // 4}x}" for b in (32, 16, 16, 16, 48))
-                found.append(SimMigInstance(index, spec, uuid, gi, slices, memory_mib, sms, list(spec.processes)))
+                # one compute instance over the GI, or those the scenario splits it into (the first
+                # runs the GI's processes); 16 SMs per compute slice, as the capture's 1c and 2c show
+                for ci, compute_slices in enumerate(spec.compute_instances or (0,)):
+                    uuid = "MIG-" + "-".join(f"{rng.getrandbits(b):0{b // 4}x}" for b in (32, 16, 16, 16, 48))
+                    procs = list(spec.processes) if ci == 0 else []
+                    found.append(
+                        SimMigInstance(
+                            len(found),
+                            spec,
+                            uuid,
+                            gi,
+                            slices,
+                            memory_mib,
+                            16 * compute_slices if compute_slices else sms,
+                            procs,
+                            compute_instance_id=ci,
+                            compute_slices=compute_slices,
+                            gi_processes=list(spec.processes),
+                        )
+                    )
                 # the parent lists them too (to a privileged caller), and they hold its memory
                 gpu.processes.extend(spec.processes)
             self.instances[gpu.index] = found

@@ -135,6 +135,7 @@ class MigSpec:
     load: float = 0.0
     workload: str = "compute"
     processes: tuple[SimProcess, ...] = ()
+    compute_instances: tuple[int, ...] = ()  # the GI split into compute instances of these slices; () one over all
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +398,15 @@ class _Reader:
             raise self.fail(_join(where, "workload"), f"{kind!r} is not a workload (known: {', '.join(WORKLOADS)})")
         return kind
 
+    def compute_instances(self, table: dict[str, Any], where: str, gi_slices: int) -> tuple[int, ...]:
+        raw = table.get("compute_instances", [])
+        key = _join(where, "compute_instances")
+        if not isinstance(raw, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw):
+            raise self.fail(key, f"expected a list of compute slice counts, e.g. [1, 2], got {raw!r}")
+        if sum(raw) > gi_slices:
+            raise self.fail(key, f"{raw!r} needs more than the GPU instance's {gi_slices} slices")
+        return tuple(raw)
+
     def mig(self, g: dict[str, Any], where: str, card: DeviceProfile) -> tuple[MigSpec, ...]:
         """[[gpu.mig]] instances: each a profile this card offers, slices adding up to at most 7."""
         from gpuwatch.sim.mig import MIG_PROFILES
@@ -408,7 +418,7 @@ class _Reader:
         out = []
         for i, m in enumerate(raw):
             at = _join(where, f"mig[{i}]")
-            t = self.table(m, at, {"profile", "load", "workload", "process"})
+            t = self.table(m, at, {"profile", "load", "workload", "process", "compute_instances"})
             profile = self.string(t, "profile", at)
             if profile not in offered:
                 known = ", ".join(offered) or "none: the card has no MIG"
@@ -421,6 +431,7 @@ class _Reader:
                     processes=tuple(
                         self.process(p, _join(at, f"process[{j}]")) for j, p in enumerate(t.get("process", []))
                     ),
+                    compute_instances=self.compute_instances(t, at, offered[profile][0]),
                 )
             )
         slices: int = sum(offered[m.profile][0] for m in out)  # (slices, memory, SMs, GI ids)
