@@ -8,6 +8,7 @@ from collections import Counter
 
 import pynvml
 import pytest
+from test_exporter import exposition
 
 from gpuwatch import status as status_module
 from gpuwatch.derive import throttle_sample
@@ -17,7 +18,6 @@ from gpuwatch.nvml.reader import NvmlReader
 from gpuwatch.sim import scenario
 from gpuwatch.sim.clock import ManualClock
 from gpuwatch.sim.library import SimulatedNvmlLibrary
-from tests.test_exporter import exposition
 
 FAMILIES = (
     "gpuwatch_gpu_sm_active_ratio",

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_exporter import exposition
 
 from gpuwatch import status as status_module
 from gpuwatch.nvml.mig import profile_name
 from gpuwatch.sim import scenario
 from gpuwatch.sim.mig import MIG_PROFILES, SimMig
 from gpuwatch.sim.physics import SimGpu
-from tests.test_exporter import exposition
 
 
 @pytest.mark.parametrize(
