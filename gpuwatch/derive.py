@@ -221,10 +221,13 @@ def _answered(
 
 
 def throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> ThrottleSample:
-    """One poll's clocks for the throttle window: busy by utilization, or (without it) not idle."""
+    """One poll's clocks for the throttle window: busy by GPM's SM active where the GPU has GPM (the
+    busiest MIG instance under MIG), else by utilization, or (without either) not idle."""
     reasons = reading.clock_event_reasons or frozenset()
     utilization = reading.utilization_ratio.get("gpu")
     busy = utilization >= BUSY_UTILIZATION if utilization is not None else "idle" not in reasons
+    if (active := sm_active(reading)) is not None:
+        busy = active >= BUSY_UTILIZATION
     sm = reading.clocks_hertz.get("sm")
     return ThrottleSample(
         timestamp=reading.timestamp,
@@ -232,6 +235,15 @@ def throttle_sample(reading: GpuReading, max_sm_hertz: float | None) -> Throttle
         busy=busy,
         sm_clock_ratio=sm / max_sm_hertz if sm is not None and max_sm_hertz else None,
     )
+
+
+def sm_active(reading: GpuReading) -> float | None:
+    """GPM's SM active of the GPU, or under MIG of its busiest instance; None without GPM."""
+    active = reading.activity_ratio.get("sm_active")
+    if active is not None:
+        return active
+    instances = [a for m in reading.mig_instances if (a := m.activity_ratio.get("sm_active")) is not None]
+    return max(instances) if instances else None
 
 
 def pcie_counts(reading: GpuReading) -> dict[str, float]:

@@ -75,6 +75,32 @@ class GpuReading:
     pcie_replay_errors: int | None = None
     pcie_transmit_bytes: int | None = None
     pcie_receive_bytes: int | None = None
+    # GPM (Hopper and newer), over the interval since the previous poll's sample (gpuwatch/nvml/gpm.py):
+    # sm_active, sm_occupancy, tensor_active, dram_active, fp16_active, fp32_active, fp64_active;
+    # empty on cards without GPM, on the first poll and after a gap (the sample is reseeded)
+    activity_ratio: Mapping[str, float] = field(default_factory=dict)
+    # from GPM too: (link, direction) -> bytes/s, link pcie or nvlink, direction transmit or receive
+    interconnect_bytes_per_second: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    mig_enabled: bool | None = None  # None: the card has no MIG mode (nvmlDeviceGetMigMode NotSupported)
+    mig_instances: tuple[MigReading, ...] = ()  # with MIG enabled, each MIG device (gpuwatch/nvml/mig.py)
+    # privilege-sensitive queries by name -> whether the service user may ask them (NoPermission: False)
+    permitted_queries: Mapping[str, bool] = field(default_factory=dict)
+
+
+@record
+class MigReading:
+    """One MIG device (a compute instance of a GPU instance) in one poll."""
+
+    index: int  # the MIG device index under its parent (nvmlDeviceGetMigDeviceHandleByIndex)
+    uuid: str  # MIG-…
+    profile: str  # as nvidia-smi names it: 1g.18gb, or 1c.3g.71gb for a compute instance smaller than its GI
+    gpu_instance_id: int
+    compute_instance_id: int
+    memory_size_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    # GPM of its GPU instance (nvmlGpmMigSampleGet): sm_active, sm_occupancy, tensor_active, dram_active
+    activity_ratio: Mapping[str, float] = field(default_factory=dict)
+    processes: int | None = None  # compute processes on this MIG device; None when not listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +111,10 @@ class GpuProcess:
     name: str | None
     user: str | None
     used_memory_bytes: int | None
+    # share of the GPU's SMs and memory bandwidth this process used since the last listing
+    # (nvmlDeviceGetProcessUtilization); None where the driver gave no sample for it
+    sm_ratio: float | None = None
+    memory_ratio: float | None = None
 
 
 @record

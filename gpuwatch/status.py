@@ -155,6 +155,9 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
             {"pid": p.pid, "name": p.name, "user": p.user, "used_memory_bytes": p.used_memory_bytes}
             for p in status.processes
         ],
+        # GPM (Hopper and newer): sm_active, tensor_active, dram_active, … over the last poll; MIG devices
+        "activity_ratio": {},
+        "mig_instances": [],
     }
     if r is not None:
         doc.update(
@@ -169,6 +172,21 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
             row_remap_pending=r.row_remap_pending,
             row_remap_failure=r.row_remap_failure,
             clock_event_reasons=sorted(r.clock_event_reasons or ()),
+            activity_ratio=dict(r.activity_ratio),
+            mig_instances=[
+                {
+                    "index": m.index,
+                    "uuid": m.uuid,
+                    "profile": m.profile,
+                    "gpu_instance_id": m.gpu_instance_id,
+                    "compute_instance_id": m.compute_instance_id,
+                    "memory_used_bytes": m.memory_used_bytes,
+                    "memory_size_bytes": m.memory_size_bytes,
+                    "activity_ratio": dict(m.activity_ratio),
+                    "processes": m.processes,
+                }
+                for m in r.mig_instances
+            ],
         )
     return doc
 
@@ -186,6 +204,7 @@ _COLUMNS = (
     "VRAM USED/SIZE",
     "ECC",
     "THROTTLE",
+    "BUSY",
     "REASONS",
 )
 _COLOURS = {"ok": "32", "warning": "33", "critical": "31", "unknown": "35"}
@@ -306,7 +325,7 @@ def _row(gpu: dict[str, Any]) -> list[str]:
     prefix = f"GPU {gpu['index']}: "
     reasons = "; ".join(r.removeprefix(prefix) for r in gpu.get("reasons") or [])
     if not gpu["up"] and gpu.get("stale_since") is None:  # a stale GPU shows its last values
-        return [index, gpu["name"] or "?", verdict, "", "", "", "", "", "", reasons or "not answering"]
+        return [index, gpu["name"] or "?", verdict, "", "", "", "", "", "", "", reasons or "not answering"]
     temp = _pair(gpu["temperature_celsius"], gpu["temperature_limit_celsius"], "°C", 1)
     if gpu["temperature_limit_celsius"] is None and gpu["temperature_margin_celsius"] is not None:
         temp = f"{_num(gpu['temperature_celsius'], 1)}°C ({gpu['temperature_margin_celsius']:.0f} left)"
@@ -320,8 +339,26 @@ def _row(gpu: dict[str, Any]) -> list[str]:
         _pair(gpu["memory_used_bytes"], gpu["memory_size_bytes"], " GiB", 2**30, decimals=1),
         _ecc(gpu),
         gpu.get("throttle_class") or "n/a",
+        busy(gpu),
         reasons,
     ]
+
+
+def busy(gpu: dict[str, Any]) -> str:
+    """``util 100 %, SM active 38 %``: NVML's utilization beside GPM's SM active where the GPU has GPM;
+    under MIG, SM active per instance (``MIG SM active 40/95/12/0 %``)."""
+    parts = []
+    utilization = (gpu.get("utilization_ratio") or {}).get("gpu")
+    if utilization is not None:
+        parts.append(f"util {utilization * 100:.0f} %")
+    active = (gpu.get("activity_ratio") or {}).get("sm_active")
+    if active is not None:
+        parts.append(f"SM active {active * 100:.0f} %")
+    instances = [m.get("activity_ratio", {}).get("sm_active") for m in gpu.get("mig_instances") or []]
+    if instances:
+        shown = "/".join("?" if a is None else f"{a * 100:.0f}" for a in instances)
+        parts.append(f"MIG SM active {shown} %")
+    return ", ".join(parts) or "n/a"
 
 
 def _num(value: float | None, unit: float, decimals: int = 0) -> str:

@@ -35,7 +35,15 @@ def exposition(snapshot: Snapshot) -> str:
 
 # ecc-uncorrectable carries the Xid counter: NVML delivers no event for xid-79's Xid 79, as on a real driver.
 @pytest.mark.parametrize(
-    ("scenario", "at_s"), [("inference-host", 600), ("consumer-gpu", 120), ("xid-79", 60), ("ecc-uncorrectable", 60)]
+    ("scenario", "at_s"),
+    [
+        ("inference-host", 600),
+        ("consumer-gpu", 120),
+        ("xid-79", 60),
+        ("ecc-uncorrectable", 60),
+        ("h200-node", 60),  # GPM (issue 17)
+        ("h200-mig", 60),  # MIG (issue 17)
+    ],
 )
 def test_metrics_match_the_golden_file(sim, update_golden, scenario, at_s):
     run = sim(scenario)

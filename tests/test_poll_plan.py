@@ -48,6 +48,20 @@ def test_a_fast_poll_makes_seven_calls_per_gpu_at_most_and_none_of_the_slow_ones
     assert not SLOW_ONLY & set(fast)
 
 
+def test_gpm_adds_one_sample_get_and_one_metrics_get_per_gpu_to_a_fast_poll(sim):
+    """Hopper (issue 17): the seven calls, plus GPM's sample get and metrics get; nothing else."""
+    run = sim("h200-node", process_interval_s=10.0)
+    run.at(1)
+    before = Counter(run.host.library.calls_by_symbol)
+    run.at(2)
+    fast = run.host.library.calls_by_symbol - before
+    gpus = len(run.host.library.gpus)
+    fast.pop("nvmlEventSetWait_v2")
+    assert fast.pop("nvmlGpmSampleGet") == fast.pop("nvmlGpmMetricsGet") == gpus
+    assert sum(fast.values()) == 7 * gpus, fast
+    assert not SLOW_ONLY & set(fast)
+
+
 def test_slow_values_are_carried_into_fast_polls_and_refreshed_by_the_slow_loop(sim):
     run = sim("inference-host", process_interval_s=10.0)
     run.at(1)

@@ -81,6 +81,9 @@ SIMULATED = [
     Host("mixed-fleet-b", "mixed-fleet"),
     # An NVML call for GPU 0 hangs: gpuwatch leaves it behind (stale, gpuwatch_gpu_up 0) and polls on.
     Host("wedged-driver", str(SCENARIOS / "wedged-driver.toml"), gpu_alerts("0", "GpuDown")),
+    # GPM on 8 H200s, and an H200 in MIG mode read by an unprivileged user (issue 17): silent.
+    Host("h200-node", "h200-node"),
+    Host("h200-mig", "h200-mig"),
     # Starts as `healthy`; the fixture restarts it with GPU 3 missing once Prometheus expects 4 GPUs.
     Host("gpu-missing", "healthy", host_alerts("GpuCountBelowExpected")),
 ]

@@ -34,6 +34,21 @@ def collect(snapshot: Snapshot) -> Families:
                 process=proc.name or "",
                 user=proc.user or "",
             )
+            for name, what, value in (
+                ("gpuwatch_gpu_process_sm_ratio", "SMs", proc.sm_ratio),
+                ("gpuwatch_gpu_process_memory_ratio", "memory bandwidth", proc.memory_ratio),
+            ):
+                f.gpu_gauge(
+                    name,
+                    f"The process's share of the GPU's {what} (0-1) in the driver's newest sample since the "
+                    "previous listing (nvmlDeviceGetProcessUtilization), refreshed on the process interval; "
+                    "absent where the driver gave no sample.",
+                    status.identity,
+                    value,
+                    pid=str(proc.pid),
+                    process=proc.name or "",
+                    user=proc.user or "",
+                )
     return f
 
 

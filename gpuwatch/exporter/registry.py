@@ -12,9 +12,11 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gpuwatch.exporter import (
     clocks,
+    gpm,
     health,
     identity,
     memory,
+    mig,
     pcie,
     pods,
     power,
@@ -45,6 +47,8 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "tokens": tokens.collect,
     "self": self_metrics.collect,
     "pods": pods.collect,
+    "gpm": gpm.collect,
+    "mig": mig.collect,
 }
 
 

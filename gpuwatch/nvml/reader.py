@@ -53,8 +53,8 @@ import pynvml
 
 from gpuwatch.analysis.backoff import Backoff
 from gpuwatch.labels import utf8_text
-from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading
-from gpuwatch.nvml import fields, prepared
+from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, MigReading
+from gpuwatch.nvml import fields, gpm, mig, prepared
 from gpuwatch.nvml.events import XidWatcher
 from gpuwatch.nvml.prepared import FieldRequest
 
@@ -388,6 +388,14 @@ class _Device:
     # name -> (query name, call) newest first, see _VARIANTS; built once the handle is known
     variants: dict[str, tuple[tuple[str, Callable[[], Any]], ...]] = field(default_factory=dict)
     utilization: Callable[[], tuple[int, int]] = _no_handle  # (gpu, memory) in %, prepared with the handle
+    # GPM, MIG, privileges, per-process utilization (gpuwatch/nvml/gpm.py, mig.py)
+    gpm_stream: gpm.GpmStream | None = None  # on GPUs with GPM, outside MIG mode
+    mig_enabled: bool | None = None
+    mig_devices: list[mig.MigDevice] = field(default_factory=list)
+    mig_gpm: dict[int, gpm.GpmStream] = field(default_factory=dict)  # GPU instance id -> its samples
+    mig_processes: dict[int, int] = field(default_factory=dict)  # MIG device index -> processes (slow loop)
+    denied: set[str] = field(default_factory=set)  # queries that answered NoPermission
+    process_samples_since_us: int = 0  # the newest per-process utilization sample seen (fed back to NVML)
 
     def __post_init__(self) -> None:
         if self.handle is not None:
@@ -453,6 +461,8 @@ class NvmlReader:
         """Shut NVML down once (pynvml refcounts init and shutdown)."""
         if self._open:
             self._open = False
+            for d in self._devices:
+                _close_gpm(d)
             try:
                 pynvml.nvmlShutdown()
             except pynvml.NVMLError as exc:
@@ -508,6 +518,7 @@ class NvmlReader:
         try:
             device.identity = self._identity(device, uuid, name, pci_bus_id)
             self._probe_fields(device)
+            self._probe_mig_and_gpm(device)
         except (GpuLost, PollFailed) as exc:
             device.lost = str(exc)
         return device
@@ -527,6 +538,7 @@ class NvmlReader:
             fresh.identity.uuid,
             d.lost,
         )
+        _close_gpm(d)
         self._devices[d.index] = fresh
         return fresh
 
@@ -625,6 +637,15 @@ class NvmlReader:
                 self._count_error(d, query, exc)
                 return None
             d.unsupported.add(query)
+            if isinstance(exc, pynvml.NVMLError_NoPermission):
+                d.denied.add(query)
+                log.warning(
+                    "GPU %d: %s needs privileges this user lacks (NoPermission); not asking again "
+                    "(gpuwatch_gpu_query_permitted shows it; see the README on privileges)",
+                    d.index,
+                    query,
+                )
+                return None
             log.info("GPU %d: %s not available (%s); not asking again", d.index, query, _describe(exc))
             return None
         except _DEVICE_FATAL as exc:
@@ -688,6 +709,8 @@ class NvmlReader:
         if d.lost is not None:
             d = self._reprobe(d)
         try:
+            if slow and d.mig_enabled is not None and self._mig_flipped(d):
+                d = self._devices[index]
             if slow or not d.slow_read:  # a GPU just opened (or found again) has nothing to carry yet
                 d.slow = self._read_slow(d)
                 d.slow_read = True
@@ -714,6 +737,11 @@ class NvmlReader:
         reasons = self._first(d, "clock_event_reasons")
         _, used, free, reserved = self._first(d, "memory_info") or _NO_MEMORY
         fan = d.slow.fan
+        busy = (
+            gpm.EMPTY
+            if d.gpm_stream is None
+            else self._q(d, "nvmlGpmSampleGet", d.gpm_stream.poll, self._clock()) or gpm.EMPTY
+        )
         return GpuReading(
             timestamp=self._clock(),
             temperature_celsius=None if temperature is None else float(temperature),
@@ -729,8 +757,86 @@ class NvmlReader:
             clock_event_reasons=None if reasons is None else fields.decode_reasons(reasons),
             pcie_link_generation=d.slow.pcie_link_generation,
             pcie_link_width=d.slow.pcie_link_width,
+            activity_ratio=busy.ratios,
+            interconnect_bytes_per_second=busy.rates,
+            mig_enabled=d.mig_enabled,
+            mig_instances=self._read_mig(d) if d.mig_enabled else (),
+            permitted_queries=_permitted(d),
             **values,  # every declared field this GPU reported, by attribute (FIELDS)
         )
+
+    # -- GPM and MIG (gpuwatch/nvml/gpm.py, mig.py) ---------------------------------------------
+
+    def _probe_mig_and_gpm(self, d: _Device) -> None:
+        """At open: MIG mode (and the MIG devices when enabled), and GPM where the GPU has it.
+
+        Under MIG the parent's own GPM sample is not taken: busyness is per GPU instance."""
+        h = d.handle
+        d.mig_enabled = self._q(d, "nvmlDeviceGetMigMode", mig.mig_enabled, h)
+        if d.mig_enabled:
+            d.mig_devices = self._q(d, "nvmlDeviceGetMigDeviceHandleByIndex", mig.enumerate_devices, h) or []
+            log.info(
+                "GPU %d: MIG enabled, %d MIG device(s): %s",
+                d.index,
+                len(d.mig_devices),
+                ", ".join(m.profile for m in d.mig_devices) or "none",
+            )
+        if not gpm.AVAILABLE or not self._q(d, "nvmlGpmQueryDeviceSupport", gpm.supported, h):
+            return
+        if not d.mig_enabled:
+            d.gpm_stream = gpm.GpmStream(partial(pynvml.nvmlGpmSampleGet, h))
+            return
+        for m in d.mig_devices:
+            if m.gpu_instance_id not in d.mig_gpm:
+                get = partial(pynvml.nvmlGpmMigSampleGet, h, m.gpu_instance_id)
+                d.mig_gpm[m.gpu_instance_id] = gpm.GpmStream(get, mig=True)
+
+    def _mig_flipped(self, d: _Device) -> bool:
+        """On the slow loop: whether MIG mode changed (it takes a GPU reset); then the GPU is opened
+        anew, so its capabilities, MIG devices and GPM are probed again."""
+        now = self._q(d, "nvmlDeviceGetMigMode", mig.mig_enabled, d.handle)
+        if now is None or now == d.mig_enabled:
+            return False
+        log.warning("GPU %d: MIG mode is now %s; opening the GPU anew", d.index, "enabled" if now else "disabled")
+        fresh = self._open_device(d.index, d.identity.uuid)
+        if fresh.lost is not None:
+            return False
+        _close_gpm(d)
+        self._devices[d.index] = fresh
+        return True
+
+    def _read_mig(self, d: _Device) -> tuple[MigReading, ...]:
+        """Every poll: each MIG device's memory in use and its GPU instance's GPM ratios."""
+        now = self._clock()
+        busy: dict[int, gpm.GpmMetrics] = {}
+        for gi, stream in d.mig_gpm.items():
+            busy[gi] = self._q(d, f"nvmlGpmMigSampleGet:{gi}", stream.poll, now) or gpm.EMPTY
+        out = []
+        for m in d.mig_devices:
+            used = self._q(d, f"nvmlDeviceGetMemoryInfo:mig{m.index}", mig.memory_used_bytes, m.handle)
+            out.append(
+                MigReading(
+                    index=m.index,
+                    uuid=m.uuid,
+                    profile=m.profile,
+                    gpu_instance_id=m.gpu_instance_id,
+                    compute_instance_id=m.compute_instance_id,
+                    memory_size_bytes=m.memory_size_bytes,
+                    memory_used_bytes=used,
+                    activity_ratio=busy.get(m.gpu_instance_id, gpm.EMPTY).ratios,
+                    processes=d.mig_processes.get(m.index),
+                )
+            )
+        return tuple(out)
+
+    def _read_mig_slow(self, d: _Device) -> None:
+        """On the slow loop: compute processes per MIG device (listed through its own handle)."""
+        counts = {}
+        for m in d.mig_devices:
+            count = self._q(d, f"nvmlDeviceGetComputeRunningProcesses:mig{m.index}", mig.process_count, m.handle)
+            if count is not None:
+                counts[m.index] = count
+        d.mig_processes = counts
 
     def _slow_clocks(self, d: _Device) -> dict[str, float]:
         clocks = {}
@@ -753,6 +859,7 @@ class NvmlReader:
                 utilization[engine] = sample[0] / 100.0
         bar1 = self._call(d, pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
         pstate = self._call(d, pynvml.nvmlDeviceGetPerformanceState, h)
+        self._read_mig_slow(d)
         return _SlowValues(
             field_values=self._field_values(d, d.slow_fields),
             fan=self._call(d, pynvml.nvmlDeviceGetFanSpeed, h),
@@ -816,11 +923,39 @@ class NvmlReader:
                 found.setdefault(proc.pid, proc)
         # Only the pids of this listing stay known: one that leaves and comes back is looked up again.
         known, d.described = d.described, {}
+        shares = self._process_shares(d) if found else {}
         out = []
         for pid, proc in sorted(found.items()):
             name, user = d.described[pid] = known.get(pid) or _name_and_user(pid)
-            out.append(GpuProcess(pid=pid, name=name, user=user, used_memory_bytes=proc.usedGpuMemory))
+            sm, memory = shares.get(pid, (None, None))
+            out.append(
+                GpuProcess(
+                    pid=pid,
+                    name=name,
+                    user=user,
+                    used_memory_bytes=proc.usedGpuMemory,
+                    sm_ratio=sm,
+                    memory_ratio=memory,
+                )
+            )
         return tuple(out)
+
+    def _process_shares(self, d: _Device) -> dict[int, tuple[float, float]]:
+        """pid -> (SM, memory) utilization share from the newest sample since the last listing.
+
+        The last sample's timestamp is fed back: without it the driver averages over a long window
+        of its own (nvtop PR #91, research/nvml.md §2.9)."""
+        samples = self._q(d, "nvmlDeviceGetProcessUtilization", _process_samples, d.handle, d.process_samples_since_us)
+        shares: dict[int, tuple[float, float]] = {}
+        newest: dict[int, int] = {}
+        for sample in samples or ():
+            stamp = int(sample.timeStamp)
+            if stamp >= newest.get(sample.pid, -1):
+                newest[sample.pid] = stamp
+                shares[sample.pid] = (min(1.0, sample.smUtil / 100.0), min(1.0, sample.memUtil / 100.0))
+        if newest:
+            d.process_samples_since_us = max(newest.values())
+        return shares
 
 
 def _name_and_user(pid: int) -> tuple[str | None, str | None]:
@@ -867,6 +1002,42 @@ def nvml_process_name(pid: int) -> str | None:
         return utf8_text(exc.object)
     except pynvml.NVMLError:
         return None
+
+
+# Queries a user without privileges may be refused (NoPermission): on a MIG-enabled GPU the parent's
+# memory and process lists, and per-process utilization. gpuwatch_gpu_query_permitted shows each
+# that answered (1) or was refused (0); any other query refused shows as 0 too.
+PRIVILEGE_SENSITIVE = frozenset(
+    {
+        "nvmlDeviceGetMemoryInfo_v2",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v2",
+        "nvmlDeviceGetProcessUtilization",
+    }
+)
+
+
+def _permitted(d: _Device) -> dict[str, bool]:
+    allowed = {q: True for q in PRIVILEGE_SENSITIVE & d.answered}
+    return allowed | dict.fromkeys(d.denied, False)
+
+
+def _close_gpm(d: _Device) -> None:
+    """Free a device's GPM samples (when NVML closes, or the device is opened anew)."""
+    for stream in (d.gpm_stream, *d.mig_gpm.values()):
+        if stream is not None:
+            stream.close()
+
+
+def _process_samples(handle: Any, since_us: int) -> list[Any]:
+    """nvmlDeviceGetProcessUtilization: samples newer than ``since_us`` (NotFound means none are)."""
+    try:
+        return list(pynvml.nvmlDeviceGetProcessUtilization(handle, since_us))
+    except pynvml.NVMLError_NotFound:
+        return []
 
 
 def _describe(exc: pynvml.NVMLError) -> str:

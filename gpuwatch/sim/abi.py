@@ -152,3 +152,23 @@ MARGIN_TEMPERATURE_V1 = 0x01000008  # nvmlMarginTemperature_v1_t, 8 bytes
 
 # Value stamped into usedGpuMemory when the driver cannot tell (NVML_VALUE_NOT_AVAILABLE).
 VALUE_NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF
+
+# -- GPM and MIG (issue 17: gpuwatch/sim/gpm.py, gpuwatch/sim/mig.py) ------------------------------
+ERROR_NO_PERMISSION = 4
+ERROR_STRINGS[ERROR_NO_PERMISSION] = b"Insufficient Permissions"
+# nvmlGpmMetricId_t
+GPM_SM_UTIL = 2
+GPM_SM_OCCUPANCY = 3
+GPM_ANY_TENSOR_UTIL = 5
+GPM_DRAM_BW_UTIL = 10
+GPM_FP64_UTIL = 11
+GPM_FP32_UTIL = 12
+GPM_FP16_UTIL = 13
+GPM_PCIE_TX_PER_SEC = 20
+GPM_PCIE_RX_PER_SEC = 21
+GPM_NVLINK_TOTAL_RX_PER_SEC = 60
+GPM_NVLINK_TOTAL_TX_PER_SEC = 61
+GPM_METRICS_GET_VERSION = 1
+GPM_SUPPORT_VERSION = 1
+DEVICE_MIG_ENABLE = 1
+GPU_INSTANCE_PROFILE_INFO_V2 = 0x02000098  # nvmlGpuInstanceProfileInfo_v2

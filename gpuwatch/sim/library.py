@@ -24,10 +24,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from gpuwatch.sim import abi
+from gpuwatch.sim.gpm import SimGpm
 from gpuwatch.sim.inference import SimInferenceServer
+from gpuwatch.sim.mig import MAX_MIG_DEVICES, MIG_PROFILES, SimMig, SimMigInstance
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
 from gpuwatch.sim.scenario import Fault, Scenario
@@ -102,6 +105,8 @@ class SimulatedNvmlLibrary:
         self.scenario = scenario
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
         self.servers = [SimInferenceServer(spec, [self.gpus[i] for i in spec.gpus]) for spec in scenario.servers]
+        self.mig = SimMig(self.gpus, scenario.seed)  # before the workloads: MIG instances list processes
+        self.gpm = SimGpm(self.gpus, scenario, self.mig)
         self.workloads = WorkloadProcesses(self.gpus, frozenset(server.pid for server in self.servers))
         self._clock = clock
         self._sleep = sleep
@@ -142,6 +147,7 @@ class SimulatedNvmlLibrary:
                     gpu.step()
                 for server in self.servers:
                     server.step(self._time_s)
+                self.gpm.step(STEP_S, self._time_s)
             while self._pending_host_faults and self._pending_host_faults[0].at_s <= self._time_s:
                 fault = self._pending_host_faults.pop(0)
                 if fault.kind == "driver_reload":
@@ -274,6 +280,8 @@ class SimulatedNvmlLibrary:
         _write_str(buf, self._gpu(handle).profile.name)
 
     def _nvmlDeviceGetUUID(self, handle: Any, buf: Any, size: Any) -> None:
+        if (mig := self._mig_device(handle)) is not None:
+            return _write_str(buf, mig[1].uuid)
         _write_str(buf, self._gpu(handle).uuid)
 
     def _nvmlDeviceGetSerial(self, handle: Any, buf: Any, size: Any) -> None:
@@ -421,11 +429,12 @@ class SimulatedNvmlLibrary:
 
     def _nvmlDeviceGetUtilizationRates(self, handle: Any, out: Any) -> None:
         gpu = self._gpu(handle)
+        _require(not self.mig.enabled(gpu))  # the h200-mig capture: Utilization GPU N/A
         out._obj.gpu = gpu.state.utilization_gpu
         out._obj.memory = gpu.state.utilization_memory
 
     def _nvmlDeviceGetEncoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
-        self._gpu(handle)
+        _require(not self.mig.enabled(self._gpu(handle)))  # the h200-mig capture: Encoder, Decoder N/A
         _set(util, 0)
         _set(period, 167000)
 
@@ -433,7 +442,10 @@ class SimulatedNvmlLibrary:
         return self._nvmlDeviceGetEncoderUtilization(handle, util, period)
 
     def _nvmlDeviceGetMemoryInfo(self, handle: Any, out: Any) -> None:
+        if (mig := self._mig_device(handle)) is not None:
+            return self._mig_memory(mig[1], out._obj)
         gpu = self._gpu(handle)
+        self._parent_permitted(gpu)
         total = gpu.profile.memory_total_mib * MIB
         used = gpu.used_memory_bytes() + gpu.profile.memory_reserved_mib * MIB
         out._obj.total = total
@@ -441,8 +453,13 @@ class SimulatedNvmlLibrary:
         out._obj.free = total - used
 
     def _nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> None:
+        if (mig := self._mig_device(handle)) is not None:
+            _check_version(out._obj, abi.MEMORY_V2)
+            out._obj.reserved = 0
+            return self._mig_memory(mig[1], out._obj)
         gpu = self._gpu(handle)
         _check_version(out._obj, abi.MEMORY_V2)
+        self._parent_permitted(gpu)
         total = gpu.profile.memory_total_mib * MIB
         reserved = gpu.profile.memory_reserved_mib * MIB
         used = gpu.used_memory_bytes()
@@ -502,9 +519,12 @@ class SimulatedNvmlLibrary:
     # -- processes --------------------------------------------------------------------------------
 
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
-        gpu = self._gpu(handle)
+        mig = self._mig_device(handle)
+        gpu = self._gpu(handle) if mig is None else mig[0]
+        if mig is None:
+            self._parent_permitted(gpu)
         self.workloads.ensure_started()
-        procs = gpu.processes
+        procs = gpu.processes if mig is None else self._mig_processes(mig[1])
         capacity = _val(count._obj)
         count._obj.value = len(procs)
         if not procs:
@@ -516,6 +536,8 @@ class SimulatedNvmlLibrary:
             slot.usedGpuMemory = proc.used_memory_bytes
             slot.gpuInstanceId = 0xFFFFFFFF
             slot.computeInstanceId = 0xFFFFFFFF
+            if (owner := self._owner(gpu, proc.pid)) is not None:
+                slot.gpuInstanceId, slot.computeInstanceId = owner.gpu_instance_id, owner.compute_instance_id
         return abi.SUCCESS
 
     def _nvmlDeviceGetComputeRunningProcesses_v2(self, handle: Any, count: Any, infos: Any) -> int:
@@ -523,7 +545,7 @@ class SimulatedNvmlLibrary:
         return self._nvmlDeviceGetComputeRunningProcesses_v3(handle, count, infos)
 
     def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
-        self._gpu(handle)
+        self._parent_permitted(self._gpu(handle))
         count._obj.value = 0
         return abi.SUCCESS
 
@@ -711,14 +733,17 @@ class SimulatedNvmlLibrary:
     def _nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> None:
         gpu = self._gpu(handle)
         _require(_mig_capable(gpu.profile.name))
-        _set(current, 0)
-        _set(pending, 0)
+        _set(current, int(self.mig.enabled(gpu)))
+        _set(pending, int(self.mig.enabled(gpu)))
 
     def _nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, out: Any) -> None:
-        self._gpu(handle)
-        _set(out, 0)  # nvml.h: zero when MIG is not supported or not enabled
+        gpu = self._gpu(handle)
+        # nvml.h: zero when MIG is not supported or not enabled
+        _set(out, MAX_MIG_DEVICES if self.mig.enabled(gpu) else 0)
 
     def _nvmlDeviceIsMigDeviceHandle(self, handle: Any, out: Any) -> None:
+        if self._mig_device(handle) is not None:
+            return _set(out, 1)
         self._gpu(handle)
         _set(out, 0)
 
@@ -771,6 +796,8 @@ class SimulatedNvmlLibrary:
         Stamped with the wall clock in microseconds, as the driver stamps its samples (callers ask
         for samples newer than a wall-clock time); NOT_FOUND when none is newer than that."""
         gpu = self._gpu(handle)
+        self._parent_permitted(gpu)
+        _require(not self.mig.enabled(gpu))  # no GPU-wide utilization under MIG, nor per process [inferred]
         self.workloads.ensure_started()
         stamp_us = time.time_ns() // 1000
         procs = gpu.processes
@@ -827,6 +854,149 @@ class SimulatedNvmlLibrary:
         if gpu.state.lost:
             raise SimulatedNvmlError(abi.ERROR_GPU_IS_LOST)
         _write_pointer(out, self._handle(gpu.index))
+
+    # -- GPM (gpuwatch/sim/gpm.py) -------------------------------------------------------------------
+
+    def _nvmlGpmQueryDeviceSupport(self, handle: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _check_version(out._obj, abi.GPM_SUPPORT_VERSION)
+        out._obj.isSupportedDevice = int(SimGpm.supported(gpu))
+
+    def _nvmlGpmSampleAlloc(self, out: Any) -> None:
+        self._check_init()
+        _write_pointer(out, _GPM_SAMPLE_BASE + self.gpm.alloc() * _GPM_SAMPLE_STRIDE)
+
+    def _gpm_buffer(self, sample: Any) -> int:
+        address = ctypes.cast(sample, ctypes.c_void_p).value or 0
+        buffer, rest = divmod(address - _GPM_SAMPLE_BASE, _GPM_SAMPLE_STRIDE)
+        if rest or buffer not in self.gpm.samples:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        return buffer
+
+    def _nvmlGpmSampleFree(self, sample: Any) -> None:
+        self._check_init()
+        self.gpm.free(self._gpm_buffer(sample))
+
+    def _nvmlGpmSampleGet(self, handle: Any, sample: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(SimGpm.supported(gpu) and not self.mig.enabled(gpu))
+        self.gpm.take(self._gpm_buffer(sample), (gpu.index, -1))
+
+    def _nvmlGpmMigSampleGet(self, handle: Any, gpu_instance_id: Any, sample: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(SimGpm.supported(gpu) and self.mig.enabled(gpu))
+        if self.mig.by_gpu_instance(gpu, _val(gpu_instance_id)) is None:
+            raise SimulatedNvmlError(abi.ERROR_NOT_FOUND)
+        self.gpm.take(self._gpm_buffer(sample), (gpu.index, _val(gpu_instance_id)))
+
+    def _nvmlGpmMetricsGet(self, request: Any) -> None:
+        self._check_init()
+        r = request._obj
+        _check_version(r, abi.GPM_METRICS_GET_VERSION)
+        first = self.gpm.samples.get(self._gpm_buffer(r.sample1))
+        second = self.gpm.samples.get(self._gpm_buffer(r.sample2))
+        if first is None or second is None or first.key != second.key or second.time_s <= first.time_s:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        if r.numMetrics > len(r.metrics):
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        for i in range(r.numMetrics):
+            metric = r.metrics[i]
+            value = self.gpm.metric(first, second, metric.metricId)
+            metric.nvmlReturn = abi.ERROR_NOT_SUPPORTED if value is None else abi.SUCCESS
+            metric.value = 0.0 if value is None else value
+
+    # -- MIG devices (gpuwatch/sim/mig.py) ----------------------------------------------------------
+
+    def _mig_device(self, handle: Any) -> tuple[SimGpu, SimMigInstance] | None:
+        """A MIG device handle's parent GPU and instance; None for any other handle."""
+        address = ctypes.cast(handle, ctypes.c_void_p).value or 0
+        offset = (address - _HANDLE_BASE - self._generation * _GENERATION_STRIDE) % _HANDLE_STRIDE
+        if offset < _MIG_HANDLE_OFFSET:
+            return None
+        gpu = self._gpu(ctypes.c_void_p(address - offset))
+        instances = self.mig.of(gpu)
+        if offset - _MIG_HANDLE_OFFSET >= len(instances):
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        return gpu, instances[offset - _MIG_HANDLE_OFFSET]
+
+    def _require_mig(self, handle: Any) -> SimMigInstance:
+        mig = self._mig_device(handle)
+        if mig is None:
+            self._gpu(handle)
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        return mig[1]
+
+    def _parent_permitted(self, gpu: SimGpu) -> None:
+        if self.mig.parent_denied(gpu, self.scenario.privileged):
+            raise SimulatedNvmlError(abi.ERROR_NO_PERMISSION)
+
+    def _mig_memory(self, instance: SimMigInstance, memory: Any) -> None:
+        total = instance.memory_mib * MIB
+        used = instance.used_memory_bytes()
+        memory.total, memory.used, memory.free = total, used, total - used
+
+    def _mig_processes(self, instance: SimMigInstance) -> list[Any]:
+        real = self.workloads.real_pids
+        return [replace(p, pid=real.get(p.pid, p.pid)) for p in instance.processes]
+
+    def _owner(self, gpu: SimGpu, pid: int) -> SimMigInstance | None:
+        """The MIG instance a (live) pid runs in, on a MIG-enabled GPU."""
+        for instance in self.mig.of(gpu):
+            if any(p.pid == pid for p in self._mig_processes(instance)):
+                return instance
+        return None
+
+    def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _require(_mig_capable(gpu.profile.name))
+        i = _val(index)
+        if not self.mig.enabled(gpu) or not 0 <= i < MAX_MIG_DEVICES:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        if i >= len(self.mig.of(gpu)):
+            raise SimulatedNvmlError(abi.ERROR_NOT_FOUND)
+        _write_pointer(out, self._handle(gpu.index) + _MIG_HANDLE_OFFSET + i)
+
+    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any, out: Any) -> None:
+        mig = self._mig_device(handle)
+        if mig is None:
+            raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
+        _write_pointer(out, self._handle(mig[0].index))
+
+    def _nvmlDeviceGetGpuInstanceId(self, handle: Any, out: Any) -> None:
+        _set(out, self._require_mig(handle).gpu_instance_id)
+
+    def _nvmlDeviceGetComputeInstanceId(self, handle: Any, out: Any) -> None:
+        _set(out, self._require_mig(handle).compute_instance_id)
+
+    def _nvmlDeviceGetAttributes_v2(self, handle: Any, out: Any) -> None:
+        """A MIG device's shares, as nvidia-smi -q prints them under "Device Attributes"."""
+        m = self._require_mig(handle)
+        a = out._obj
+        a.multiprocessorCount = m.sms
+        a.sharedCopyEngineCount = a.sharedDecoderCount = a.sharedJpegCount = m.slices  # the capture: 3/2/1
+        a.sharedEncoderCount = a.sharedOfaCount = 0
+        a.gpuInstanceSliceCount = m.slices
+        a.computeInstanceSliceCount = m.compute_slices or m.slices
+        a.memorySizeMB = m.memory_mib
+
+    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: Any, profile: Any, out: Any) -> None:
+        gpu = self._gpu(handle)
+        _check_version(out._obj, abi.GPU_INSTANCE_PROFILE_INFO_V2)
+        slices = _GI_PROFILE_SLICES.get(_val(profile))
+        offered = MIG_PROFILES.get(gpu.profile.key, {})
+        name = next((n for n, entry in offered.items() if entry[0] == slices), None)
+        if slices is None or name is None:
+            raise SimulatedNvmlError(abi.ERROR_NOT_SUPPORTED)
+        _, memory_mib, sms, _ = offered[name]
+        info = out._obj
+        info.id = _val(profile)
+        info.sliceCount = slices
+        info.instanceCount = 7 // slices
+        info.multiprocessorCount = sms
+        info.copyEngineCount = info.decoderCount = info.jpegCount = slices
+        info.encoderCount = info.ofaCount = 0
+        info.memorySizeMB = memory_mib
+        info.name = ("MIG " + name).encode()
 
     def close(self) -> None:
         """End the workload processes the library started (they end with this process anyway)."""
@@ -928,3 +1098,26 @@ def _clock_index(kind: Any) -> int:
     if index is None:
         raise SimulatedNvmlError(abi.ERROR_INVALID_ARGUMENT)
     return index
+
+
+# -- GPM and MIG (issue 17) -----------------------------------------------------------------------
+
+_GPM_SAMPLE_BASE = 0x7F0000
+_GPM_SAMPLE_STRIDE = 0x10
+_MIG_HANDLE_OFFSET = 0x10  # a MIG device's handle: its parent's plus this plus its index
+# nvmlGpuInstanceProfile: NVML_GPU_INSTANCE_PROFILE_{1,2,3,4,7}_SLICE -> slices
+_GI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7}
+# GPM came with R520 (nvml.h 11.8); the MIG device queries are older than any branch simulated.
+_ENTRY_POINT_SINCE.update(
+    dict.fromkeys(
+        (
+            "nvmlGpmQueryDeviceSupport",
+            "nvmlGpmSampleAlloc",
+            "nvmlGpmSampleFree",
+            "nvmlGpmSampleGet",
+            "nvmlGpmMigSampleGet",
+            "nvmlGpmMetricsGet",
+        ),
+        520,
+    )
+)

@@ -33,6 +33,9 @@ FAULT_KINDS = frozenset(
         "not_supported",  # calls for the GPU answer NOT_SUPPORTED for `duration_s` (a `ratio` of them)
         "hang",  # every call for the GPU blocks `hang_s` wall seconds, for `duration_s`
         "gpu_reset",  # the GPU is reset: a lost GPU answers again; energy and volatile ECC restart from 0
+        # an administrator enables MIG (the pending mode, applied by a GPU reset): from `at_s` the GPU
+        # runs its [[gpu.mig]] instances; without this fault they are there from the start
+        "mig_enable",
     }
 )
 # Faults of the driver as a whole: top-level [[fault]] tables.
@@ -118,6 +121,23 @@ class ServerSpec:
     faults: tuple[ServerFault, ...] = ()
 
 
+# What a GPU's (or MIG instance's) work is, for GPM's busyness (gpuwatch/sim/gpm.py): LLM decode is
+# memory-bound, prefill and dense training compute-bound. Unset on a GPU: decode where a simulated
+# server runs on it, else compute.
+WORKLOADS = ("decode", "prefill", "compute")
+
+
+@dataclass(frozen=True, slots=True)
+class MigSpec:
+    """One MIG instance (a GPU instance with one compute instance spanning it) and its work."""
+
+    profile: str  # as nvidia-smi names it: 3g.71gb (gpuwatch/sim/mig.py lists each card's)
+    load: float = 0.0
+    workload: str = "compute"
+    processes: tuple[SimProcess, ...] = ()
+    compute_instances: tuple[int, ...] = ()  # the GI split into compute instances of these slices; () one over all
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSpec:
     """One simulated GPU: its profile, its workload over time, its cooling and its faults."""
@@ -141,6 +161,10 @@ class GpuSpec:
     uuid: str | None = None
     serial: str | None = None
     pci_bus_id: str | None = None
+    # GPM and MIG (issue 17): the work's kind (WORKLOADS; None: decide as WORKLOADS says) and, with
+    # MIG enabled, its instances
+    workload: str | None = None
+    mig: tuple[MigSpec, ...] = ()
 
     @property
     def card(self) -> DeviceProfile:
@@ -163,8 +187,9 @@ class Scenario:
     source: str = field(default="", compare=False)
     # What the scenario could not take from its source and filled in (a host built from a capture).
     fallbacks: tuple[str, ...] = field(default=(), compare=False)
-    # Whether the simulated caller may change settings (root or CAP_SYS_ADMIN): without it, setting
-    # a power limit answers NO_PERMISSION, as the real driver does for an ordinary user.
+    # Whether the simulated caller is root (or has CAP_SYS_ADMIN). false: an ordinary user, as the
+    # real driver answers one: setting a power limit is NO_PERMISSION, and a MIG-enabled GPU's
+    # parent-level memory and process queries answer NoPermission (shared/research/real-cards.md).
     privileged: bool = True
 
     @property
@@ -220,10 +245,11 @@ def parse(text: str, source: str = "<string>") -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
-    # Taken out before the table check, so the check of the other keys stays as it was.
-    privileged = reader.boolean({"privileged": doc.pop("privileged", True)}, "privileged", "", default=True)
     top = reader.table(
-        doc, "", {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
+        doc,
+        "",
+        {"name", "description", "seed", "driver_version", "cuda_driver_version", "gpu", "server", "fault"}
+        | {"privileged"},
     )
     gpus_raw = top.get("gpu", [])
     if not isinstance(gpus_raw, list) or not gpus_raw:
@@ -245,7 +271,7 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         servers=servers,
         faults=tuple(reader.fault(f, f"fault[{i}]", HOST_FAULT_KINDS) for i, f in enumerate(top.get("fault", []))),
         source=source,
-        privileged=privileged,
+        privileged=reader.boolean(top, "privileged", "", default=True),
     )
 
 
@@ -312,7 +338,7 @@ class _Reader:
             "burst_on_s",
             "burst_off_s",
             "burst_low",
-        }
+        } | {"workload", "mig"}
         g = self.table(raw, where, allowed)
         profile_key = self.string(g, "profile", where, default="rtx-a6000")
         profile_key = ALIASES.get(profile_key, profile_key)
@@ -363,7 +389,56 @@ class _Reader:
             burst_on_s=self.number(g, "burst_on_s", where, minimum=0.25) if "burst_on_s" in g else None,
             burst_off_s=self.number(g, "burst_off_s", where, minimum=0.25) if "burst_off_s" in g else None,
             burst_low=self.number(g, "burst_low", where, default=0.05, minimum=0, maximum=1),
+            workload=self.workload(g, where) if "workload" in g else None,
+            mig=self.mig(g, where, profile),
         )
+
+    def workload(self, table: dict[str, Any], where: str, default: str = "compute") -> str:
+        kind = self.string(table, "workload", where, default=default)
+        if kind not in WORKLOADS:
+            raise self.fail(_join(where, "workload"), f"{kind!r} is not a workload (known: {', '.join(WORKLOADS)})")
+        return kind
+
+    def compute_instances(self, table: dict[str, Any], where: str, gi_slices: int) -> tuple[int, ...]:
+        raw = table.get("compute_instances", [])
+        key = _join(where, "compute_instances")
+        if not isinstance(raw, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw):
+            raise self.fail(key, f"expected a list of compute slice counts, e.g. [1, 2], got {raw!r}")
+        if sum(raw) > gi_slices:
+            raise self.fail(key, f"{raw!r} needs more than the GPU instance's {gi_slices} slices")
+        return tuple(raw)
+
+    def mig(self, g: dict[str, Any], where: str, card: DeviceProfile) -> tuple[MigSpec, ...]:
+        """[[gpu.mig]] instances: each a profile this card offers, slices adding up to at most 7."""
+        from gpuwatch.sim.mig import MIG_PROFILES
+
+        raw = g.get("mig", [])
+        if not isinstance(raw, list):
+            raise self.fail(_join(where, "mig"), "expected [[gpu.mig]] tables")
+        offered = MIG_PROFILES.get(card.key, {})
+        out = []
+        for i, m in enumerate(raw):
+            at = _join(where, f"mig[{i}]")
+            t = self.table(m, at, {"profile", "load", "workload", "process", "compute_instances"})
+            profile = self.string(t, "profile", at)
+            if profile not in offered:
+                known = ", ".join(offered) or "none: the card has no MIG"
+                raise self.fail(_join(at, "profile"), f"{profile!r} is not a MIG profile of {card.key} ({known})")
+            out.append(
+                MigSpec(
+                    profile=profile,
+                    load=self.number(t, "load", at, default=0.0, minimum=0, maximum=1),
+                    workload=self.workload(t, at),
+                    processes=tuple(
+                        self.process(p, _join(at, f"process[{j}]")) for j, p in enumerate(t.get("process", []))
+                    ),
+                    compute_instances=self.compute_instances(t, at, offered[profile][0]),
+                )
+            )
+        slices: int = sum(offered[m.profile][0] for m in out)  # (slices, memory, SMs, GI ids)
+        if slices > 7:
+            raise self.fail(_join(where, "mig"), "the instances need more than the card's 7 slices")
+        return tuple(out)
 
     def server(self, raw: Any, where: str, gpu_count: int) -> ServerSpec:
         allowed = {
