@@ -35,7 +35,19 @@ WITH_OPTIONS = ("processes",)  # collectors with options of their own: a [collec
 # The lean set's collectors (their series trimmed by gpuwatch/exporter/lean.py): at most 30 series
 # per GPU on a simulated host, and still every family a shipped alert, recording rule or dashboard
 # panel reads (tests/test_collectors.py checks both). Left out whole: PCIe, per-process memory.
-LEAN_SET = ("identity", "power", "thermal", "clocks", "throttle", "health", "memory", "reliability", "tokens")
+LEAN_SET = (
+    "identity",
+    "power",
+    "thermal",
+    "clocks",
+    "throttle",
+    "health",
+    "memory",
+    "reliability",
+    "tokens",
+    "gpm",
+    "mig",
+)
 
 
 def config_keys() -> tuple[str, ...]:

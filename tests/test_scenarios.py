@@ -55,6 +55,8 @@ def test_a_busy_gpu_always_has_its_process_and_its_memory(name):
     served = {i for server in loaded.servers for i in server.gpus}
     for index, gpu in enumerate(loaded.gpus):
         if max(level for _, level in gpu.load_steps) > 0.02:
-            held = sum(p.used_memory_bytes for p in gpu.processes)
+            # under MIG the work and its processes are the instances'
+            processes = [*gpu.processes, *(p for instance in gpu.mig for p in instance.processes)]
+            held = sum(p.used_memory_bytes for p in processes)
             assert index in served or held > 0, f"{name}: GPU {index} is busy with no process"
             assert held < gpu.card.memory_total_mib * 2**20

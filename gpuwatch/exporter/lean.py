@@ -28,8 +28,9 @@ from gpuwatch.model import Snapshot
 
 ALL = None  # every series of the family
 ACTIVE = "active"  # only its series whose value is not 0
+WITH_GPM = "with gpm"  # only its series of GPUs that report GPM (where it is compared with SM active)
 
-# family name (a counter's without _total) -> ALL, ACTIVE, or {label: values kept}
+# family name (a counter's without _total) -> ALL, ACTIVE, WITH_GPM, or {label: values kept}
 LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
     "gpuwatch_gpu_up": ALL,
     "gpuwatch_gpu_power_watts": ALL,
@@ -62,6 +63,17 @@ LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
     "gpuwatch_tokens": ALL,
     "gpuwatch_tokens_per_joule": ALL,
     "gpuwatch_joules_per_token": ALL,
+    # Busy vs really busy (GPM, Hopper and newer): the ratios the dashboards draw, and utilization
+    # beside them only where there is SM active to compare it with (a 31st series on cards without
+    # GPM, where the panels have nothing to compare).
+    "gpuwatch_gpu_utilization_ratio": WITH_GPM,
+    "gpuwatch_gpu_sm_active_ratio": ALL,
+    "gpuwatch_gpu_tensor_active_ratio": ALL,
+    "gpuwatch_gpu_dram_active_ratio": ALL,
+    "gpuwatch_mig_info": ALL,
+    "gpuwatch_mig_memory_used_bytes": ALL,
+    "gpuwatch_mig_memory_size_bytes": ALL,
+    "gpuwatch_mig_sm_active_ratio": ALL,
     # the energy ledger (per source, no gpu label)
     "gpuwatch_source_energy_joules": ALL,
     "gpuwatch_source_idle_seconds": ALL,
@@ -71,8 +83,9 @@ LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
 }
 
 
-def trim(families: Iterable[Metric]) -> Iterator[Metric]:
-    """The lean set's part of ``families``: a family left with no series is left out whole."""
+def trim(families: Iterable[Metric], gpm_gpus: frozenset[str] = frozenset()) -> Iterator[Metric]:
+    """The lean set's part of ``families``: a family left with no series is left out whole.
+    ``gpm_gpus``: the ``gpu`` labels of the GPUs that report GPM (for :data:`WITH_GPM`)."""
     for family in families:
         if family.name not in LEAN_SERIES:
             continue
@@ -82,6 +95,8 @@ def trim(families: Iterable[Metric]) -> Iterator[Metric]:
             continue
         if rule == ACTIVE:
             family.samples = [s for s in family.samples if s.value != 0]
+        elif rule == WITH_GPM:
+            family.samples = [s for s in family.samples if s.labels.get("gpu") in gpm_gpus]
         else:
             assert isinstance(rule, Mapping)
             family.samples = [s for s in family.samples if all(s.labels.get(k) in v for k, v in rule.items())]
@@ -96,4 +111,7 @@ class Trimmed:
         self._collect = collect
 
     def __call__(self, snapshot: Snapshot) -> Iterator[Metric]:
-        return trim(self._collect(snapshot))
+        gpm_gpus = frozenset(
+            str(s.identity.index) for s in snapshot.gpus if s.reading is not None and s.reading.activity_ratio
+        )
+        return trim(self._collect(snapshot), gpm_gpus)
