@@ -5,7 +5,7 @@ In the config file, one ``[[tokens]]`` table per inference server::
     [[tokens]]
     url = "http://127.0.0.1:8000/metrics"   # required; user:password@ is sent as basic auth
     name = "llama-70b"          # default: the preset, or host:port
-    preset = "vllm"             # vllm, sglang, tgi, llamacpp, triton, trtllm, lmdeploy, or auto (default)
+    preset = "vllm"             # vllm, sglang, tgi, llamacpp, triton, trtllm, lmdeploy, dynamo, nim, or auto (default)
     generation_metric = "..."   # instead of a preset: the sample that counts generated tokens
     prompt_metric = "..."       # and, optionally, prompt tokens
     labels = { model_name = "meta-llama/Llama-3.1-70B" }   # only series with these labels

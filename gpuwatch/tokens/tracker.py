@@ -32,7 +32,7 @@ from gpuwatch.analysis.efficiency import (
     window_efficiency,
 )
 from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
-from gpuwatch.tokens import attribution, presets
+from gpuwatch.tokens import attribution, disabled, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
 from gpuwatch.tokens.parse import CountReader, ExpositionError, TokenCounts
 from gpuwatch.tokens.source import SourceConfig
@@ -233,7 +233,9 @@ class TokenTracker:
             counts = reader.finish()
             marker = counts.start_time if counts.start_time is not None else response.start_time_header
             error = None
-        except (FetchError, ExpositionError) as exc:
+        except FetchError as exc:
+            error = disabled.explain(source.preset or config.preset, exc.status, exc.body) or str(exc)
+        except ExpositionError as exc:
             error = str(exc)
         finished = self._clock()
         with self._lock:
