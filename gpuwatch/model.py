@@ -130,6 +130,8 @@ class SourceStatus:
     efficiency: Efficiency | None = None  # over the window; None until a window is complete
     last_scrape_timestamp: float | None = None
     scrape_duration_seconds: float | None = None
+    # the models the server holds in memory, where it lists them (Ollama's /api/ps; presets: ollama)
+    models: tuple[LoadedModel, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +164,13 @@ class SourcesSnapshot:
 
     gpu_timestamp: float  # of the GPU snapshot whose energy this took in
     sources: tuple[SourceStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model an inference server holds in memory, as it lists it (Ollama's ``/api/ps``)."""
+
+    name: str
+    size_bytes: int  # all of its memory, VRAM and system memory
+    vram_bytes: int  # the part in GPU memory
+    context_length: int | None = None  # the context allocated, where the server says

@@ -36,6 +36,7 @@ from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint
 from gpuwatch.status import to_document
+from gpuwatch.tokens.proxy import OllamaProxy, Tally
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
 
@@ -53,6 +54,10 @@ class RuntimeOptions:
     tokens_window_s: float = DEFAULT_WINDOW_S
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+
+
+class ProxyListenError(OSError):
+    """A token source's counting proxy cannot listen where it is told to."""
 
 
 class MergedSnapshot:
@@ -96,6 +101,7 @@ class Runtime:
         self.exposition = CachedExposition(self.registry, self.latest)
         self._tokens: TokenTracker | None = None
         self._started = False
+        self.proxies: list[OllamaProxy] = []  # Ollama sources' counting proxies (``listen``)
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -130,8 +136,9 @@ class Runtime:
         if not self.options.tokens and self.options.sim_source_timeout_s is not None:
             sources = [replace(source, timeout_s=self.options.sim_source_timeout_s) for source in sources]
         prerender = self.exposition.prerender
+        tallies = self._start_proxies(sources)
         if sources:
-            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s)
+            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s, tallies=tallies)
             self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
@@ -141,6 +148,24 @@ class Runtime:
             if self._tokens is not None:
                 self._tokens.start()
             self.sampler.start()
+
+    def _start_proxies(self, sources: Sequence[SourceConfig]) -> dict[str, Tally]:
+        """A counting proxy for each source with ``listen``; raises ProxyListenError if one cannot listen."""
+        tallies: dict[str, Tally] = {}
+        for source in sources:
+            if source.listen is None:
+                continue
+            tally = Tally()
+            try:
+                proxy = OllamaProxy(source.listen, source.url, tally)
+            except OSError as exc:
+                raise ProxyListenError(
+                    f"token source {source.name}: cannot listen on {source.listen}: {exc.strerror or exc}"
+                ) from None
+            proxy.start()
+            self.proxies.append(proxy)
+            tallies[source.name] = tally
+        return tallies
 
     def step(self) -> Snapshot:
         """One poll (the token tracker takes it in on this thread); the merged snapshot."""
@@ -159,10 +184,12 @@ class Runtime:
             self._tokens.configure(tokens_window_s)
 
     def close(self) -> None:
-        """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""
+        """Stop in order: polling, the token tracker, the counting proxies, the simulated servers, the driver."""
         self.sampler.stop(timeout_s=1.0)
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
+        for proxy in self.proxies:
+            proxy.stop()
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:

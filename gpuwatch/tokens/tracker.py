@@ -31,10 +31,11 @@ from gpuwatch.analysis.efficiency import (
     TokenPoint,
     window_efficiency,
 )
-from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
-from gpuwatch.tokens import attribution, disabled, presets
+from gpuwatch.model import GpuStatus, LoadedModel, Snapshot, SourcesSnapshot, SourceStatus
+from gpuwatch.tokens import attribution, disabled, ollama, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
 from gpuwatch.tokens.parse import CountReader, ExpositionError, TokenCounts
+from gpuwatch.tokens.proxy import Tally
 from gpuwatch.tokens.source import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class _Source:
     last_scrape: float | None = None
     scrape_duration: float | None = None
     wake: threading.Event = field(default_factory=threading.Event)
+    models: tuple[LoadedModel, ...] = ()  # as its server lists them (Ollama)
 
 
 class TokenTracker:
@@ -85,7 +87,9 @@ class TokenTracker:
         min_window_s: float = MIN_WINDOW_S,
         fetcher: Fetcher = fetch,
         attributor: Attributor = attribution.attribute,
+        tallies: Mapping[str, Tally] | None = None,  # source name -> its Ollama proxy's counts
     ) -> None:
+        self._tallies = dict(tallies or {})
         self._sources = [
             _Source(config=c, metrics=c.metrics, preset=None if c.metrics is None else c.preset, gpus=c.gpus)
             for c in sources
@@ -213,6 +217,7 @@ class TokenTracker:
             efficiency=efficiency,
             last_scrape_timestamp=source.last_scrape,
             scrape_duration_seconds=source.scrape_duration,
+            models=source.models,
         )
 
     # -- scraping -----------------------------------------------------------------------------------
@@ -229,10 +234,15 @@ class TokenTracker:
         marker: float | str | None = None
         reader = CountReader(source.metrics, config.labels)  # the body is parsed as it arrives
         try:
-            response = self._fetch(config.url, config.timeout_s, config.max_bytes, reader.feed)
-            counts = reader.finish()
-            marker = counts.start_time if counts.start_time is not None else response.start_time_header
+            if config.preset == ollama.PRESET:
+                counts = self._read_ollama(source)
+            else:
+                response = self._fetch(config.url, config.timeout_s, config.max_bytes, reader.feed)
+                counts = reader.finish()
+                marker = counts.start_time if counts.start_time is not None else response.start_time_header
             error = None
+        except ValueError as exc:  # an /api/ps answer that is not Ollama's
+            error = str(exc)
         except FetchError as exc:
             error = disabled.explain(source.preset or config.preset, exc.status, exc.body) or str(exc)
         except ExpositionError as exc:
@@ -253,6 +263,16 @@ class TokenTracker:
             gpu_pids = dict(self._gpu_pids)
         if due:
             self._attribute_gpus(source, gpu_pids, finished)
+
+    def _read_ollama(self, source: _Source) -> TokenCounts:
+        """Ollama's loaded models, and the counts of its proxy (none without one)."""
+        config = source.config
+        models = ollama.read_models(self._fetch, config.url, config.timeout_s, config.max_bytes)
+        with self._lock:
+            source.models = models
+        tally = self._tallies.get(config.name)
+        tokens = {} if tally is None else ollama.counts(tally)
+        return TokenCounts(tokens=tokens, metrics=ollama.METRICS, read=ollama.METRICS)
 
     def _down(self, source: _Source, error: str) -> None:
         source.up, source.error = False, error
@@ -285,8 +305,9 @@ class TokenTracker:
         for kind, value in counts.tokens.items():
             counter = source.counters.get(kind)
             source.counters[kind] = ResetSafeCounter(value) if counter is None else counter.advance(value)
-        source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
-        self._prune(source.tokens, timestamp)
+        if counts.tokens:  # an Ollama source without a proxy has models but no counts
+            source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
+            self._prune(source.tokens, timestamp)
         if not source.up and source.logged_error is not None:
             log.info("token source %s answers again", source.config.name)
         source.up, source.error, source.logged_error = True, None, None
