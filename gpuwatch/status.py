@@ -12,7 +12,7 @@ from typing import Any
 
 from gpuwatch import __version__
 from gpuwatch.labels import EXIT_CODES
-from gpuwatch.model import GpuStatus, Snapshot, SourceStatus
+from gpuwatch.model import GpuStatus, LoadedModel, Snapshot, SourceStatus
 
 SCHEMA_VERSION = 1
 
@@ -101,6 +101,16 @@ def _source(source: SourceStatus) -> dict[str, Any]:
         "window_seconds": None if efficiency is None else efficiency.window_seconds,
         "tokens_per_joule_by_kind": {} if efficiency is None else dict(efficiency.tokens_per_joule),
         "joules_per_token_by_kind": {} if efficiency is None else dict(efficiency.joules_per_token),
+        "models": [_model(m) for m in source.models],  # loaded, as the server lists them (Ollama's /api/ps)
+    }
+
+
+def _model(model: LoadedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "size_bytes": model.size_bytes,
+        "vram_bytes": model.vram_bytes,
+        "context_length": model.context_length,
     }
 
 
@@ -241,6 +251,7 @@ def _source_row(source: dict[str, Any]) -> list[str]:
         note = "window not complete yet" if source.get("gpus") else "looking for its GPUs"
     else:
         note = f"{source.get('preset') or ''} {source.get('url')}".strip()
+    note += _models_note(source)
     return [
         source["name"],
         gpus,
@@ -250,6 +261,19 @@ def _source_row(source: dict[str, Any]) -> list[str]:
         "n/a" if window is None else f"{window:.0f} s",
         note,
     ]
+
+
+def _models_note(source: dict[str, Any]) -> str:
+    """The loaded models (Ollama's), and why an Ollama source has no tokens per joule without its proxy."""
+    models = source.get("models") or []
+    shown = ", ".join(
+        f"{m.get('name')} ({_num(m.get('vram_bytes'), 2**30, 1)} of {_num(m.get('size_bytes'), 2**30, 1)} GiB in VRAM)"
+        for m in models[:3]
+    )
+    note = f"; models {shown}{' …' if len(models) > 3 else ''}" if models else ""
+    if source.get("preset") == "ollama" and source.get("up") and not source.get("tokens_total"):
+        note += "; no token counts: set listen in its [[tokens]] table to count through the proxy"
+    return note
 
 
 def _row(gpu: dict[str, Any]) -> list[str]:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 from ollama_standin import StandIn, ollama_standin
+from prometheus_client import generate_latest
 from waiting import wait_until
 
-from gpuwatch.model import Snapshot
+from gpuwatch.exporter.registry import build_registry
+from gpuwatch.model import LoadedModel, Snapshot, SourceStatus
+from gpuwatch.status import render_table, to_document
 from gpuwatch.tokens import ollama
 from gpuwatch.tokens.proxy import MAX_PARSED_LINE_BYTES, LineCounter, OllamaProxy, Tally, parse_listen
 from gpuwatch.tokens.source import from_table
@@ -344,3 +348,42 @@ def test_an_api_ps_answer_that_is_not_ollamas_is_refused(body: bytes, message: s
 def test_api_ps_under_a_base_path():
     assert ollama.ps_url("http://127.0.0.1:11434") == "http://127.0.0.1:11434/api/ps"
     assert ollama.ps_url("http://gw/ollama/") == "http://gw/ollama/api/ps"
+
+
+def ollama_snapshot(models: tuple[LoadedModel, ...], tokens: dict[str, float]) -> Snapshot:
+    source = SourceStatus(
+        name="ollama",
+        url="http://127.0.0.1:11434",
+        up=True,
+        preset="ollama",
+        gpus=(0,),
+        tokens_total=tokens,
+        models=models,
+    )
+    return Snapshot(timestamp=1.0, nvml_up=True, sources=(source,))
+
+
+GEMMA = LoadedModel("gemma3:4b", 6591830464, 5333539264, 4096)
+
+
+def test_loaded_models_are_series_and_promtool_clean(promtool):
+    text = generate_latest(build_registry(lambda: ollama_snapshot((GEMMA,), {}), include_process=False)).decode()
+    assert 'gpuwatch_source_model_vram_bytes{model="gemma3:4b",source="ollama"} 5.333539264e+09' in text
+    assert 'gpuwatch_source_model_memory_bytes{model="gemma3:4b",source="ollama"} 6.591830464e+09' in text
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()
+    empty = generate_latest(build_registry(lambda: ollama_snapshot((), {}), include_process=False)).decode()
+    assert "gpuwatch_source_model_" not in empty  # no models listed: no series, never zeros
+
+
+def test_status_shows_the_models_and_what_to_set_for_tokens():
+    document = to_document(ollama_snapshot((GEMMA,), {}), 0.5, 1.0, 10.0)
+    (source,) = document["sources"]
+    assert source["models"] == [
+        {"name": "gemma3:4b", "size_bytes": 6591830464, "vram_bytes": 5333539264, "context_length": 4096}
+    ]
+    table = render_table(document)
+    assert "gemma3:4b (5.0 of 6.1 GiB in VRAM)" in table
+    assert "set listen in its [[tokens]] table" in table
+    counted = render_table(to_document(ollama_snapshot((GEMMA,), {"generation": 3.0}), 0.5, 1.0, 10.0))
+    assert "set listen" not in counted
