@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from ollama_standin import StandIn, ollama_standin
 from prometheus_client import generate_latest
+from serving import free_port, get_from, serve
 from waiting import wait_until
 
 from gpuwatch.exporter.registry import build_registry
@@ -387,3 +389,45 @@ def test_status_shows_the_models_and_what_to_set_for_tokens():
     assert "set listen in its [[tokens]] table" in table
     counted = render_table(to_document(ollama_snapshot((GEMMA,), {"generation": 3.0}), 0.5, 1.0, 10.0))
     assert "set listen" not in counted
+
+
+# -- in the daemon ----------------------------------------------------------------------------------------
+
+
+def ollama_config(tmp_path, standin: StandIn, listen_port: int):  # type: ignore[no-untyped-def]
+    path = tmp_path / "gpuwatch.toml"
+    path.write_text(
+        f'[[tokens]]\nurl = "{standin.url}"\npreset = "ollama"\nlisten = "127.0.0.1:{listen_port}"\ngpus = [0]\n'
+    )
+    return path
+
+
+def test_the_daemon_runs_the_proxy_exports_its_counts_and_stops_it_on_sigterm(tmp_path, standin):
+    listen_port = free_port()
+    config = ollama_config(tmp_path, standin, listen_port)
+    with serve(tmp_path, "--simulate", "inference-host", "--config", str(config)) as daemon:
+        daemon.wait_for_log(f"Ollama proxy on 127.0.0.1:{listen_port}", timeout_s=10)
+        assert b'"done":true' in raw_exchange(listen_port, post("/api/chat", CHAT))
+
+        def exported() -> bool:
+            text = get_from("127.0.0.1", daemon.port)[1]
+            return (
+                b'gpuwatch_tokens_total{kind="generation",source="ollama"} 5.0' in text
+                and b'gpuwatch_source_model_vram_bytes{model="gemma3:4b",source="ollama"}' in text
+            )
+
+        assert wait_until(exported, timeout_s=20)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0
+    # the proxy's port is free once the daemon is gone: a restarted daemon listens there again
+    socket.create_server(("127.0.0.1", listen_port)).close()
+
+
+def test_the_daemon_refuses_to_start_when_the_proxy_cannot_listen(tmp_path, standin):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ollama_config(tmp_path, standin, taken.getsockname()[1])
+        with serve(tmp_path, "--simulate", "inference-host", "--config", str(config), wait_ready=False) as daemon:
+            assert daemon.proc.wait(20) == 1
+            assert f"token source ollama: cannot listen on 127.0.0.1:{taken.getsockname()[1]}" in daemon.stderr

@@ -70,8 +70,14 @@ class CountReader:
                     wanted = {k.encode(): v.encode() for k, v in selector.items()}
                     self._specs.setdefault(name.encode(), {})[spec] = wanted
         self._names = {*self._specs, START_TIME_SAMPLE.encode()}
-        self._prefixes = tuple(self._names)
         self._labels = {k.encode(): v.encode() for k, v in (labels or {}).items()}
+        # name -> its one wanted sample, for names read without any label to check
+        self._plain = {
+            name: next(iter(specs))
+            for name, specs in self._specs.items()
+            if not self._labels and len(specs) == 1 and not next(iter(specs.values()))
+        }
+        self._prefixes = tuple(self._names)
         self._sums: dict[
             str, float
         ] = {}  # wanted sample (with its selector) -> sum over the series carrying the labels
@@ -124,10 +130,13 @@ class CountReader:
 
     def _name(self, line: bytes) -> bytes | None:
         """The wanted name ``line`` starts with, if it is followed by labels or blanks."""
-        for name in self._names:
-            if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" ", b"\t"):
-                return name
-        return None
+        end = len(line)
+        for separator in (b"{", b" ", b"\t"):
+            found = line.find(separator, 0, end)
+            if found != -1:
+                end = found
+        name = line[:end]
+        return name if name in self._names else None
 
     def _sample(self, line: bytes) -> None:
         name = self._name(line)
@@ -142,6 +151,10 @@ class CountReader:
             self._start_time = value if math.isfinite(value) else None
             return
         self._seen.add(name)
+        plain = self._plain.get(name)
+        if plain is not None:  # the common case: one wanted sample of this name, no labels to check
+            self._sums[plain] = self._sums.get(plain, 0.0) + _checked(plain, value, "")
+            return
         found: dict[bytes, bytes] | None = None
         for spec, selector in self._specs[name].items():
             wanted = {**self._labels, **selector}
