@@ -119,9 +119,12 @@ class LineCounter:
             self._tally.add(*counts)
 
 
+_DONE = re.compile(rb'"done"\s*:\s*true')
+
+
 def _final_counts(line: bytes) -> tuple[int, int] | None:
-    if not line.strip():
-        return None
+    if not _DONE.search(line):
+        return None  # not a final object: no JSON parsing for the many lines of a stream
     try:
         answer = json.loads(line)
     except ValueError:
