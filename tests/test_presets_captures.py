@@ -165,7 +165,8 @@ def test_a_plain_404_is_sglang_without_enable_metrics_only_for_the_sglang_preset
     assert disabled.explain("sglang", caught.value.status, caught.value.body) is not None
     assert "--enable-metrics" in str(disabled.explain("sglang", caught.value.status, caught.value.body))
     assert disabled.explain("vllm", caught.value.status, caught.value.body) is None
-    assert disabled.explain("auto", caught.value.status, caught.value.body) is None
+    maybe = disabled.explain("auto", caught.value.status, caught.value.body)
+    assert maybe == "HTTP 404: no metrics at this URL; if this is SGLang, start it with --enable-metrics"
 
 
 @pytest.mark.parametrize(

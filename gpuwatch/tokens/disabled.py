@@ -14,7 +14,8 @@ What each server answers, and where that is from:
 * SGLang without ``--enable-metrics``: the route is never mounted (``add_prometheus_middleware`` runs
   only ``if server_args.enable_metrics``, sglang/srt/entrypoints/http_server.py), so FastAPI's default
   ``404`` with ``{"detail":"Not Found"}``. That answer is every FastAPI app's, so it is read as SGLang's
-  only for a source whose preset is ``sglang``.
+  only for a source whose preset is ``sglang``; for one still to be recognised (``auto``) the flag is
+  named as a possibility.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def explain(preset: str | None, status: int | None, body: bytes) -> str | None:
         if status != known.status or known.body_has.replace(b" ", b"") not in body.replace(b" ", b""):
             continue
         if known.preset_only is not None and preset != known.preset_only:
+            if preset in (None, "auto"):  # not recognised yet: say it, as a possibility
+                return f"HTTP {status}: no metrics at this URL; if this is {known.server}, start it with {known.flag}"
             continue
         return (
             f"HTTP {status}: {known.server} serves no metrics unless started with {known.flag}; "
