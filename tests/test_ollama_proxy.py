@@ -7,6 +7,7 @@ stand-in as the client wrote it; only the final objects' counts are taken, and h
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import signal
 import socket
@@ -15,6 +16,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from ollama_standin import StandIn, ollama_standin
 from prometheus_client import generate_latest
 from serving import free_port, get_from, serve
@@ -24,7 +27,17 @@ from gpuwatch.exporter.registry import build_registry
 from gpuwatch.model import LoadedModel, Snapshot, SourceStatus
 from gpuwatch.status import render_table, to_document
 from gpuwatch.tokens import ollama
-from gpuwatch.tokens.proxy import MAX_PARSED_LINE_BYTES, LineCounter, OllamaProxy, Tally, parse_listen
+from gpuwatch.tokens.proxy import (
+    MAX_PARSED_LINE_BYTES,
+    LineCounter,
+    OllamaProxy,
+    Tally,
+    _body_framing,
+    _Broken,
+    _Dechunker,
+    _parse_head,
+    parse_listen,
+)
 from gpuwatch.tokens.source import from_table
 from gpuwatch.tokens.tracker import TokenTracker
 
@@ -431,3 +444,72 @@ def test_the_daemon_refuses_to_start_when_the_proxy_cannot_listen(tmp_path, stan
         with serve(tmp_path, "--simulate", "inference-host", "--config", str(config), wait_ready=False) as daemon:
             assert daemon.proc.wait(20) == 1
             assert f"token source ollama: cannot listen on 127.0.0.1:{taken.getsockname()[1]}" in daemon.stderr
+
+
+# -- framing -----------------------------------------------------------------------------------------------
+
+
+def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
+    body = b"".join(
+        b"%x;ext=1\r\n%s\r\n" % (len(p), p) if i % 2 else b"%X\r\n%s\r\n" % (len(p), p) for i, p in enumerate(pieces)
+    )
+    return body + b"0\r\n" + trailers + b"\r\n"
+
+
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    trailers=st.sampled_from([b"", b"X-Checksum: 1\r\n", b"A: 1\r\nB: 2\r\n"]),
+    after=st.binary(max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+)
+def test_a_chunked_body_fed_in_any_pieces_gives_its_payload_and_its_end(pieces, trailers, after, cuts):
+    body = chunked(pieces, trailers)
+    stream = body + after
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    dechunker, payload, end = _Dechunker(), bytearray(), None
+    for start, stop in itertools.pairwise(bounds):
+        found = dechunker.feed(stream[start:stop], payload.extend)
+        if found is not None:
+            end = start + found
+            break
+    assert bytes(payload) == b"".join(pieces)
+    assert end == len(body)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"zz\r\nabc\r\n", b"3\r\nabcdef\r\n", b"1" * 5000 + b"\r\n", b"-1\r\n"],
+)
+def test_a_malformed_chunked_body_is_refused(bad: bytes):
+    with pytest.raises(_Broken):
+        _Dechunker().feed(bad, lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("head", "answering", "framing"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", None, ("length", 12)),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None, ("chunked", 0)),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, ("none", 0)),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "POST", ("length", 5)),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD", ("none", 0)),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "GET", ("none", 0)),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "GET", ("chunked", 0)),
+        (b"HTTP/1.1 200 OK\r\n\r\n", "GET", ("close", 0)),
+    ],
+)
+def test_message_framing(head: bytes, answering: str | None, framing: tuple[str, int]):
+    assert _body_framing(_parse_head(head), answering) == framing
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ],
+)
+def test_a_request_whose_body_cannot_be_delimited_is_refused(head: bytes):
+    with pytest.raises(_Broken):
+        _body_framing(_parse_head(head), None)
