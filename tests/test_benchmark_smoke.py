@@ -58,3 +58,19 @@ def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> Non
     assert results["steady"]["rss_mib"] > 0
     assert [row["profile"] for row in results["efficiency"]] == ["rtx-a6000", "a100"]
     assert all(row["windows"] > 0 for row in results["efficiency"])
+
+
+def test_quick_proxy_benchmark_prints_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "proxy.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.proxy", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "added by the proxy at p99" in result.stdout
+    results = json.loads(out.read_text())
+    assert results["proxy_counted"] == {"prompt": 12, "generation": 80, "answers": 4}  # 4 streams of 20 chunks
