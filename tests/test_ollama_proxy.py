@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -513,3 +514,11 @@ def test_message_framing(head: bytes, answering: str | None, framing: tuple[str,
 def test_a_request_whose_body_cannot_be_delimited_is_refused(head: bytes):
     with pytest.raises(_Broken):
         _body_framing(_parse_head(head), None)
+
+
+def test_listening_beyond_loopback_is_warned_about(standin, caplog):
+    relay = OllamaProxy("0.0.0.0:0", standin.url, Tally())
+    with caplog.at_level(logging.WARNING, logger="gpuwatch.tokens.proxy"):
+        relay.start()
+    relay.stop()
+    assert any("no authentication" in r.getMessage() for r in caplog.records)

@@ -29,6 +29,7 @@ Hostile cases, bounded:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import re
@@ -346,6 +347,14 @@ class OllamaProxy:
     def start(self) -> None:
         self._thread.start()
         log.info("Ollama proxy on %s:%d, forwarding to %s", self.address[0], self.port, self.upstream_url)
+        if not ipaddress.ip_address(self.address[0]).is_loopback:
+            # Ollama listens on loopback by default for a reason: its API has no authentication.
+            log.warning(
+                "Ollama proxy listens on %s, beyond this host: whoever reaches port %d can use Ollama's API "
+                "(no authentication); listen on 127.0.0.1 unless that is meant",
+                self.address[0],
+                self.port,
+            )
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop accepting, cut every open connection, and wait for the accepting thread."""
