@@ -10,6 +10,11 @@ from collections.abc import Callable
 from gpuwatch.exporter.families import Families
 from gpuwatch.model import LoadedModel, Snapshot
 
+# Its switch (the collectors branch's gpuwatch/collectors.py reads these): on by default, and its line
+# in --help and the README.
+DEFAULT_ENABLED = True
+DESCRIPTION = "the models each token source's server has loaded and their GPU memory (Ollama's /api/ps)"
+
 # name, HELP, and the value of a loaded model
 GAUGES: tuple[tuple[str, str, Callable[[LoadedModel], int]], ...] = (
     (
