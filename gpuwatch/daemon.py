@@ -20,7 +20,7 @@ from typing import Any
 from gpuwatch import __version__, collectors, config, logsetup
 from gpuwatch.exporter.web import WebServer
 from gpuwatch.page.routes import page_routes
-from gpuwatch.runtime import Runtime, RuntimeOptions, assemble
+from gpuwatch.runtime import ProxyListenError, Runtime, RuntimeOptions, assemble
 from gpuwatch.sampler import Sampler
 from gpuwatch.sdnotify import Notifier, Watchdog, watchdog_interval_s
 from gpuwatch.webconfig import WebConfigError, WebConfigSource
@@ -103,7 +103,11 @@ def _serve(settings: config.ServeSettings, reread: Callable[[], config.ServeSett
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    rt.start()
+    try:
+        rt.start()
+    except ProxyListenError as exc:
+        log.error("%s; choose another listen address in its [[tokens]] table", exc)
+        return EXIT_FAILURE
     for endpoint in rt.servers:
         log.info("simulated %s server on %s", endpoint.server.spec.kind, endpoint.url)
     web.start()

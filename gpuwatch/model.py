@@ -165,6 +165,8 @@ class SourceStatus:
     # [cost]: price per million tokens over the efficiency window, by kind (generation, total)
     cost_per_million_tokens: Mapping[str, float] = field(default_factory=dict)
     currency: str | None = None  # of that price; None without a configured price
+    # the models the server holds in memory, where it lists them (Ollama's /api/ps; presets: ollama)
+    models: tuple[LoadedModel, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,3 +237,13 @@ class PodsSnapshot:
     host_pid_namespace: bool | None = None  # None: not known; False: NVML's PIDs are not this /proc's
     pod_resources_up: bool | None = None  # None: no PodResources socket (or no grpcio)
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model an inference server holds in memory, as it lists it (Ollama's ``/api/ps``)."""
+
+    name: str
+    size_bytes: int  # all of its memory, VRAM and system memory
+    vram_bytes: int  # the part in GPU memory
+    context_length: int | None = None  # the context allocated, where the server says

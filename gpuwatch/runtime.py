@@ -42,6 +42,7 @@ from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint
 from gpuwatch.status import to_document
+from gpuwatch.tokens.proxy import OllamaProxy, Tally
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
 
@@ -64,6 +65,10 @@ class RuntimeOptions:
     pod_resources_socket: str = DEFAULT_SOCKET
     pods_refresh_s: float = DEFAULT_REFRESH_S
     cost: CostSettings = field(default_factory=CostSettings)  # [cost]: prices for the token sources' ledger
+
+
+class ProxyListenError(OSError):
+    """A token source's counting proxy cannot listen where it is told to."""
 
 
 class MergedSnapshot:
@@ -119,6 +124,7 @@ class Runtime:
         if options.pods or (options.pods is None and wants_pods):
             self.pods = PodAttributor(host.clock.time, options.pod_resources_socket, options.pods_refresh_s)
             self._latest = MergedSnapshot(self.sampler, None, self.pods)
+        self.proxies: list[OllamaProxy] = []  # Ollama sources' counting proxies (``listen``)
 
     @property
     def tokens(self) -> TokenTracker | None:
@@ -159,8 +165,11 @@ class Runtime:
             self.sampler.subscribe(self.pods.on_snapshot)
             if threads:
                 self.pods.start()
+        tallies = self._start_proxies(sources)
         if sources:
-            tracker = TokenTracker(sources, self.host.clock.time, self.options.tokens_window_s, cost=self.options.cost)
+            tracker = TokenTracker(
+                sources, self.host.clock.time, self.options.tokens_window_s, cost=self.options.cost, tallies=tallies
+            )
             self._tokens, self._latest = tracker, MergedSnapshot(self.sampler, tracker, self.pods)
             self.sampler.subscribe(tracker.on_snapshot)
             tracker.subscribe(lambda _: prerender())  # once the sources have taken the poll in
@@ -171,6 +180,24 @@ class Runtime:
             if self._tokens is not None:
                 self._tokens.start()
             self.sampler.start()
+
+    def _start_proxies(self, sources: Sequence[SourceConfig]) -> dict[str, Tally]:
+        """A counting proxy for each source with ``listen``; raises ProxyListenError if one cannot listen."""
+        tallies: dict[str, Tally] = {}
+        for source in sources:
+            if source.listen is None:
+                continue
+            tally = Tally()
+            try:
+                proxy = OllamaProxy(source.listen, source.url, tally)
+            except OSError as exc:
+                raise ProxyListenError(
+                    f"token source {source.name}: cannot listen on {source.listen}: {exc.strerror or exc}"
+                ) from None
+            proxy.start()
+            self.proxies.append(proxy)
+            tallies[source.name] = tally
+        return tallies
 
     def step(self) -> Snapshot:
         """One poll (the token tracker takes it in on this thread); the merged snapshot."""
@@ -212,12 +239,14 @@ class Runtime:
         return "processes" in self._collectors.enabled or self._attributing
 
     def close(self) -> None:
-        """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""
+        """Stop in order: polling, the token tracker, the counting proxies, the simulated servers, the driver."""
         self.sampler.stop(timeout_s=1.0)
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
         if self.pods is not None:
             self.pods.stop(timeout_s=0.5)
+        for proxy in self.proxies:
+            proxy.stop()
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:

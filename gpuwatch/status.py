@@ -12,7 +12,7 @@ from typing import Any
 
 from gpuwatch import __version__
 from gpuwatch.labels import EXIT_CODES
-from gpuwatch.model import GpuStatus, Snapshot, SourceStatus
+from gpuwatch.model import GpuStatus, LoadedModel, Snapshot, SourceStatus
 
 SCHEMA_VERSION = 1
 
@@ -109,6 +109,16 @@ def _source(source: SourceStatus) -> dict[str, Any]:
         "cost_per_million_tokens_by_kind": dict(source.cost_per_million_tokens),
         "cost_total_by_currency": {} if source.ledger is None else dict(source.ledger.spent),
         "currency": source.currency,
+        "models": [_model(m) for m in source.models],  # loaded, as the server lists them (Ollama's /api/ps)
+    }
+
+
+def _model(model: LoadedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "size_bytes": model.size_bytes,
+        "vram_bytes": model.vram_bytes,
+        "context_length": model.context_length,
     }
 
 
@@ -272,6 +282,7 @@ def _source_row(source: dict[str, Any]) -> list[str]:
         note = "window not complete yet" if source.get("gpus") else "looking for its GPUs"
     else:
         note = f"{source.get('preset') or ''} {source.get('url')}".strip()
+    note += _models_note(source)
     return [
         source["name"],
         gpus,
@@ -317,6 +328,19 @@ def _energy(joules: float) -> str:
     if joules < 3.6e6:
         return f"{joules / 1e3:.1f} kJ"
     return f"{joules / 3.6e6:.2f} kWh"
+
+
+def _models_note(source: dict[str, Any]) -> str:
+    """The loaded models (Ollama's), and why an Ollama source has no tokens per joule without its proxy."""
+    models = source.get("models") or []
+    shown = ", ".join(
+        f"{m.get('name')} ({_num(m.get('vram_bytes'), 2**30, 1)} of {_num(m.get('size_bytes'), 2**30, 1)} GiB in VRAM)"
+        for m in models[:3]
+    )
+    note = f"; models {shown}{' …' if len(models) > 3 else ''}" if models else ""
+    if source.get("preset") == "ollama" and source.get("up") and not source.get("tokens_total"):
+        note += "; no token counts: set listen in its [[tokens]] table to count through the proxy"
+    return note
 
 
 def _row(gpu: dict[str, Any]) -> list[str]:

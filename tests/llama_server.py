@@ -276,14 +276,17 @@ def write_tiny_llama(path: Path, seed: int = 0) -> Path:
 
 
 @contextmanager
-def running_llama_server(binary: Path, model: Path, log_dir: Path, slots: int = 2) -> Iterator[str]:
-    """Run ``llama-server --metrics`` on a free local port; yield its base URL once ``/health`` answers OK."""
+def running_llama_server(
+    binary: Path, model: Path, log_dir: Path, slots: int = 2, metrics: bool = True
+) -> Iterator[str]:
+    """Run ``llama-server --metrics`` (without ``--metrics`` if not ``metrics``) on a free local port;
+    yield its base URL once ``/health`` answers OK."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"llama-server-{port}.log"
     command = [
         str(binary),
-        *("-m", str(model), "--metrics", "--host", "127.0.0.1", "--port", str(port)),
+        *("-m", str(model), *(["--metrics"] if metrics else []), "--host", "127.0.0.1", "--port", str(port)),
         *("-np", str(slots), "-c", "2048", "-t", "2", "--no-warmup"),
     ]
     with log_path.open("w") as log:

@@ -194,7 +194,7 @@ def test_token_sources_from_the_file(tmp_path):
     [
         ('preset = "vllm"', "[[tokens]] table 1: key 'url': required"),
         ('url = "localhost:8000"', "[[tokens]] table 1: key 'url': value 'localhost:8000': expected a URL"),
-        ('url = "http://h/metrics"\npreset = "ollama"', "key 'preset': 'ollama' is not a preset (known: vllm,"),
+        ('url = "http://h/metrics"\npreset = "mlc-llm"', "key 'preset': 'mlc-llm' is not a preset (known: vllm,"),
         ('url = "http://h/metrics"\ngpus = [0, 0]', "key 'gpus': value [0, 0]: a GPU is listed twice"),
         ('url = "http://h/metrics"\ngpus = "all"', "key 'gpus': value 'all': expected \"auto\" or a list"),
         ('url = "http://h/metrics"\ntimeout = "2h"', "key 'timeout': value '2h': out of range"),

@@ -7,10 +7,12 @@ first build takes minutes, later runs reuse the cached binary) and loads a tiny 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +27,9 @@ from llama_server import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuwatch.model import Snapshot
 from gpuwatch.tokens.source import SourceConfig
+from gpuwatch.tokens.tracker import TokenTracker
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.slow]
 
@@ -117,3 +121,19 @@ def test_token_counters_match_the_completions(llama_server: str, sim: Any) -> No
     assert efficiency.window_seconds == pytest.approx(13)
     assert 0 < efficiency.joules < 13 * 1.05 * 300  # 13 s of one RTX A6000 under its 300 W cap
     assert efficiency.tokens_per_joule["generation"] == pytest.approx(generated / efficiency.joules)
+
+
+def test_a_server_without_metrics_is_named_with_the_flag_to_add(tmp_path: Path) -> None:
+    binary = cached_llama_server()
+    if binary is None:
+        pytest.skip(f"no llama-server in {cache_dir()} (the test above builds it)")
+    model = write_tiny_llama(tmp_path / "tiny-llama.gguf")
+    with running_llama_server(binary, model, tmp_path, slots=1, metrics=False) as url:
+        config = SourceConfig(url=url + "/metrics", name="llama", gpus=(0,))  # preset auto
+        tracker = TokenTracker([config], clock=time.monotonic)
+        tracker.scrape_all()
+        (source,) = tracker.observe(Snapshot(timestamp=1.0, nvml_up=True)).sources
+    assert not source.up
+    assert source.error == (
+        "HTTP 501: llama-server serves no metrics unless started with --metrics; add --metrics to its command line"
+    )

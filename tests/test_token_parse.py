@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.tokens.parse import ExpositionError, read_counts
-from gpuwatch.tokens.presets import PRESETS, TokenMetrics, detect
+from gpuwatch.tokens.presets import PRESETS, TokenMetrics, detect, split_selector
 
 CAPTURES = Path(__file__).parent / "data" / "inference-metrics"
 
@@ -89,5 +89,5 @@ def test_broken_responses_raise_exposition_errors(text, message):
 
 
 def test_detect_refuses_to_guess_between_two_servers():
-    names = {PRESETS["vllm"].generation, PRESETS["sglang"].generation}
+    names = {split_selector(PRESETS[p].generation)[0] for p in ("vllm", "sglang")}
     assert detect(names) is None

@@ -17,6 +17,7 @@ from gpuwatch.exporter import (
     identity,
     memory,
     mig,
+    models,
     pcie,
     pods,
     power,
@@ -49,6 +50,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "pods": pods.collect,
     "gpm": gpm.collect,
     "mig": mig.collect,
+    "models": models.collect,
 }
 
 

@@ -24,8 +24,18 @@ _CHUNK = 64 * 1024
 _ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
 
+_ERROR_BODY_BYTES = 4096  # of a refusal's body, kept to tell why (a server whose metrics are switched off says so)
+
+
 class FetchError(Exception):
-    """The server did not give a usable response; the message says why."""
+    """The server did not give a usable response; the message says why.
+
+    For an answer other than 200: its ``status``, its ``Server`` header and the start of its ``body``.
+    """
+
+    def __init__(self, message: str, status: int | None = None, server: str | None = None, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status, self.server, self.body = status, server, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +150,12 @@ def fetch(url: str, timeout_s: float, max_bytes: int, consume: Callable[[bytes],
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         if response.status != 200:
-            raise FetchError(f"HTTP {response.status} {_printable(response.reason)}")
+            raise FetchError(
+                f"HTTP {response.status} {_printable(response.reason)}",
+                response.status,
+                response.getheader("Server"),
+                _start_of_body(response),
+            )
         length = response.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
             raise FetchError(f"response of {int(length)} bytes is over the {max_bytes}-byte limit")
@@ -161,6 +176,17 @@ def fetch(url: str, timeout_s: float, max_bytes: int, consume: Callable[[bytes],
         if connection.raw is not None:
             connection.raw.close()
     return Response(start_time_header=header)
+
+
+def _start_of_body(response: http.client.HTTPResponse) -> bytes:
+    """Up to :data:`_ERROR_BODY_BYTES` of a refusal's body, what arrives of it within the deadline."""
+    body = b""
+    try:
+        while len(body) < _ERROR_BODY_BYTES and (chunk := response.read1(_ERROR_BODY_BYTES - len(body))):
+            body += chunk
+    except (OSError, http.client.HTTPException):  # TimeoutError included: the status alone still tells
+        pass
+    return body
 
 
 def _printable(text: str) -> str:

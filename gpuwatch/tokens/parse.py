@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gpuwatch.tokens.presets import KINDS, PRESETS, TokenMetrics, detect
+from gpuwatch.tokens.presets import KINDS, PRESETS, TokenMetrics, detect, split_selector
 
 START_TIME_SAMPLE = "process_start_time_seconds"
 MAX_TOKENS = 1e15  # a thousand years of a 30,000 tokens/s server; anything above is not a count
@@ -48,6 +48,7 @@ class TokenCounts:
     tokens: Mapping[str, float]  # kind -> count, summed over the matching series
     start_time: float | None = None  # process_start_time_seconds, where the server exports it
     metrics: TokenMetrics | None = None  # the counters read (the preset recognised, for "auto")
+    read: TokenMetrics | None = None  # which of its alternatives (current names or a fallback) the response had
 
 
 class CountReader:
@@ -60,10 +61,26 @@ class CountReader:
     def __init__(self, metrics: TokenMetrics | None, labels: Mapping[str, str] | None = None) -> None:
         self._metrics = metrics
         candidates = [metrics] if metrics is not None else list(PRESETS.values())
-        self._names = {n.encode() for m in candidates for n in m.by_kind().values()} | {START_TIME_SAMPLE.encode()}
-        self._prefixes = tuple(self._names)
+        # sample name -> the wanted samples of that name (one per label selector), for every alternative
+        self._specs: dict[bytes, dict[str, dict[bytes, bytes]]] = {}
+        for candidate in candidates:
+            for alternative in candidate.alternatives():
+                for spec in alternative.by_kind().values():
+                    name, selector = split_selector(spec)
+                    wanted = {k.encode(): v.encode() for k, v in selector.items()}
+                    self._specs.setdefault(name.encode(), {})[spec] = wanted
+        self._names = {*self._specs, START_TIME_SAMPLE.encode()}
         self._labels = {k.encode(): v.encode() for k, v in (labels or {}).items()}
-        self._sums: dict[bytes, float] = {}  # sample name -> sum over the series carrying the labels
+        # name -> its one wanted sample, for names read without any label to check
+        self._plain = {
+            name: next(iter(specs))
+            for name, specs in self._specs.items()
+            if not self._labels and len(specs) == 1 and not next(iter(specs.values()))
+        }
+        self._prefixes = tuple(self._names)
+        self._sums: dict[
+            str, float
+        ] = {}  # wanted sample (with its selector) -> sum over the series carrying the labels
         self._seen: set[bytes] = set()  # wanted names present at all, labels or not
         self._start_time: float | None = None
         self._partial = b""  # the unfinished last line of what has arrived
@@ -92,25 +109,34 @@ class CountReader:
             self._sample(self._partial)
         self._partial = b""
         metrics = self._metrics or _recognise({n.decode() for n in self._seen})
+        chosen = next((m for m in metrics.alternatives() if m.generation in self._sums), metrics)
         totals: dict[str, float] = {}
-        for kind, name in metrics.by_kind().items():
-            total = self._sums.get(name.encode())
+        for kind, spec in chosen.by_kind().items():
+            total = self._sums.get(spec)
             if total is not None:
-                totals[kind] = _checked(name, total, "the sum of its series")
+                totals[kind] = _checked(spec, total, "the sum of its series")
         if "generation" not in totals:
-            if metrics.generation.encode() not in self._seen:
-                raise ExpositionError(f"no {metrics.generation} in the response (wrong preset or metric name?)")
+            name = split_selector(metrics.generation)[0]
+            if not any(split_selector(m.generation)[0].encode() in self._seen for m in metrics.alternatives()):
+                raise ExpositionError(f"no {name} in the response (wrong preset or metric name?)")
             wanted = ",".join(f'{k.decode()}="{v.decode()}"' for k, v in self._labels.items())
-            raise ExpositionError(f"no {metrics.generation} series with {{{wanted}}} (check the label filter)")
+            raise ExpositionError(
+                f"no {metrics.generation} series with {{{wanted}}} (check the label filter)"
+                if wanted
+                else f"no {metrics.generation} series in the response"
+            )
         ordered = {kind: totals[kind] for kind in KINDS if kind in totals}
-        return TokenCounts(tokens=ordered, start_time=self._start_time, metrics=metrics)
+        return TokenCounts(tokens=ordered, start_time=self._start_time, metrics=metrics, read=chosen)
 
     def _name(self, line: bytes) -> bytes | None:
         """The wanted name ``line`` starts with, if it is followed by labels or blanks."""
-        for name in self._names:
-            if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" ", b"\t"):
-                return name
-        return None
+        end = len(line)
+        for separator in (b"{", b" ", b"\t"):
+            found = line.find(separator, 0, end)
+            if found != -1:
+                end = found
+        name = line[:end]
+        return name if name in self._names else None
 
     def _sample(self, line: bytes) -> None:
         name = self._name(line)
@@ -125,17 +151,24 @@ class CountReader:
             self._start_time = value if math.isfinite(value) else None
             return
         self._seen.add(name)
-        if self._labels and not self._carries_labels(match.group(1) or b""):
+        plain = self._plain.get(name)
+        if plain is not None:  # the common case: one wanted sample of this name, no labels to check
+            self._sums[plain] = self._sums.get(plain, 0.0) + _checked(plain, value, "")
             return
-        self._sums[name] = self._sums.get(name, 0.0) + _checked(name.decode(), value, "")
+        found: dict[bytes, bytes] | None = None
+        for spec, selector in self._specs[name].items():
+            wanted = {**self._labels, **selector}
+            if wanted:
+                if found is None:
+                    found = self._found_labels(match.group(1) or b"")
+                if any(found.get(key) != expected for key, expected in wanted.items()):
+                    continue
+            self._sums[spec] = self._sums.get(spec, 0.0) + _checked(name.decode(), value, "")
 
-    def _carries_labels(self, block: bytes) -> bool:
-        found = {key: value for key, value in _LABELS.findall(block)}
-        for key, wanted in self._labels.items():
-            value = found.get(key)
-            if value is None or re.sub(rb"\\[\\\"n]", lambda m: _UNESCAPE[m.group()], value) != wanted:
-                return False
-        return True
+    def _found_labels(self, block: bytes) -> dict[bytes, bytes]:
+        return {
+            key: re.sub(rb"\\[\\\"n]", lambda m: _UNESCAPE[m.group()], value) for key, value in _LABELS.findall(block)
+        }
 
 
 def _checked(name: str, value: float, what: str) -> float:

@@ -5,13 +5,22 @@ In the config file, one ``[[tokens]]`` table per inference server::
     [[tokens]]
     url = "http://127.0.0.1:8000/metrics"   # required; user:password@ is sent as basic auth
     name = "llama-70b"          # default: the preset, or host:port
-    preset = "vllm"             # vllm, sglang, tgi, llamacpp, triton, trtllm, lmdeploy, or auto (default)
+    preset = "vllm"             # vllm, sglang, tgi, llamacpp, triton, trtllm, lmdeploy, dynamo, nim, ollama, or auto (default)
     generation_metric = "..."   # instead of a preset: the sample that counts generated tokens
     prompt_metric = "..."       # and, optionally, prompt tokens
     labels = { model_name = "meta-llama/Llama-3.1-70B" }   # only series with these labels
     gpus = [0, 1]               # or "auto" (default): found from the process listening on the port
     timeout = "2s"              # for the whole exchange: connect, head, body, parsing
     max_bytes = 16777216        # a larger response is refused
+
+Ollama (``preset = "ollama"``, gpuwatch/tokens/ollama.py) has no metrics: ``url`` is its base URL
+(``http://127.0.0.1:11434``), whose ``/api/ps`` lists the loaded models, and ``listen`` runs a
+transparent proxy in front of its API that counts the tokens of the answers passing through::
+
+    [[tokens]]
+    url = "http://127.0.0.1:11434"
+    preset = "ollama"
+    listen = "127.0.0.1:11435"  # point clients here (OLLAMA_HOST=127.0.0.1:11435)
 
 On the command line, ``--tokens URL`` (repeatable) adds a source with every default.
 """
@@ -23,11 +32,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuwatch.tokens import ollama
 from gpuwatch.tokens.presets import AUTO, PRESETS, TokenMetrics
+from gpuwatch.tokens.proxy import parse_listen
 
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-KEYS = ("url", "name", "preset", "generation_metric", "prompt_metric", "labels", "gpus", "timeout", "max_bytes")
+KEYS = (
+    "url",
+    "name",
+    "preset",
+    "generation_metric",
+    "prompt_metric",
+    "labels",
+    "gpus",
+    "timeout",
+    "max_bytes",
+    "listen",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +58,13 @@ class SourceConfig:
 
     url: str  # may carry user:password@, sent as basic authentication; never shown (shown_url)
     name: str
-    preset: str = AUTO  # a PRESETS key, "auto" (recognised at the first scrape), or "custom"
+    preset: str = AUTO  # a PRESETS key, "ollama", "auto" (recognised at the first scrape), or "custom"
     metrics: TokenMetrics | None = None  # None until an "auto" preset is recognised
     labels: Mapping[str, str] = field(default_factory=dict)
     gpus: tuple[int, ...] | None = None  # None: found from the server's processes
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_bytes: int = DEFAULT_MAX_BYTES
+    listen: str | None = None  # preset "ollama": where its counting proxy listens (host:port)
 
     @property
     def shown_url(self) -> str:
@@ -107,9 +130,15 @@ def from_table(table: Mapping[str, Any], parse_duration: Any) -> SourceConfig:
         metrics: TokenMetrics | None = TokenMetrics(generation, prompt)
     else:
         preset = table.get("preset", AUTO)
-        if preset != AUTO and preset not in PRESETS:
-            raise KeyError("preset", f"{preset!r} is not a preset (known: {', '.join([*PRESETS, AUTO])})")
-        metrics = PRESETS.get(preset)
+        if preset != AUTO and preset not in PRESETS and preset != ollama.PRESET:
+            known = ", ".join([*PRESETS, ollama.PRESET, AUTO])
+            raise KeyError("preset", f"{preset!r} is not a preset (known: {known})")
+        metrics = ollama.METRICS if preset == ollama.PRESET else PRESETS.get(preset)
+    listen = table.get("listen")
+    if listen is not None:
+        if preset != ollama.PRESET:
+            raise KeyError("listen", 'a counting proxy is for Ollama only: set preset = "ollama"')
+        _checked("listen", listen, _listen)
     name = table.get("name", default_name(url, preset))
     if not isinstance(name, str) or not name:
         raise KeyError("name", "expected a non-empty string")
@@ -122,6 +151,7 @@ def from_table(table: Mapping[str, Any], parse_duration: Any) -> SourceConfig:
         gpus=_checked("gpus", table.get("gpus", AUTO), _gpus),
         timeout_s=_checked("timeout", table.get("timeout", DEFAULT_TIMEOUT_S), lambda v: _timeout(v, parse_duration)),
         max_bytes=_checked("max_bytes", table.get("max_bytes", DEFAULT_MAX_BYTES), _max_bytes),
+        listen=listen,
     )
 
 
@@ -156,6 +186,14 @@ def _timeout(value: Any, parse_duration: Any) -> float:
     if not 0.05 <= seconds <= 60:
         raise ValueError("out of range: must be between 0.05 s and 60 s")
     return seconds
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected host:port to listen on, e.g. '127.0.0.1:11435'")
+    if parse_listen(value)[1] == 0:
+        raise ValueError("port 0 would be a different free port each start; give the port clients use")
+    return value
 
 
 def _max_bytes(value: Any) -> int:

@@ -44,11 +44,12 @@ from gpuwatch.analysis.ledger import (
     settle,
     split_energy,
 )
-from gpuwatch.model import GpuStatus, Snapshot, SourcesSnapshot, SourceStatus
+from gpuwatch.model import GpuStatus, LoadedModel, Snapshot, SourcesSnapshot, SourceStatus
 from gpuwatch.records import SourceLedger
-from gpuwatch.tokens import attribution, presets
+from gpuwatch.tokens import attribution, disabled, ollama, presets
 from gpuwatch.tokens.fetch import FetchError, Response, fetch
 from gpuwatch.tokens.parse import CountReader, ExpositionError, TokenCounts
+from gpuwatch.tokens.proxy import Tally
 from gpuwatch.tokens.source import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class _Source:
     attributed: deque[EnergyPoint] = field(default_factory=deque)
     pending: deque[TokenPoint] = field(default_factory=deque)
     spell: IdleSpell = field(default_factory=IdleSpell)
+    models: tuple[LoadedModel, ...] = ()  # as its server lists them (Ollama)
 
 
 class TokenTracker:
@@ -105,7 +107,9 @@ class TokenTracker:
         fetcher: Fetcher = fetch,
         attributor: Attributor = attribution.attribute,
         cost: CostSettings | None = None,
+        tallies: Mapping[str, Tally] | None = None,  # source name -> its Ollama proxy's counts
     ) -> None:
+        self._tallies = dict(tallies or {})
         self._sources = [
             _Source(config=c, metrics=c.metrics, preset=None if c.metrics is None else c.preset, gpus=c.gpus)
             for c in sources
@@ -279,6 +283,7 @@ class TokenTracker:
             if efficiency is None
             else cost_per_million_tokens(efficiency, len(source.gpus or ()), self._cost),
             currency=self._cost.currency if self._cost.priced else None,
+            models=source.models,
         )
 
     # -- scraping -----------------------------------------------------------------------------------
@@ -295,11 +300,18 @@ class TokenTracker:
         marker: float | str | None = None
         reader = CountReader(source.metrics, config.labels)  # the body is parsed as it arrives
         try:
-            response = self._fetch(config.url, config.timeout_s, config.max_bytes, reader.feed)
-            counts = reader.finish()
-            marker = counts.start_time if counts.start_time is not None else response.start_time_header
+            if config.preset == ollama.PRESET:
+                counts = self._read_ollama(source)
+            else:
+                response = self._fetch(config.url, config.timeout_s, config.max_bytes, reader.feed)
+                counts = reader.finish()
+                marker = counts.start_time if counts.start_time is not None else response.start_time_header
             error = None
-        except (FetchError, ExpositionError) as exc:
+        except ValueError as exc:  # an /api/ps answer that is not Ollama's
+            error = str(exc)
+        except FetchError as exc:
+            error = disabled.explain(source.preset or config.preset, exc.status, exc.body) or str(exc)
+        except ExpositionError as exc:
             error = str(exc)
         finished = self._clock()
         with self._lock:
@@ -317,6 +329,16 @@ class TokenTracker:
             gpu_pids = dict(self._gpu_pids)
         if due:
             self._attribute_gpus(source, gpu_pids, finished)
+
+    def _read_ollama(self, source: _Source) -> TokenCounts:
+        """Ollama's loaded models, and the counts of its proxy (none without one)."""
+        config = source.config
+        models = ollama.read_models(self._fetch, config.url, config.timeout_s, config.max_bytes)
+        with self._lock:
+            source.models = models
+        tally = self._tallies.get(config.name)
+        tokens = {} if tally is None else ollama.counts(tally)
+        return TokenCounts(tokens=tokens, metrics=ollama.METRICS, read=ollama.METRICS)
 
     def _down(self, source: _Source, error: str) -> None:
         source.up, source.error = False, error
@@ -351,9 +373,10 @@ class TokenTracker:
         for kind, value in counts.tokens.items():
             counter = source.counters.get(kind)
             source.counters[kind] = ResetSafeCounter(value) if counter is None else counter.advance(value)
-        source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
-        source.pending.append(TokenPoint(timestamp, {kind: c.total for kind, c in source.counters.items()}))
-        self._prune(source.tokens, timestamp)
+        if counts.tokens:  # an Ollama source without a proxy has models but no counts
+            source.tokens.append(TokenPoint(timestamp, dict(counts.tokens)))
+            source.pending.append(TokenPoint(timestamp, {kind: c.total for kind, c in source.counters.items()}))
+            self._prune(source.tokens, timestamp)
         if not source.up and source.logged_error is not None:
             log.info("token source %s answers again", source.config.name)
         source.up, source.error, source.logged_error = True, None, None
