@@ -125,3 +125,10 @@ def test_a_hung_gpu_is_a_warning_until_it_has_hung_for_a_whole_window():
     )
     assert gpu_verdict(GpuFacts(index=2, up=False, stale_seconds=60), limits).state == "critical"
     assert gpu_verdict(GpuFacts(index=2, up=False, error="GpuIsLost (code 15)"), limits).state == "critical"
+
+
+@pytest.mark.parametrize("margin", [0.0, -0.0, -0.4])
+def test_a_margin_just_below_zero_reads_0_not_minus_0(margin):
+    """A cached verdict for margin 0.0 serves -0.0 too (they compare equal): both must read the same."""
+    verdict = gpu_verdict(facts(margin_celsius=margin, thresholds_celsius={}), HealthThresholds())
+    assert len(verdict.reasons) == 1 and verdict.reasons[0].startswith("GPU 2: 0 °C margin, "), verdict

@@ -80,11 +80,17 @@ def _toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_toml_document(doc: dict[str, Any]) -> bool:
+    """No key is also another's table (`collectors.processes` and `collectors.processes.pid`): TOML
+    cannot write both, so such a pair is no file a user could have written."""
+    return not any(other.startswith(key + ".") for key in doc for other in doc)
+
+
 _documents = st.dictionaries(
     st.one_of(st.sampled_from(KEYS), st.sampled_from(["web.listen_adress", "pol_interval", "health.windo"])),
     _values,
     max_size=6,
-)
+).filter(_one_toml_document)
 
 
 @PROPERTIES

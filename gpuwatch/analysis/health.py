@@ -228,9 +228,9 @@ def _temperature(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[
     margin = facts.margin_celsius
     if margin is not None:
         if margin <= limits.margin_critical_celsius:
-            return "temperature", "critical", f"{name}: {margin:.0f} °C margin, past the slowdown point"
+            return "temperature", "critical", f"{name}: {round(margin)} °C margin, past the slowdown point"
         if margin <= limits.margin_warning_celsius:
-            return "temperature", "warning", f"{name}: {margin:.0f} °C margin, at the max-operating point"
+            return "temperature", "warning", f"{name}: {round(margin)} °C margin, at the max-operating point"
         return "temperature", "ok", ""
     if t is not None:
         # A temperature and no limit: an Ada or Hopper card on a driver before R570 (T.Limit offsets,
