@@ -195,6 +195,16 @@ def main() -> None:
     show_default=True,
     help="Log verbosity (logs go to stderr; journald format under systemd).",
 )
+@click.option(
+    "--xid-log",
+    "xid_log",
+    default="auto",
+    show_default=True,
+    metavar="SOURCE",
+    help="Where to read the kernel log's Xid lines (Xid 79 and others NVML never delivers): auto, kmsg "
+    "(/dev/kmsg), journal (journalctl), off, or a file path. With --simulate: auto reads the simulated "
+    "host's own kernel log; a path is where it writes it.",
+)
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
     """Poll every GPU and serve Prometheus metrics and a JSON status.

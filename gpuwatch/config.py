@@ -9,6 +9,7 @@ refused whole, with an error that names the file (or variable), the key and the 
     poll_interval = "1s"          # --poll-interval
     process_interval = "10s"      # --process-interval
     tokens_window = "60s"         # --tokens-window: the tokens-per-joule window (10 s or more)
+    xid_log = "auto"              # --xid-log: kernel-log Xids from kmsg, journal, a file, or off
     [web]
     listen_address = ":9961"      # --web.listen-address
     config_file = "web.yml"       # --web.config.file (TLS, basic auth; relative to this file)
@@ -84,6 +85,7 @@ class ServeSettings:
     health: HealthThresholds = field(default_factory=HealthThresholds)
     tokens: tuple[source.SourceConfig, ...] = ()
     tokens_window_s: float = DEFAULT_WINDOW_S
+    xid_log: str = "auto"  # gpuwatch.xidlog: auto, kmsg, journal, off or a file path
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +114,7 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "health.critical_xids": ("health.critical_xids", "xids", 0, 0),
     "health.warning_xids": ("health.warning_xids", "xids", 0, 0),
     "health.xid_window": ("health.xid_window_seconds", "duration", 1, 30 * 86400),
+    "xid_log": ("xid_log", "string", 0, 0),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
@@ -126,9 +129,10 @@ FLAG_FOR_KEY = {
     "log.level": "--log.level",
     "tokens": "--tokens",
     "tokens_window": "--tokens-window",
+    "xid_log": "--xid-log",
 }
 # Changing these needs a restart; everything else is applied on SIGHUP.
-RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens")
+RESTART_FIELDS = ("listen_address", "max_requests", "read_timeout_s", "simulate", "sim_speed", "tokens", "xid_log")
 ENV_PREFIX = "GPUWATCH_"
 
 

@@ -60,6 +60,7 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         tokens=settings.tokens,
         tokens_window_s=settings.tokens_window_s,
         event_thread=True,
+        xid_log=settings.xid_log,
     )
 
 

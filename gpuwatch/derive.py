@@ -101,6 +101,8 @@ class GpuHistory:
     xids_published: tuple[Mapping[int, int], tuple[tuple[float, int], ...]] | None = None  # until the next Xid
     last_read: GpuStatus | None = None  # the last status with a reading: what a hung GPU shows
     verdicts: VerdictCache = field(default_factory=VerdictCache)
+    nvlink_bytes: Totals[tuple[int, str]] = field(default_factory=Totals)
+    nvlink_errors: Totals[tuple[int, str]] = field(default_factory=Totals)
 
     @classmethod
     def start(cls, health: HealthThresholds, poll_interval_s: float) -> GpuHistory:
@@ -196,6 +198,7 @@ def _answered(
         retired_pages_pending=reading.retired_pages_pending,
         recent_xids=recent_xids,
         now=now,
+        recovery_action=reading.recovery_action,
     )
     status = GpuStatus(
         identity=identity,
@@ -215,6 +218,8 @@ def _answered(
         xid_errors=xid_errors,
         recent_xids=recent_xids,
         verdict=history.verdicts.judge(facts, health),
+        nvlink_bytes_total=history.nvlink_bytes.advance(reading.nvlink_bytes),
+        nvlink_errors_total=history.nvlink_errors.advance(reading.nvlink_errors),
     )
     history.last_read = status
     return status

@@ -75,6 +75,12 @@ class GpuReading:
     pcie_replay_errors: int | None = None
     pcie_transmit_bytes: int | None = None
     pcie_receive_bytes: int | None = None
+    # NVLink (issue 17), read on the slow loop; empty on cards without NVLink (gpuwatch.nvml.nvlink)
+    nvlink_active: Mapping[int, bool] = field(default_factory=dict)  # link -> active
+    nvlink_bytes: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (link, direction) -> bytes
+    nvlink_errors: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (link, type) -> count
+    # what the driver asks before the GPU is trusted again (labels.RECOVERY_ACTIONS; R570+)
+    recovery_action: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,9 @@ class GpuStatus:
     xid_errors: Mapping[int, int] = field(default_factory=dict)  # Xid -> count since gpuwatch started
     recent_xids: tuple[tuple[float, int], ...] = ()  # (timestamp, Xid), newest last
     verdict: Verdict = UNKNOWN_VERDICT
+    # NVLink counters made reset-safe (issue 17): (link, direction) -> bytes, (link, type) -> errors
+    nvlink_bytes_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
+    nvlink_errors_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,8 @@ class Snapshot:
     # token sources, in configured order: never filled by the sampler, but merged in at render time
     # from the token tracker's own SourcesSnapshot (gpuwatch.runtime.MergedSnapshot)
     sources: tuple[SourceStatus, ...] = ()
+    # whether the kernel log's Xid lines can be read (gpuwatch.xidlog); None when no log is read
+    xid_log_readable: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,9 @@ the next poll, wait or snapshot. Nothing else is changed on a running runtime.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,6 +41,7 @@ from gpuwatch.sim.inference import InferenceEndpoint
 from gpuwatch.status import to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
+from gpuwatch.xidlog import XidLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,9 @@ class RuntimeOptions:
     tokens_window_s: float = DEFAULT_WINDOW_S
     event_thread: bool = False  # await Xid events on a thread of their own (the daemon)
     sim_source_timeout_s: float | None = None  # scrape timeout for the simulated servers (default: a source's)
+    # the kernel log's Xid lines (gpuwatch.xidlog): off, auto, kmsg, journal or a file path; with
+    # --simulate, auto reads the simulated host's own kernel log and a path is where it writes it
+    xid_log: str = "off"
 
 
 class MergedSnapshot:
@@ -81,6 +88,7 @@ class Runtime:
     def __init__(self, host: Host, options: RuntimeOptions) -> None:
         self.host = host
         self.options = options
+        self.kernel_log = kernel_log(host, options)
         self.sampler = Sampler(
             host.reader_factory,
             host.clock,
@@ -88,6 +96,7 @@ class Runtime:
             options.process_interval_s,
             health=options.health,
             event_thread=options.event_thread,
+            kernel_log=self.kernel_log,
         )
         self.servers: list[InferenceEndpoint] = []
         self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
@@ -140,6 +149,8 @@ class Runtime:
         if threads:
             if self._tokens is not None:
                 self._tokens.start()
+            if self.kernel_log is not None:
+                self.kernel_log.start()
             self.sampler.start()
 
     def step(self) -> Snapshot:
@@ -161,12 +172,18 @@ class Runtime:
     def close(self) -> None:
         """Stop in order: polling, then the token tracker, then the simulated servers, then the driver."""
         self.sampler.stop(timeout_s=1.0)
+        if self.kernel_log is not None:
+            self.kernel_log.close()
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
         for endpoint in self.servers:
             endpoint.stop()
         if self.host.library is not None:
             self.host.library.close()  # its workload processes end with it
+            sim_log = self.host.library.kernel_log
+            if sim_log is not None and self.options.xid_log == "auto":  # the file made for it
+                with contextlib.suppress(OSError):
+                    os.unlink(sim_log.path)
             use_library(None)
 
 
@@ -174,7 +191,32 @@ def open_host(options: RuntimeOptions, clock: SimClock | ManualClock | None = No
     """The real driver, or the scenario's simulated one (may raise ScenarioError)."""
     if options.simulate is None:
         return real_host()
-    return simulated_host(options.simulate, options.sim_speed, clock=clock)
+    return simulated_host(
+        options.simulate, options.sim_speed, clock=clock, kernel_log_path=sim_kernel_log_path(options)
+    )
+
+
+def sim_kernel_log_path(options: RuntimeOptions) -> str | None:
+    """Where a simulated host writes its kernel log: the path ``xid_log`` names, or for ``auto`` a
+    fresh file of its own; None when the kernel log is off or read from the real host."""
+    if options.xid_log in ("off", "kmsg", "journal"):
+        return None
+    if options.xid_log != "auto":
+        return options.xid_log
+    fd, path = tempfile.mkstemp(prefix="gpuwatch-sim-kmsg-", suffix=".log")
+    os.close(fd)
+    return path
+
+
+def kernel_log(host: Host, options: RuntimeOptions) -> XidLog | None:
+    """The kernel-log reader ``options.xid_log`` asks for; None when off. A simulated host's log
+    counts seconds from the scenario's start (its boot); a real one's from the machine's boot."""
+    if options.xid_log == "off":
+        return None
+    library, sim_clock = host.library, host.sim_clock
+    if library is not None and sim_clock is not None and library.kernel_log is not None:
+        return XidLog(library.kernel_log.path, host.clock.time, sim_clock.sim_seconds)
+    return XidLog(options.xid_log, host.clock.time, time.monotonic)
 
 
 @contextlib.contextmanager

@@ -64,6 +64,11 @@ class NvmlSession:
         self.error = f"NVML session lost ({exc}); opening it again"
         self._backoff = Backoff()
 
+    @property
+    def watching_events(self) -> bool:
+        """Whether NVML's Xid events are being watched (a kernel-log Xid NVML also delivers is then not counted twice)."""
+        return self._events is not None
+
     def take_events(self) -> list[XidEvent]:
         """The Xid events that arrived since the last call."""
         if self._events is None:

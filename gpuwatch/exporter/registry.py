@@ -15,6 +15,7 @@ from gpuwatch.exporter import (
     health,
     identity,
     memory,
+    nvlink,
     pcie,
     power,
     processes,
@@ -43,6 +44,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "processes": processes.collect,
     "tokens": tokens.collect,
     "self": self_metrics.collect,
+    "nvlink": nvlink.collect,
 }
 
 

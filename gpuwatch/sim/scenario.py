@@ -33,6 +33,7 @@ FAULT_KINDS = frozenset(
         "not_supported",  # calls for the GPU answer NOT_SUPPORTED for `duration_s` (a `ratio` of them)
         "hang",  # every call for the GPU blocks `hang_s` wall seconds, for `duration_s`
         "gpu_reset",  # the GPU is reset: a lost GPU answers again; energy and volatile ECC restart from 0
+        "nvlink_errors",  # NVLink `link` takes `count` CRC errors a second (each replayed), for `duration_s`
     }
 )
 # Faults of the driver as a whole: top-level [[fault]] tables.
@@ -74,6 +75,7 @@ class Fault:
     duration_s: float = float("inf")
     hang_s: float = 5.0
     ratio: float = 1.0  # share of calls an unknown_error or not_supported fault fails
+    link: int = 0  # the NVLink link an nvlink_errors fault strikes
 
     def active_at(self, t: float) -> bool:
         return self.at_s <= t < self.at_s + self.duration_s
@@ -408,7 +410,7 @@ class _Reader:
         )
 
     def fault(self, raw: Any, where: str, kinds: frozenset[str]) -> Fault:
-        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s", "ratio"})
+        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s", "ratio", "link"})
         kind = self.string(f, "kind", where)
         if kind not in kinds:
             raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(kinds))})")
@@ -426,6 +428,7 @@ class _Reader:
             duration_s=self.number(f, "duration_s", where, default=float("inf"), minimum=0),
             hang_s=self.number(f, "hang_s", where, default=5.0, minimum=0),
             ratio=self.number(f, "ratio", where, default=1.0, minimum=0, maximum=1),
+            link=int(self.number(f, "link", where, default=0, minimum=0, maximum=17)),
         )
 
 
