@@ -213,9 +213,9 @@ def kernel_log(host: Host, options: RuntimeOptions) -> XidLog | None:
     counts seconds from the scenario's start (its boot); a real one's from the machine's boot."""
     if options.xid_log == "off":
         return None
-    library, sim_clock = host.library, host.sim_clock
-    if library is not None and sim_clock is not None and library.kernel_log is not None:
-        return XidLog(library.kernel_log.path, host.clock.time, sim_clock.sim_seconds)
+    library = host.library
+    if library is not None and library.kernel_log is not None:
+        return XidLog(library.kernel_log.path, host.clock.time, library.kernel_log.since_boot)
     return XidLog(options.xid_log, host.clock.time, time.monotonic)
 
 

@@ -45,12 +45,13 @@ log = logging.getLogger(__name__)
 KERNEL_ONLY_XIDS = frozenset({79, 119, 120, 154})
 MAX_LINE_BYTES = 4096
 MAX_PUMP_BYTES = 1 << 20
+MAX_PENDING = 10_000
 KMSG = "/dev/kmsg"
 JOURNAL_COMMAND = ("journalctl", "--dmesg", "--boot", "--follow", "--output=short-monotonic", "--no-pager", "--quiet")
 
 # "NVRM: Xid (PCI:0000:3b:00): 79, pid=..."; older drivers print "(0000:03:00)" without "PCI:".
 _XID = re.compile(
-    rb"NVRM: Xid \((?:PCI:)?([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-7])?\): (\d{1,5})\b"
+    rb"NVRM: Xid \((?:PCI:)?([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-7])?\): (\d{1,5}),"
 )
 _STAMP = re.compile(rb"^\[\s*(\d{1,10}\.\d{1,9})\]")  # dmesg and journalctl short-monotonic
 
@@ -117,6 +118,7 @@ class XidLog:
         self._offset = 0  # a file's read position (to notice it being truncated or replaced)
         self._inode: tuple[int, int] | None = None
         self._partial = b""
+        self._skipping = False
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe_thread: threading.Thread | None = None
         self._pending: list[KernelXid] = []
@@ -138,75 +140,82 @@ class XidLog:
         if self._kind == "journal":
             self._ensure_journal()
             return
-        if self._fd is None and not self._open():
-            return
-        if self._kind == "kmsg":
-            self._pump_kmsg()
-        else:
-            self._pump_file()
-
-    def _open(self) -> bool:
         path = KMSG if self._kind == "kmsg" else self.source
+        if self._fd is None and not self._open(path):
+            return
+        if self._pump_kmsg() if self._kind == "kmsg" else self._pump_file():
+            self._readable_again(path)  # once a read has worked, not when the open did
+
+    def _open(self, path: str) -> bool:
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             st = os.fstat(self._fd)
         except OSError as exc:
+            self._close_fd()
             self._unreadable(f"{path}: {exc.strerror or exc}")
             return False
-        self._inode, self._offset, self._partial = (st.st_dev, st.st_ino), 0, b""
-        self._readable_again(path)
+        self._inode, self._offset, self._partial, self._skipping = (st.st_dev, st.st_ino), 0, b"", False
         return True
 
-    def _pump_kmsg(self) -> None:
+    def _pump_kmsg(self) -> bool:
+        """Read records until none is waiting (or the bound); False if the device cannot be read."""
         assert self._fd is not None
         read = 0
         while read < MAX_PUMP_BYTES:
             try:
                 record = os.read(self._fd, 8192)
             except BlockingIOError:
-                return
+                return True
             except OSError as exc:
                 if exc.errno == errno.EPIPE:  # records overwritten before we read them: go on
                     continue
                 self._close_fd()
                 self._unreadable(f"{KMSG}: {exc.strerror or exc}")
-                return
+                return False
             if not record:
-                return
+                return True
             read += len(record)
             self._found(parse_kmsg_record(record))
+        return True
 
-    def _pump_file(self) -> None:
-        assert self._fd is not None
+    def _pump_file(self) -> bool:
+        """Read what was appended (or the new file, after a rotation); False if it cannot be read."""
         try:
             st = os.stat(self.source)
         except OSError:
             st = None
         if st is None or (st.st_dev, st.st_ino) != self._inode or st.st_size < self._offset:
             self._close_fd()  # rotated, replaced or truncated: read the new file from its start
-            if not self._open():
-                return
+            if not self._open(self.source):
+                return False
+        assert self._fd is not None
         read = 0
         while read < MAX_PUMP_BYTES:
             try:
                 chunk = os.read(self._fd, 65536)
             except BlockingIOError:
-                return
+                return True
             except OSError as exc:
                 self._close_fd()
                 self._unreadable(f"{self.source}: {exc.strerror or exc}")
-                return
+                return False
             if not chunk:
-                return
+                return True
             read += len(chunk)
             self._offset += len(chunk)
             self._lines(chunk)
+        return True
 
     def _lines(self, chunk: bytes) -> None:
+        if self._skipping:  # the rest of a line too long to keep
+            end = chunk.find(b"\n")
+            if end < 0:
+                return
+            chunk, self._skipping = chunk[end + 1 :], False
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE_BYTES:
-            self._partial = b""  # an endless line is skipped, not kept
+            self._partial, self._skipping = b"", True  # an endless line is skipped whole, not kept
         for line in lines:
             if len(line) <= MAX_LINE_BYTES:
                 self._found(parse_line(line))
@@ -232,9 +241,12 @@ class XidLog:
         self._pipe_thread.start()
 
     def _read_pipe(self, stdout: IO[bytes]) -> None:
-        for line in stdout:
-            if len(line) <= MAX_LINE_BYTES:
+        skipping = False  # inside a line too long to keep
+        while line := stdout.readline(MAX_LINE_BYTES + 1):
+            whole = line.endswith(b"\n")
+            if not skipping and whole:
                 self._found(parse_line(line))
+            skipping = not whole
 
     def _found(self, parsed: tuple[tuple[int, int, int], int, float | None] | None) -> None:
         if parsed is None:
@@ -245,7 +257,8 @@ class XidLog:
         # daemon time of the line: now, less how long ago (by the log's own clock) it was logged
         age = 0.0 if stamp is None else max(0.0, now_since_boot - stamp)
         with self._lock:
-            self._pending.append(KernelXid(pci, xid, self._clock() - age, backfill))
+            if len(self._pending) < MAX_PENDING:  # a flood nobody takes in is cut, not kept
+                self._pending.append(KernelXid(pci, xid, self._clock() - age, backfill))
 
     def _unreadable(self, why: str) -> None:
         if self.readable is not False:

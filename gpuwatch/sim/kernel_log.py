@@ -1,9 +1,10 @@
 """The simulated host's kernel log: the NVRM Xid lines a real driver writes, in a file.
 
 Each Xid the simulated driver raises is written as the kernel prints it (``dmesg`` form, seconds
-since boot, boot = the scenario's start)::
+since boot; the simulated host booted :data:`BOOT_S` before the scenario's second 0, so lines a
+test writes before then are the log's past)::
 
-    [   40.000000] NVRM: Xid (PCI:0000:3b:00): 79, pid=0, name=, GPU has fallen off the bus.
+    [  100.000000] NVRM: Xid (PCI:0000:3b:00): 79, pid=0, name=, GPU has fallen off the bus.
 
 Every Xid event NVML delivers is also logged here (a real driver logs them all); Xid 79 is logged
 here only (NVML shows the GPU lost and delivers no event; DCGM issue 162), and so is Xid 154, the
@@ -13,12 +14,15 @@ recovery action changing (R570+). gpuwatch's kernel-log reader (``--xid-log PATH
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TextIO
 
 from gpuwatch.sim import abi, recovery
 from gpuwatch.sim.physics import SimGpu
 
 log = logging.getLogger(__name__)
+
+BOOT_S = 60.0  # the simulated host booted (and loaded its driver) a minute before the scenario starts
 
 # What the driver prints after the Xid number, for the Xids the simulator raises.
 _MESSAGES = {
@@ -32,14 +36,20 @@ _MESSAGES = {
 class SimKernelLog:
     """Writes each GPU's new Xids to ``path`` as simulated time advances."""
 
-    def __init__(self, path: str, gpus: list[SimGpu], driver_branch: int) -> None:
+    def __init__(self, path: str, gpus: list[SimGpu], driver_branch: int, clock: Callable[[], float]) -> None:
+        """``clock``: the scenario's simulated seconds."""
         self.path = path
+        self._clock = clock
         self._gpus = gpus
         self._recovery = driver_branch >= 570  # the recovery action and Xid 154 came with R570
         self._cursors = [len(g.event_log) for g in gpus]
         self._lost = [g.state.lost for g in gpus]
         self._actions = [recovery.recovery_action(g) for g in gpus]
         self._file: TextIO | None = open(path, "a", encoding="ascii")  # noqa: SIM115 (held while the host lives)
+
+    def since_boot(self) -> float:
+        """Seconds since the simulated host booted: the time the log's lines are stamped in."""
+        return BOOT_S + self._clock()
 
     def scan(self, time_s: float) -> None:
         """Log what happened on each GPU in the step that ended at ``time_s``."""
@@ -73,7 +83,7 @@ class SimKernelLog:
         assert self._file is not None
         domain = int(gpu.pci_bus_id.split(":", 1)[0], 16)
         where = f"PCI:{domain:04x}:{gpu.pci_bus:02x}:00"
-        line = f"[{time_s:12.6f}] NVRM: Xid ({where}): {xid}, pid={pid}, name={name}, {message}\n"
+        line = f"[{BOOT_S + time_s:12.6f}] NVRM: Xid ({where}): {xid}, pid={pid}, name={name}, {message}\n"
         self._file.write(line)
 
     def close(self) -> None:

@@ -127,7 +127,7 @@ class SimulatedNvmlLibrary:
         # NVLink traffic from the tensor-parallel servers; the kernel log's Xid lines (issue 17)
         self.nvlink = NvLinkFabric(self.gpus, self.servers)
         self.kernel_log = (
-            None if kernel_log_path is None else SimKernelLog(kernel_log_path, self.gpus, scenario.driver_branch)
+            None if kernel_log_path is None else SimKernelLog(kernel_log_path, self.gpus, scenario.driver_branch, clock)
         )
 
     # -- the symbol table pynvml sees ------------------------------------------------------------
