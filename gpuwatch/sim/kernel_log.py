@@ -45,7 +45,11 @@ class SimKernelLog:
         self._cursors = [len(g.event_log) for g in gpus]
         self._lost = [g.state.lost for g in gpus]
         self._actions = [recovery.recovery_action(g) for g in gpus]
-        self._file: TextIO | None = open(path, "a", encoding="ascii")  # noqa: SIM115 (held while the host lives)
+        self._file: TextIO | None = None
+        try:
+            self._file = open(path, "a", encoding="ascii")  # noqa: SIM115 (held while the host lives)
+        except OSError as exc:  # the reader then finds the log unreadable, as on a host without access
+            log.warning("simulated kernel log %s cannot be written (%s); no Xid lines will be logged", path, exc)
 
     def since_boot(self) -> float:
         """Seconds since the simulated host booted: the time the log's lines are stamped in."""
