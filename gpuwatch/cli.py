@@ -573,7 +573,9 @@ def _sample_directly(
     what = "NVML" if simulate is None else f"the simulated host {simulate!r}"
     progress.doing = f"sampling {what} in this process (nvmlInit or a GPU read has not returned)"
     clock = ManualClock()
-    options = RuntimeOptions(simulate=simulate, health=health)
+    # A simulated host's own kernel log is read as a daemon reads it (its Xid 79 counts); a real
+    # host's is left to the daemon, which has the privileges and the history.
+    options = RuntimeOptions(simulate=simulate, health=health, xid_log="off" if simulate is None else "auto")
     try:
         host = open_host(options, clock)
     except scenarios.ScenarioError as exc:

@@ -19,8 +19,6 @@ the next poll, wait or snapshot. Nothing else is changed on a running runtime.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +36,7 @@ from gpuwatch.nvml import use_library
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint
+from gpuwatch.sim.kernel_log import IN_MEMORY
 from gpuwatch.status import to_document
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
@@ -180,10 +179,6 @@ class Runtime:
             endpoint.stop()
         if self.host.library is not None:
             self.host.library.close()  # its workload processes end with it
-            sim_log = self.host.library.kernel_log
-            if sim_log is not None and self.options.xid_log == "auto":  # the file made for it
-                with contextlib.suppress(OSError):
-                    os.unlink(sim_log.path)
             use_library(None)
 
 
@@ -197,15 +192,11 @@ def open_host(options: RuntimeOptions, clock: SimClock | ManualClock | None = No
 
 
 def sim_kernel_log_path(options: RuntimeOptions) -> str | None:
-    """Where a simulated host writes its kernel log: the path ``xid_log`` names, or for ``auto`` a
-    fresh file of its own; None when the kernel log is off or read from the real host."""
+    """Where a simulated host writes its kernel log: the path ``xid_log`` names, or for ``auto`` its
+    own memory; None when the kernel log is off or read from the real host."""
     if options.xid_log in ("off", "kmsg", "journal"):
         return None
-    if options.xid_log != "auto":
-        return options.xid_log
-    fd, path = tempfile.mkstemp(prefix="gpuwatch-sim-kmsg-", suffix=".log")
-    os.close(fd)
-    return path
+    return IN_MEMORY if options.xid_log == "auto" else options.xid_log
 
 
 def kernel_log(host: Host, options: RuntimeOptions) -> XidLog | None:
@@ -214,8 +205,10 @@ def kernel_log(host: Host, options: RuntimeOptions) -> XidLog | None:
     if options.xid_log == "off":
         return None
     library = host.library
-    if library is not None and library.kernel_log is not None:
-        return XidLog(library.kernel_log.path, host.clock.time, library.kernel_log.since_boot)
+    sim_log = None if library is None else library.kernel_log
+    if sim_log is not None:
+        feed = sim_log.read if sim_log.path == IN_MEMORY else None
+        return XidLog(sim_log.path, host.clock.time, sim_log.since_boot, feed=feed)
     return XidLog(options.xid_log, host.clock.time, time.monotonic)
 
 

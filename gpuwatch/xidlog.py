@@ -7,6 +7,7 @@ Sources (``--xid-log`` / ``xid_log``):
   buffer since boot. Reading it needs ``CAP_SYSLOG`` where ``kernel.dmesg_restrict = 1``;
 * ``journal``: ``journalctl --dmesg --boot --follow --output=short-monotonic``, for a service user in
   the ``systemd-journal`` (or ``adm``) group;
+* ``feed``: a simulated host's kernel log kept in memory (``feed(offset, size)`` gives its bytes);
 * a file path: lines in ``dmesg`` form (``[  123.456789] NVRM: Xid (PCI:0000:3b:00): 79, ...``), the
   simulated host's kernel log, or a file another tool keeps;
 * ``auto``: ``kmsg`` where it can be opened, else ``journal`` where ``journalctl`` exists;
@@ -106,13 +107,21 @@ def parse_kmsg_record(record: bytes) -> tuple[tuple[int, int, int], int, float |
 class XidLog:
     """One kernel-log source, read without blocking; :meth:`take` hands over the Xids found."""
 
-    def __init__(self, source: str, clock: Callable[[], float], since_boot: Callable[[], float]) -> None:
-        """``clock``: daemon time; ``since_boot``: seconds since boot now (the log's own time)."""
+    def __init__(
+        self,
+        source: str,
+        clock: Callable[[], float],
+        since_boot: Callable[[], float],
+        feed: Callable[[int, int], bytes] | None = None,
+    ) -> None:
+        """``clock``: daemon time; ``since_boot``: seconds since boot now (the log's own time);
+        ``feed``: the log's bytes from an offset, for a log that is not a file (``source`` names it)."""
         self.source = source
+        self._feed = feed
         self._clock = clock
         self._since_boot = since_boot
         self._started_s = since_boot()  # lines before this are the backfill
-        self._kind = _resolve(source)
+        self._kind = "feed" if feed is not None else _resolve(source)
         self.readable: bool | None = None
         self._fd: int | None = None  # /dev/kmsg or a file
         self._offset = 0  # a file's read position (to notice it being truncated or replaced)
@@ -128,7 +137,7 @@ class XidLog:
 
     @property
     def kind(self) -> str:
-        """``kmsg``, ``journal``, ``file`` or ``off``."""
+        """``kmsg``, ``journal``, ``file``, ``feed`` or ``off``."""
         return self._kind
 
     # -- reading ---------------------------------------------------------------------------------
@@ -139,6 +148,9 @@ class XidLog:
             return
         if self._kind == "journal":
             self._ensure_journal()
+            return
+        if self._feed is not None:
+            self._pump_feed(self._feed)
             return
         path = KMSG if self._kind == "kmsg" else self.source
         if self._fd is None and not self._open(path):
@@ -205,6 +217,14 @@ class XidLog:
             self._offset += len(chunk)
             self._lines(chunk)
         return True
+
+    def _pump_feed(self, feed: Callable[[int, int], bytes]) -> None:
+        read = 0
+        while read < MAX_PUMP_BYTES and (chunk := feed(self._offset, 65536)):
+            read += len(chunk)
+            self._offset += len(chunk)
+            self._lines(chunk)
+        self._readable_again(self.source)
 
     def _lines(self, chunk: bytes) -> None:
         if self._skipping:  # the rest of a line too long to keep

@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import gpuwatch.sim
+from gpuwatch.cli import main
 from gpuwatch.derive import GpuHistory, Read, derive
 from gpuwatch.exporter.registry import build_registry
 from gpuwatch.host import simulated_host
@@ -174,3 +176,9 @@ def test_nvlink_counters_are_reset_safe():
         status = derive(history, identity, Read(reading), t, HealthThresholds())
         totals.append((status.nvlink_bytes_total[0, "transmit"], status.nvlink_errors_total[0, "crc"]))
     assert totals == [(1000, 10), (5000, 50), (5200, 52), (5700, 57)]
+
+
+def test_status_of_a_simulated_host_names_the_action_for_its_kernel_log_xid_79():
+    result = CliRunner().invoke(main, ["status", "--simulate", "xid-79", "--sim-at", "60s"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "critical Xid 79 in the last 60 min (reboot the node" in result.output

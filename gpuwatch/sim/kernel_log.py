@@ -8,7 +8,9 @@ test writes before then are the log's past)::
 
 Every Xid event NVML delivers is also logged here (a real driver logs them all); Xid 79 is logged
 here only (NVML shows the GPU lost and delivers no event; DCGM issue 162), and so is Xid 154, the
-recovery action changing (R570+). gpuwatch's kernel-log reader (``--xid-log PATH``) reads the file.
+recovery action changing (R570+). gpuwatch's kernel-log reader (``--xid-log PATH``) reads the file;
+under ``--xid-log auto`` the log is kept in memory (:data:`IN_MEMORY`), so that a simulated host
+leaves nothing on disk, even when it is killed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from gpuwatch.sim.physics import SimGpu
 
 log = logging.getLogger(__name__)
 
+IN_MEMORY = ":memory:"  # a path that names no file: the log is kept in this process
+MAX_MEMORY_BYTES = 1 << 20  # an in-memory log stops growing here (a simulated day logs a few lines)
 BOOT_S = 60.0  # the simulated host booted (and loaded its driver) a minute before the scenario starts
 
 # What the driver prints after the Xid number, for the Xids the simulator raises.
@@ -46,6 +50,10 @@ class SimKernelLog:
         self._lost = [g.state.lost for g in gpus]
         self._actions = [recovery.recovery_action(g) for g in gpus]
         self._file: TextIO | None = None
+        self._memory: bytearray | None = None
+        if path == IN_MEMORY:
+            self._memory = bytearray()
+            return
         try:
             self._file = open(path, "a", encoding="ascii")  # noqa: SIM115 (held while the host lives)
         except OSError as exc:  # the reader then finds the log unreadable, as on a host without access
@@ -57,7 +65,7 @@ class SimKernelLog:
 
     def scan(self, time_s: float) -> None:
         """Log what happened on each GPU in the step that ended at ``time_s``."""
-        if self._file is None:
+        if self._file is None and self._memory is None:
             return
         for gpu in self._gpus:
             i = gpu.index
@@ -79,16 +87,24 @@ class SimKernelLog:
                         f"to 0x{action:x} ({recovery.NAMES.get(action, 'Unknown')})"
                     )
                     self._write(time_s, gpu, 154, change, pid="'<unknown>'", name="'<unknown>'")
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of an in-memory log from ``offset`` (empty for a file's)."""
+        return b"" if self._memory is None else bytes(self._memory[offset : offset + size])
 
     def _write(
         self, time_s: float, gpu: SimGpu, xid: int, message: str, pid: str = "4194304", name: str = "python3"
     ) -> None:
-        assert self._file is not None
         domain = int(gpu.pci_bus_id.split(":", 1)[0], 16)
         where = f"PCI:{domain:04x}:{gpu.pci_bus:02x}:00"
         line = f"[{BOOT_S + time_s:12.6f}] NVRM: Xid ({where}): {xid}, pid={pid}, name={name}, {message}\n"
-        self._file.write(line)
+        if self._memory is not None:
+            if len(self._memory) + len(line) <= MAX_MEMORY_BYTES:
+                self._memory += line.encode("ascii", "replace")
+        elif self._file is not None:
+            self._file.write(line)
 
     def close(self) -> None:
         if self._file is not None:
