@@ -94,7 +94,7 @@ SIMULATED = [
         | gpu_alerts("2", "GpuDown", "GpuCriticalXid", "GpuKernelLogXid"),
     ),
     # A kernel log gpuwatch cannot read (a directory stands for /dev/kmsg without CAP_SYSLOG).
-    Host("xid-log-unreadable", "healthy", host_alerts("GpuXidLogUnreadable"), ("--xid-log", "/")),
+    Host("xid-log-unreadable", "consumer-gpu", host_alerts("GpuXidLogUnreadable"), ("--xid-log", "/")),
 ]
 # Its kernel log is off: whether this machine's /dev/kmsg can be read is no part of the test.
 NO_DRIVER = Host("no-driver", None, host_alerts("GpuwatchNvmlDown"), ("--xid-log", "off"))
