@@ -16,9 +16,10 @@ equivalents: ``nvidia-smi nvlink -s`` / ``-gt d`` / ``-e``):
 The link count comes first (``NVML_FI_DEV_NVLINK_LINK_COUNT``, 91): a card without NVLink answers
 NotSupported or 0, and has no plan (no NVLink family is exported for it). Every entry is probed
 once; those the driver does not answer are dropped from the batch, as for the scalar fields.
-One batch of 18 x 8 entries costs one driver call, but the driver services it with one RM query per
-link and counter, so it is read on the slow loop (``--process-interval``): these are counters read
-as rates over minutes, and the link state changes only when a link trains or fails.
+One batch of 18 x 8 entries is one call, but likely as many queries inside the driver [inf; not
+measured on a real card], so it is read on the slow loop
+(``--process-interval``): these are counters read as rates over minutes, and the link state changes
+only when a link trains or fails.
 """
 
 from __future__ import annotations

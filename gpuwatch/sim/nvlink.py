@@ -19,7 +19,7 @@ count since driver load, as the driver's do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpuwatch.sim import abi
 from gpuwatch.sim.inference import SimInferenceServer
@@ -40,13 +40,6 @@ class LinkCounters:
     crc: float = 0.0  # DL CRC errors; the flit CRC counter (links 0-11) counts the same errors
     replay: float = 0.0
     recovery: float = 0.0
-
-
-@dataclass(slots=True)
-class GpuLinks:
-    """One GPU's links."""
-
-    links: list[LinkCounters] = field(default_factory=list)
 
 
 class NvLinkFabric:
@@ -102,17 +95,23 @@ class NvLinkFabric:
         if not 0 <= scope_id < len(links):
             return None
         link = links[scope_id]
-        per_link = {
-            abi.FI_NVLINK_GET_STATE: (uint, 1),  # every link of a healthy HGX board is active
-            abi.FI_NVLINK_GET_SPEED: (uint, LINK_SPEED_MB_PER_S),
-            abi.FI_NVLINK_THROUGHPUT_DATA_TX: (ull, int(link.transmit_bytes) // 1024),
-            abi.FI_NVLINK_THROUGHPUT_DATA_RX: (ull, int(link.receive_bytes) // 1024),
-            abi.FI_NVLINK_ERROR_DL_REPLAY: (ull, int(link.replay)),
-            abi.FI_NVLINK_ERROR_DL_RECOVERY: (ull, int(link.recovery)),
-            abi.FI_NVLINK_ERROR_DL_CRC: (ull, int(link.crc)),
-        }
-        return per_link.get(field_id)
+        if field_id == abi.FI_NVLINK_GET_STATE:
+            return uint, 1  # every link of a healthy HGX board is active
+        if field_id == abi.FI_NVLINK_GET_SPEED:
+            return uint, LINK_SPEED_MB_PER_S
+        counter = _COUNTERS.get(field_id)
+        return None if counter is None else (ull, int(getattr(link, counter)) // _UNIT.get(field_id, 1))
 
+
+# Per-link counters by field id: the LinkCounters attribute, and the unit the driver counts in (KiB)
+_COUNTERS = {
+    abi.FI_NVLINK_THROUGHPUT_DATA_TX: "transmit_bytes",
+    abi.FI_NVLINK_THROUGHPUT_DATA_RX: "receive_bytes",
+    abi.FI_NVLINK_ERROR_DL_REPLAY: "replay",
+    abi.FI_NVLINK_ERROR_DL_RECOVERY: "recovery",
+    abi.FI_NVLINK_ERROR_DL_CRC: "crc",
+}
+_UNIT = {abi.FI_NVLINK_THROUGHPUT_DATA_TX: 1024, abi.FI_NVLINK_THROUGHPUT_DATA_RX: 1024}
 
 PER_LINK_FIELDS = frozenset(
     {
