@@ -171,21 +171,11 @@ class XidLog:
 
     def _pump_kmsg(self) -> bool:
         """Read records until none is waiting (or the bound); False if the device cannot be read."""
-        assert self._fd is not None
         read = 0
         while read < MAX_PUMP_BYTES:
-            try:
-                record = os.read(self._fd, 8192)
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                if exc.errno == errno.EPIPE:  # records overwritten before we read them: go on
-                    continue
-                self._close_fd()
-                self._unreadable(f"{KMSG}: {exc.strerror or exc}")
-                return False
+            record = self._read(KMSG, 8192)  # one record per read
             if not record:
-                return True
+                return record is not None
             read += len(record)
             self._found(parse_kmsg_record(record))
         return True
@@ -200,23 +190,31 @@ class XidLog:
             self._close_fd()  # rotated, replaced or truncated: read the new file from its start
             if not self._open(self.source):
                 return False
-        assert self._fd is not None
         read = 0
         while read < MAX_PUMP_BYTES:
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                self._close_fd()
-                self._unreadable(f"{self.source}: {exc.strerror or exc}")
-                return False
+            chunk = self._read(self.source, 65536)
             if not chunk:
-                return True
+                return chunk is not None
             read += len(chunk)
             self._offset += len(chunk)
             self._lines(chunk)
         return True
+
+    def _read(self, path: str, size: int) -> bytes | None:
+        """One non-blocking read: its bytes, b"" when nothing is waiting, None when the source failed
+        (then closed, and said once)."""
+        assert self._fd is not None
+        while True:
+            try:
+                return os.read(self._fd, size)
+            except BlockingIOError:
+                return b""
+            except OSError as exc:
+                if exc.errno == errno.EPIPE and path == KMSG:  # records overwritten before we read them
+                    continue
+                self._close_fd()
+                self._unreadable(f"{path}: {exc.strerror or exc}")
+                return None
 
     def _pump_feed(self, feed: Callable[[int, int], bytes]) -> None:
         read = 0
