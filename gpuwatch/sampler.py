@@ -137,18 +137,19 @@ class Sampler:
         return tuple(statuses)
 
     def _take_kernel_xids(self, reader: NvmlReader, kernel_log: XidLog) -> None:
-        """Count the kernel log's Xids once (gpuwatch.xidlog): the backfill, then only those NVML
-        does not deliver as events (or all, where NVML events are not watched)."""
+        """Count the kernel log's Xids once (gpuwatch.xidlog): those logged before NVML's event set
+        was registered (the backfill since boot, and any while NVML was down), then only those NVML
+        does not deliver as events (all of them, where NVML events are not watched)."""
         if self._pump_kernel_log:
             kernel_log.pump()
         found = kernel_log.take()
         if not found:
             return
         by_location = {pci_location(identity.pci_bus_id): identity for identity in reader.identities}
-        nvml_events = self._session.watching_events
+        since = self._session.events_since
         for line in found:
-            if nvml_events and not line.backfill and line.xid not in KERNEL_ONLY_XIDS:
-                continue  # NVML delivers this one as an event too
+            if since is not None and line.timestamp >= since and line.xid not in KERNEL_ONLY_XIDS:
+                continue  # NVML delivered this one as an event too
             identity = by_location.get(line.pci)
             if identity is not None:
                 self._history_of(identity).record_xid(line.timestamp, line.xid)

@@ -13,10 +13,11 @@ Sources (``--xid-log`` / ``xid_log``):
 * ``auto``: ``kmsg`` where it can be opened, else ``journal`` where ``journalctl`` exists;
 * ``off``.
 
-Counting once: lines stamped (seconds since boot) before gpuwatch started are a backfill and all
-count, since NVML's event set only sees what happens after it is registered. Later lines count only
-for Xids NVML does not deliver (:data:`KERNEL_ONLY_XIDS`), or every Xid when NVML events are not
-being watched; the rest arrive as NVML events too.
+Counting once (the sampler decides, by each line's time): lines logged before NVML's event set was
+registered all count (the backfill since boot, and any while NVML was down), since the event set
+only sees what happens after it is registered. Later lines count only for Xids NVML does not deliver
+(:data:`KERNEL_ONLY_XIDS`), or every Xid when NVML events are not being watched; the rest arrive as
+NVML events too. A line without a timestamp is taken as logged when it is read.
 
 Reading never blocks a poll: :meth:`XidLog.pump` reads what is there, at most :data:`MAX_PUMP_BYTES`
 a call, without waiting (``O_NONBLOCK``, or a pipe read on a thread of its own), and a line that is
@@ -64,7 +65,6 @@ class KernelXid:
     pci: tuple[int, int, int]
     xid: int
     timestamp: float
-    backfill: bool  # logged before gpuwatch started
 
 
 def pci_location(bus_id: str) -> tuple[int, int, int] | None:
@@ -120,7 +120,6 @@ class XidLog:
         self._feed = feed
         self._clock = clock
         self._since_boot = since_boot
-        self._started_s = since_boot()  # lines before this are the backfill
         self._kind = "feed" if feed is not None else _resolve(source)
         self.readable: bool | None = None
         self._fd: int | None = None  # /dev/kmsg or a file
@@ -270,13 +269,11 @@ class XidLog:
         if parsed is None:
             return
         pci, xid, stamp = parsed
-        now_since_boot = self._since_boot()
-        backfill = stamp is not None and stamp < self._started_s
         # daemon time of the line: now, less how long ago (by the log's own clock) it was logged
-        age = 0.0 if stamp is None else max(0.0, now_since_boot - stamp)
+        age = 0.0 if stamp is None else max(0.0, self._since_boot() - stamp)
         with self._lock:
             if len(self._pending) < MAX_PENDING:  # a flood nobody takes in is cut, not kept
-                self._pending.append(KernelXid(pci, xid, self._clock() - age, backfill))
+                self._pending.append(KernelXid(pci, xid, self._clock() - age))
 
     def _unreadable(self, why: str) -> None:
         if self.readable is not False:

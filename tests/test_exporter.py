@@ -38,7 +38,7 @@ def exposition(snapshot: Snapshot) -> str:
 # default (--xid-log auto). nvlink-faults carries NVLink errors, a recovery action and Xid 154.
 @pytest.mark.parametrize(
     ("scenario", "at_s"),
-    [("inference-host", 600), ("consumer-gpu", 120), ("xid-79", 60), ("ecc-uncorrectable", 60), ("nvlink-faults", 60)],
+    [("inference-host", 600), ("consumer-gpu", 120), ("xid-79", 60), ("ecc-uncorrectable", 60), ("nvlink-faults", 120)],
 )
 def test_metrics_match_the_golden_file(sim, update_golden, scenario, at_s):
     run = sim(scenario, xid_log="auto")

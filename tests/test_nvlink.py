@@ -86,24 +86,24 @@ def test_an_a6000_host_has_no_nvlink_family_and_a_550_driver_no_recovery_action(
 def test_nvlink_errors_rise_on_the_faulty_link_only(sim):
     run = sim("nvlink-faults")
     run.at(1)
-    quiet = run.at(12).gpus[1].nvlink_errors_total
+    quiet = run.at(52).gpus[1].nvlink_errors_total
     assert set(quiet.values()) == {0}
-    counts = run.at(42).gpus[1].nvlink_errors_total
+    counts = run.at(82).gpus[1].nvlink_errors_total
     rising = {key: n for key, n in counts.items() if n}
     assert {link for link, _ in rising} == {5}
     assert rising[5, "crc"] == rising[5, "replay"] > 300  # 20 a second for about 20 s, each one replayed
-    assert run.at(52).gpus[1].nvlink_errors_total[5, "crc"] > rising[5, "crc"]
+    assert run.at(92).gpus[1].nvlink_errors_total[5, "crc"] > rising[5, "crc"]
 
 
 def test_the_driver_asks_for_a_reset_after_an_uncorrectable_error_and_the_verdict_says_so(sim):
     run = sim("nvlink-faults")
     run.at(1)
-    assert run.at(40).gpus[3].reading.recovery_action == "none"
-    gpu = run.at(50).gpus[3]
+    assert run.at(70).gpus[3].reading.recovery_action == "none"
+    gpu = run.at(80).gpus[3]
     assert gpu.reading.recovery_action == "reset"
     assert gpu.verdict.checks["recovery_action"] == "critical"
     assert "GPU 3: driver asks for a reset" in gpu.verdict.reasons
-    actions = samples(exposition(run.at(51)), "gpuwatch_gpu_recovery_action")
+    actions = samples(exposition(run.at(81)), "gpuwatch_gpu_recovery_action")
     assert actions[(("action", "reset"), ("gpu", "3"))] == 1.0
     assert actions[(("action", "none"), ("gpu", "3"))] == 0.0
 
@@ -112,10 +112,10 @@ def test_a_kernel_log_xid_79_is_counted_and_status_names_the_action(tmp_path, si
     log = tmp_path / "kmsg.log"
     run = sim("nvlink-faults", xid_log=str(log))
     run.at(1)
-    before = run.at(80)
+    before = run.at(140)
     assert before.xid_log_readable is True
     assert 79 not in before.gpus[2].xid_errors
-    after = run.at(95)  # GPU 2 fell off the bus at 90 s: the kernel log has Xid 79, NVML no event
+    after = run.at(155)  # GPU 2 fell off the bus at 150 s: the kernel log has Xid 79, NVML no event
     assert "NVRM: Xid (PCI:0000:5b:00): 79" in log.read_text()
     assert after.gpus[2].xid_errors[79] == 1
     text = exposition(after)
@@ -142,6 +142,18 @@ def test_kernel_log_lines_from_before_the_start_are_backfilled_once(tmp_path, si
         snapshot = run.at(t)
     assert snapshot.gpus[0].xid_errors == {48: 1}  # backfilled (NVML never saw it), counted once
     assert not any(g.xid_errors for g in snapshot.gpus[1:])
+
+
+def test_kernel_log_lines_from_before_nvml_listened_count_and_later_ones_only_if_nvml_cannot_deliver(tmp_path, sim):
+    log = tmp_path / "kmsg.log"
+    run = sim("nvlink-faults", xid_log=str(log))
+    line = "[{:12.6f}] NVRM: Xid (PCI:0000:1b:00): {}, pid=7, name=python3, test\n"
+    with log.open("a") as f:  # simulated second 2 (boot + 62 s): gpuwatch runs, NVML is not open yet
+        f.write(line.format(62.0, 48))
+    assert run.at(5).gpus[0].xid_errors == {48: 1}  # NVML's event set, opened at 5 s, never saw it
+    with log.open("a") as f:  # after NVML began listening: 48 comes as an event too, 79 never does
+        f.write(line.format(66.0, 48) + line.format(66.5, 79))
+    assert run.at(8).gpus[0].xid_errors == {48: 1, 79: 1}
 
 
 def test_an_unreadable_kernel_log_is_said_once_and_exported_as_0(tmp_path, caplog):

@@ -20,7 +20,8 @@ def collect(snapshot: Snapshot) -> Families:
             f.gpu_counter(
                 "gpuwatch_gpu_xid_errors",
                 "Xid errors by code since gpuwatch started: NVML events (nvmlEventSetWait_v2) and, with --xid-log, "
-                "kernel-log lines (counted once: backfilled since boot at start, then those NVML does not deliver).",
+                "kernel-log lines (counted once: all those logged before NVML's event set was registered, then those "
+                "NVML does not deliver).",
                 g,
                 count,
                 xid=str(xid),
