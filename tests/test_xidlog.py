@@ -3,7 +3,10 @@ followed across truncation, bounded reads; the catalogue's advice and the recove
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from waiting import wait_until
 
 from gpuwatch.analysis.health import GpuFacts, HealthThresholds, gpu_verdict
 from gpuwatch.analysis.xid_catalogue import recommended_action, xid_class
@@ -168,3 +171,40 @@ def test_a_critical_xid_reason_carries_the_catalogue_advice():
     facts = GpuFacts(index=1, up=True, temperature_celsius=40.0, recent_xids=[(10.0, 79), (11.0, 48)], now=20.0)
     (reason,) = gpu_verdict(facts, HealthThresholds()).reasons
     assert "critical Xid 48, 79" in reason and "reset the GPU" in reason and "reboot the node" in reason
+
+
+def test_the_journal_is_read_through_journalctl_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    # A stand-in journalctl that prints what `journalctl --dmesg --output=short-monotonic` prints.
+    fake = tmp_path / "journalctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo '[   12.500000] gpu-host kernel: NVRM: Xid (PCI:0000:3b:00): 79, pid=0, name=, GPU has fallen off the bus.'\n"
+        "echo '[   12.600000] gpu-host kernel: eth0: link up'\n"
+        "exec sleep 30\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    clocks = Clocks(100.0)
+    log = XidLog("journal", clocks.time, clocks.since_boot)
+    try:
+        log.pump()
+        found: list = []
+        assert wait_until(lambda: found.extend(log.take()) or found, 10)
+        assert [(x.pci, x.xid, x.timestamp) for x in found] == [((0, 0x3B, 0), 79, clocks.time() - 87.5)]
+        assert log.readable is True
+    finally:
+        log.close()
+
+
+def test_a_journalctl_that_exits_leaves_the_log_unreadable(tmp_path, monkeypatch):
+    fake = tmp_path / "journalctl"
+    fake.write_text("#!/bin/sh\necho 'No journal files were opened due to insufficient permissions.' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    clocks = Clocks(1.0)
+    log = XidLog("journal", clocks.time, clocks.since_boot)
+    try:
+        log.pump()
+        assert wait_until(lambda: log.pump() or log.readable is False, 10)
+    finally:
+        log.close()
