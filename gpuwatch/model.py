@@ -122,6 +122,8 @@ class GpuStatus:
     # NVLink counters made reset-safe (issue 17): (link, direction) -> bytes, (link, type) -> errors
     nvlink_bytes_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
     nvlink_errors_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
+    # what NVIDIA's Xid catalogue recommends for each Xid in xid_errors (analysis/xid_catalogue.py)
+    xid_actions: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

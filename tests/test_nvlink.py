@@ -194,3 +194,13 @@ def test_status_of_a_simulated_host_names_the_action_for_its_kernel_log_xid_79()
     result = CliRunner().invoke(main, ["status", "--simulate", "xid-79", "--sim-at", "60s"], catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert "critical Xid 79 in the last 60 min (reboot the node" in result.output
+
+
+def test_the_status_document_gives_the_catalogue_action_for_every_xid_seen(sim):
+    run = sim("nvlink-faults", xid_log="auto")
+    run.at(1)
+    doc = to_document(run.at(155), 0.0, 1.0, 3.0)
+    actions = {gpu["index"]: gpu["xid_actions"] for gpu in doc["gpus"]}
+    assert actions[0] == actions[1] == {}
+    assert actions[2] == {"79": "reboot the node; check the GPU's power, cooling and seating if it recurs"}
+    assert set(actions[3]) == {"48", "154"} and "reset the GPU" in actions[3]["48"]
