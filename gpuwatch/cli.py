@@ -267,6 +267,16 @@ def _setting_of(param: str) -> str:
     show_default=True,
     help="How often pod attribution asks the kubelet and reads GPU processes' cgroups.",
 )
+@click.option(
+    "--xid-log",
+    "xid_log",
+    default="auto",
+    show_default=True,
+    metavar="SOURCE",
+    help="Where to read the kernel log's Xid lines (Xid 79 and others NVML never delivers): auto, kmsg "
+    "(/dev/kmsg), journal (journalctl), off, or a file path. With --simulate: auto reads the simulated "
+    "host's own kernel log; a path is where it writes it.",
+)
 @_collector_options
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
@@ -658,7 +668,14 @@ def _sample_directly(
     what = "NVML" if simulate is None else f"the simulated host {simulate!r}"
     progress.doing = f"sampling {what} in this process (nvmlInit or a GPU read has not returned)"
     clock = ManualClock()
-    options = RuntimeOptions(simulate=simulate, health=health, cost=cost or CostSettings())
+    # A simulated host's own kernel log is read as a daemon reads it (its Xid 79 counts); a real
+    # host's is left to the daemon, which has the privileges and the history.
+    options = RuntimeOptions(
+        simulate=simulate,
+        health=health,
+        cost=cost or CostSettings(),
+        xid_log="off" if simulate is None else "auto",
+    )
     try:
         host = open_host(options, clock)
     except scenarios.ScenarioError as exc:

@@ -47,6 +47,7 @@ LEAN_SET = (
     "tokens",
     "gpm",
     "mig",
+    "nvlink",
 )
 
 

@@ -9,6 +9,7 @@ refused whole, with an error that names the file (or variable), the key and the 
     poll_interval = "1s"          # --poll-interval
     process_interval = "10s"      # --process-interval
     tokens_window = "60s"         # --tokens-window: the tokens-per-joule window (10 s or more)
+    xid_log = "auto"              # --xid-log: kernel-log Xids from kmsg, journal, a file, or off
     [web]
     listen_address = ":9961"      # --web.listen-address
     config_file = "web.yml"       # --web.config.file (TLS, basic auth; relative to this file)
@@ -111,6 +112,7 @@ class ServeSettings:
     pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
     pods_refresh_s: float = DEFAULT_PODS_REFRESH_S
     cost: CostSettings = field(default_factory=CostSettings)  # [cost]
+    xid_log: str = "auto"  # gpuwatch.xidlog: auto, kmsg, journal, off or a file path
 
     @property
     def limits(self) -> Limits:
@@ -146,6 +148,7 @@ _KEYS: dict[str, tuple[str, str, float, float]] = {
     "cost.pue": ("cost.pue", "number", 1, 10),
     "cost.gpu_hour_price": ("cost.gpu_hour_price", "number", 0, 1e6),
     "cost.currency": ("cost.currency", "currency", 0, 0),
+    "xid_log": ("xid_log", "string", 0, 0),
 }
 # Every flag has a key; the [health] thresholds are file-only.
 FLAG_FOR_KEY = {
@@ -161,6 +164,7 @@ FLAG_FOR_KEY = {
     "tokens": "--tokens",
     "tokens_window": "--tokens-window",
     "web.tuner_result": "--web.tuner-result",
+    "xid_log": "--xid-log",
 }
 # [collectors]: a switch per collector (`collectors.processes`, or `collectors.processes.enabled`
 # inside a [collectors.processes] table), `collectors.disable_defaults` and `collectors.processes.pid`;
@@ -194,6 +198,7 @@ RESTART_FIELDS = (
     "tuner_result_file",
     "pod_resources_socket",
     "pods_refresh_s",
+    "xid_log",
 )
 ENV_PREFIX = "GPUWATCH_"
 

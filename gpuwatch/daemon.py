@@ -65,6 +65,7 @@ def runtime_options(settings: config.ServeSettings) -> RuntimeOptions:
         pod_resources_socket=settings.pod_resources_socket,
         pods_refresh_s=settings.pods_refresh_s,
         cost=settings.cost,
+        xid_log=settings.xid_log,
     )
 
 

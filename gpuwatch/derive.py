@@ -18,6 +18,7 @@ from gpuwatch.analysis import thermal
 from gpuwatch.analysis.counters import ResetSafeCounter
 from gpuwatch.analysis.health import GpuFacts, HealthThresholds, VerdictCache, gpu_verdict
 from gpuwatch.analysis.throttle import ThrottleSample, ThrottleWindow, accumulate_reason_seconds
+from gpuwatch.analysis.xid_catalogue import recommended_action
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, GpuStatus
 
 RECENT_XIDS = 32
@@ -101,6 +102,9 @@ class GpuHistory:
     xids_published: tuple[Mapping[int, int], tuple[tuple[float, int], ...]] | None = None  # until the next Xid
     last_read: GpuStatus | None = None  # the last status with a reading: what a hung GPU shows
     verdicts: VerdictCache = field(default_factory=VerdictCache)
+    nvlink_bytes: Totals[tuple[int, str]] = field(default_factory=Totals)
+    nvlink_errors: Totals[tuple[int, str]] = field(default_factory=Totals)
+    xid_actions: Mapping[int, str] = field(default_factory=dict)  # replaced with xids_published
 
     @classmethod
     def start(cls, health: HealthThresholds, poll_interval_s: float) -> GpuHistory:
@@ -117,6 +121,7 @@ class GpuHistory:
         """Xid counts and recent Xids as published: one copy per new Xid, not one per poll."""
         if self.xids_published is None:
             self.xids_published = (dict(self.xid_counts), tuple(self.recent_xids))
+            self.xid_actions = {xid: recommended_action(xid) for xid in self.xid_counts}
         return self.xids_published
 
 
@@ -155,8 +160,17 @@ def derive(
             xid_errors=xid_errors,
             recent_xids=recent_xids,
             verdict=verdict,
+            xid_actions=history.xid_actions,
         )
-    return GpuStatus(identity, up=False, error=error, xid_errors=xid_errors, recent_xids=recent_xids, verdict=verdict)
+    return GpuStatus(
+        identity,
+        up=False,
+        error=error,
+        xid_errors=xid_errors,
+        recent_xids=recent_xids,
+        verdict=verdict,
+        xid_actions=history.xid_actions,
+    )
 
 
 def _answered(
@@ -196,6 +210,7 @@ def _answered(
         retired_pages_pending=reading.retired_pages_pending,
         recent_xids=recent_xids,
         now=now,
+        recovery_action=reading.recovery_action,
     )
     status = GpuStatus(
         identity=identity,
@@ -215,6 +230,9 @@ def _answered(
         xid_errors=xid_errors,
         recent_xids=recent_xids,
         verdict=history.verdicts.judge(facts, health),
+        nvlink_bytes_total=history.nvlink_bytes.advance(reading.nvlink_bytes),
+        nvlink_errors_total=history.nvlink_errors.advance(reading.nvlink_errors),
+        xid_actions=history.xid_actions,
     )
     history.last_read = status
     return status

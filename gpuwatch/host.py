@@ -32,14 +32,20 @@ def real_host() -> Host:
     return Host(clock=clock, reader_factory=lambda: NvmlReader(clock.time), description="NVIDIA driver")
 
 
-def simulated_host(scenario_name: str | None, speed: float = 1.0, clock: SimClock | ManualClock | None = None) -> Host:
-    """A scenario's simulated driver library installed beneath pynvml, on simulated time.
+def simulated_host(
+    scenario_name: str | None,
+    speed: float = 1.0,
+    clock: SimClock | ManualClock | None = None,
+    kernel_log_path: str | None = None,
+) -> Host:
+    """A scenario's simulated driver library installed beneath pynvml, on simulated time; with
+    ``kernel_log_path``, the simulated host writes its kernel log's Xid lines there.
 
     Raises :class:`gpuwatch.sim.scenario.ScenarioError` for an unknown or broken scenario.
     """
     scenario = scenarios.load(scenario_name)
     sim_clock = clock if clock is not None else SimClock(speed)
-    library = SimulatedNvmlLibrary(scenario, sim_clock.sim_seconds)
+    library = SimulatedNvmlLibrary(scenario, sim_clock.sim_seconds, kernel_log_path=kernel_log_path)
     library.workloads.ensure_started()  # now, not inside the first poll: a daemon's first poll stays quick
     use_library(library)
     return Host(

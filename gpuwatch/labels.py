@@ -53,3 +53,17 @@ def utf8_text(value: str | bytes) -> str:
     except UnicodeEncodeError:  # a surrogate that no undecodable byte stands for
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+# The driver's GPU recovery action (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, R570+), by its
+# nvmlGpuRecoveryAction_t code: what the driver asks an operator to do before the GPU is trusted again.
+RECOVERY_ACTIONS = (
+    "none",
+    "reset",
+    "reboot",
+    "drain_p2p",
+    "drain_and_reset",
+    "recover_imex_domain",
+    "bus_reset",
+    "system_reboot",
+)

@@ -86,6 +86,13 @@ class GpuReading:
     # privilege-sensitive queries by name -> whether the service user may ask them (NoPermission: False)
     permitted_queries: Mapping[str, bool] = field(default_factory=dict)
 
+    # NVLink (issue 17), read on the slow loop; empty on cards without NVLink (gpuwatch.nvml.nvlink)
+    nvlink_active: Mapping[int, bool] = field(default_factory=dict)  # link -> active
+    nvlink_bytes: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (link, direction) -> bytes
+    nvlink_errors: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (link, type) -> count
+    # what the driver asks before the GPU is trusted again (labels.RECOVERY_ACTIONS; R570+)
+    recovery_action: str | None = None
+
 
 @record
 class MigReading:
@@ -143,6 +150,11 @@ class GpuStatus:
     xid_errors: Mapping[int, int] = field(default_factory=dict)  # Xid -> count since gpuwatch started
     recent_xids: tuple[tuple[float, int], ...] = ()  # (timestamp, Xid), newest last
     verdict: Verdict = UNKNOWN_VERDICT
+    # NVLink counters made reset-safe (issue 17): (link, direction) -> bytes, (link, type) -> errors
+    nvlink_bytes_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
+    nvlink_errors_total: Mapping[tuple[int, str], float] = field(default_factory=dict)
+    # what NVIDIA's Xid catalogue recommends for each Xid in xid_errors (analysis/xid_catalogue.py)
+    xid_actions: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +201,8 @@ class Snapshot:
     # pods holding the GPUs and their processes on a Kubernetes node: merged in at render time, from
     # gpuwatch.k8s.pods (None where pod attribution does not run)
     pods: PodsSnapshot | None = None
+    # whether the kernel log's Xid lines can be read (gpuwatch.xidlog); None when no log is read
+    xid_log_readable: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

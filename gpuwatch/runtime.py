@@ -20,6 +20,7 @@ a running runtime.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,10 +42,12 @@ from gpuwatch.page.history import History
 from gpuwatch.sampler import Sampler
 from gpuwatch.sim.clock import ManualClock, SimClock
 from gpuwatch.sim.inference import InferenceEndpoint
+from gpuwatch.sim.kernel_log import IN_MEMORY
 from gpuwatch.status import to_document
 from gpuwatch.tokens.proxy import OllamaProxy, Tally
 from gpuwatch.tokens.source import SourceConfig
 from gpuwatch.tokens.tracker import TokenTracker
+from gpuwatch.xidlog import XidLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,10 @@ class RuntimeOptions:
     pod_resources_socket: str = DEFAULT_SOCKET
     pods_refresh_s: float = DEFAULT_REFRESH_S
     cost: CostSettings = field(default_factory=CostSettings)  # [cost]: prices for the token sources' ledger
+
+    # the kernel log's Xid lines (gpuwatch.xidlog): off, auto, kmsg, journal or a file path; with
+    # --simulate, auto reads the simulated host's own kernel log and a path is where it writes it
+    xid_log: str = "off"
 
 
 class ProxyListenError(OSError):
@@ -100,6 +107,7 @@ class Runtime:
     def __init__(self, host: Host, options: RuntimeOptions) -> None:
         self.host = host
         self.options = options
+        self.kernel_log = kernel_log(host, options)
         self.sampler = Sampler(
             host.reader_factory,
             host.clock,
@@ -107,6 +115,7 @@ class Runtime:
             options.process_interval_s,
             health=options.health,
             event_thread=options.event_thread,
+            kernel_log=self.kernel_log,
         )
         self.servers: list[InferenceEndpoint] = []
         self._latest: MergedSnapshot = MergedSnapshot(self.sampler, None)
@@ -179,6 +188,8 @@ class Runtime:
         if threads:
             if self._tokens is not None:
                 self._tokens.start()
+            if self.kernel_log is not None:
+                self.kernel_log.start()
             self.sampler.start()
 
     def _start_proxies(self, sources: Sequence[SourceConfig]) -> dict[str, Tally]:
@@ -241,6 +252,8 @@ class Runtime:
     def close(self) -> None:
         """Stop in order: polling, the token tracker, the counting proxies, the simulated servers, the driver."""
         self.sampler.stop(timeout_s=1.0)
+        if self.kernel_log is not None:
+            self.kernel_log.close()
         if self._tokens is not None:
             self._tokens.stop(timeout_s=0.5)
         if self.pods is not None:
@@ -258,7 +271,30 @@ def open_host(options: RuntimeOptions, clock: SimClock | ManualClock | None = No
     """The real driver, or the scenario's simulated one (may raise ScenarioError)."""
     if options.simulate is None:
         return real_host()
-    return simulated_host(options.simulate, options.sim_speed, clock=clock)
+    return simulated_host(
+        options.simulate, options.sim_speed, clock=clock, kernel_log_path=sim_kernel_log_path(options)
+    )
+
+
+def sim_kernel_log_path(options: RuntimeOptions) -> str | None:
+    """Where a simulated host writes its kernel log: the path ``xid_log`` names, or for ``auto`` its
+    own memory; None when the kernel log is off or read from the real host."""
+    if options.xid_log in ("off", "kmsg", "journal"):
+        return None
+    return IN_MEMORY if options.xid_log == "auto" else options.xid_log
+
+
+def kernel_log(host: Host, options: RuntimeOptions) -> XidLog | None:
+    """The kernel-log reader ``options.xid_log`` asks for; None when off. A simulated host's log
+    counts seconds from the scenario's start (its boot); a real one's from the machine's boot."""
+    if options.xid_log == "off":
+        return None
+    library = host.library
+    sim_log = None if library is None else library.kernel_log
+    if sim_log is not None:
+        feed = sim_log.read if sim_log.path == IN_MEMORY else None
+        return XidLog(sim_log.path, host.clock.time, sim_log.since_boot, feed=feed)
+    return XidLog(options.xid_log, host.clock.time, time.monotonic)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from gpuwatch.loop import Clock, LoopSupervisor
 from gpuwatch.model import GpuIdentity, GpuStatus, Snapshot
 from gpuwatch.nvml import GpuLost, NvmlReader, NvmlSessionLost, PollFailed
 from gpuwatch.session import NvmlSession
+from gpuwatch.xidlog import KERNEL_ONLY_XIDS, XidLog, pci_location
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,12 @@ class Sampler:
         health: HealthThresholds | None = None,
         event_thread: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
+        kernel_log: XidLog | None = None,
     ) -> None:
         self._clock = clock
+        # Xids from the kernel log; pumped here each poll unless it reads on a thread of its own
+        self._kernel_log = kernel_log
+        self._pump_kernel_log = not event_thread
         self._session = NvmlSession(reader_factory, event_thread)
         self.loop = LoopSupervisor(self.poll_once, clock, poll_interval_s, monotonic)
         self._process_interval_s = process_interval_s
@@ -97,6 +102,7 @@ class Sampler:
             polls_total=self._polls,
             nvml_errors_total=self._session.error_counts(),
             verdict=host_verdict(reader is not None, error, [g.verdict for g in gpus]),
+            xid_log_readable=None if self._kernel_log is None else self._kernel_log.readable,
         )
         self.ready.set()
         for subscriber in self._subscribers:
@@ -114,6 +120,8 @@ class Sampler:
         for event in self._session.take_events():
             if event.gpu_index < reader.gpu_count:
                 self._history_of(reader.identity(event.gpu_index)).record_xid(event.timestamp, event.xid)
+        if self._kernel_log is not None:
+            self._take_kernel_xids(reader, self._kernel_log)
         started = self._clock.time()
         slow = started >= self._next_processes_at
         if slow:
@@ -128,6 +136,26 @@ class Sampler:
             identity = reader.identity(index)
             statuses.append(derive(self._history_of(identity), identity, outcome, self._clock.time(), self.health))
         return tuple(statuses)
+
+    def _take_kernel_xids(self, reader: NvmlReader, kernel_log: XidLog) -> None:
+        """Count the kernel log's Xids once (gpuwatch.xidlog): those logged before NVML's event set
+        was registered (the backfill since boot, and any while NVML was down), then only those NVML
+        does not deliver as events (all of them, where NVML events are not watched)."""
+        if self._pump_kernel_log:
+            kernel_log.pump()
+        found = kernel_log.take()
+        if not found:
+            return
+        by_location = {pci_location(identity.pci_bus_id): identity for identity in reader.identities}
+        since = self._session.events_since
+        for line in found:
+            if since is not None and line.timestamp >= since and line.xid not in KERNEL_ONLY_XIDS:
+                continue  # NVML delivered this one as an event too
+            identity = by_location.get(line.pci)
+            if identity is not None:
+                self._history_of(identity).record_xid(line.timestamp, line.xid)
+            else:
+                log.debug("kernel log: Xid %d for PCI %s, not a GPU NVML lists", line.xid, line.pci)
 
     def start(self) -> None:
         """Poll in background threads until :meth:`stop`."""

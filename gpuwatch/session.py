@@ -34,6 +34,8 @@ class NvmlSession:
         self._backoff = Backoff()
         self._errors_before: Counter[tuple[int, str]] = Counter()  # of readers closed since start
         self.error: str | None = "not polled yet"  # why NVML is not up; None while it is
+        # when the current Xid watcher began (daemon time): the kernel log's Xids before it are NVML's blind spot
+        self.events_since: float | None = None
 
     def open(self, now: float) -> NvmlReader | None:
         """The open reader; opens one when none is and the backoff allows; None while NVML is down."""
@@ -51,6 +53,7 @@ class NvmlSession:
             return None
         self._reader, self.error, self._backoff = reader, None, Backoff()
         self._events = reader.open_events()
+        self.events_since = None if self._events is None else now
         if self._events is not None and self._event_thread:
             self._events.start()
         return reader
@@ -82,6 +85,7 @@ class NvmlSession:
     def close(self) -> None:
         reader, self._reader = self._reader, None
         events, self._events = self._events, None
+        self.events_since = None
         if events is not None:
             events.close()
         if reader is not None:

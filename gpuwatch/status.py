@@ -142,6 +142,7 @@ def _gpu(status: GpuStatus) -> dict[str, Any]:
         "clock_loss_ratio": None if status.throttle is None else status.throttle.clock_loss_ratio,
         "xid_errors": {str(x): n for x, n in sorted(status.xid_errors.items())},
         "recent_xids": [{"timestamp": ts, "xid": x} for ts, x in status.recent_xids],
+        "xid_actions": {str(x): action for x, action in sorted(status.xid_actions.items())},
         "temperature_celsius": None,
         "temperature_limit_celsius": thresholds.get("max_operating"),
         "temperature_thresholds_celsius": thresholds,

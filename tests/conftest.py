@@ -96,6 +96,7 @@ def sim() -> Iterator[Callable[..., SimRun]]:
             process_interval_s: float = 10.0,
             tokens: tuple[SourceConfig, ...] = (),
             sim_source_timeout_s: float | None = None,
+            xid_log: str = "off",
         ) -> SimRun:
             clock = ManualClock()
             options = RuntimeOptions(
@@ -104,6 +105,7 @@ def sim() -> Iterator[Callable[..., SimRun]]:
                 process_interval_s=process_interval_s,
                 tokens=tokens,
                 sim_source_timeout_s=sim_source_timeout_s,
+                xid_log=xid_log,
             )
             runtime = stack.enter_context(assemble(options, clock=clock))
             runtime.start(threads=False)

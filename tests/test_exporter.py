@@ -33,7 +33,9 @@ def exposition(snapshot: Snapshot) -> str:
     return text
 
 
-# ecc-uncorrectable carries the Xid counter: NVML delivers no event for xid-79's Xid 79, as on a real driver.
+# ecc-uncorrectable carries the Xid counter from an NVML event; xid-79's Xid 79 comes from the simulated
+# host's kernel log (NVML delivers no event for it, as on a real driver), read as the daemon does by
+# default (--xid-log auto). nvlink-faults carries NVLink errors, a recovery action and Xid 154.
 @pytest.mark.parametrize(
     ("scenario", "at_s"),
     [
@@ -43,10 +45,11 @@ def exposition(snapshot: Snapshot) -> str:
         ("ecc-uncorrectable", 60),
         ("h200-node", 60),  # GPM (issue 17)
         ("h200-mig", 60),  # MIG (issue 17)
+        ("nvlink-faults", 120),  # NVLink, recovery action, kernel-log Xids (issue 17)
     ],
 )
 def test_metrics_match_the_golden_file(sim, update_golden, scenario, at_s):
-    run = sim(scenario)
+    run = sim(scenario, xid_log="auto")
     run.at(1)  # the daemon opens NVML at start, before any fault
     run.through(at_s - 15, at_s - 1)  # long enough for a tokens-per-joule window
     text = exposition(run.at(at_s))

@@ -30,7 +30,7 @@ SLOW_ONLY = {
     ("scenario", "calls_per_gpu"),
     # Seven where the card has a margin to ask (T.Limit: Ada, Hopper, R570+); an A6000 answers none, so
     # after the first NotSupported the margin query is not asked again (its capture: T.Limit N/A).
-    [("inference-host", 6), ("consumer-gpu", 7)],
+    [("inference-host", 6), ("consumer-gpu", 7), ("h200-nvlink", 7)],
 )
 def test_a_fast_poll_makes_seven_calls_per_gpu_at_most_and_none_of_the_slow_ones(sim, scenario, calls_per_gpu):
     run = sim(scenario, process_interval_s=10.0)
@@ -60,6 +60,23 @@ def test_gpm_adds_one_sample_get_and_one_metrics_get_per_gpu_to_a_fast_poll(sim)
     assert fast.pop("nvmlGpmSampleGet") == fast.pop("nvmlGpmMetricsGet") == gpus
     assert sum(fast.values()) == 7 * gpus, fast
     assert not SLOW_ONLY & set(fast)
+
+
+def test_nvlink_is_read_in_one_batch_per_gpu_on_the_slow_loop_only(sim):
+    run = sim("h200-nvlink", process_interval_s=10.0)
+    run.at(1)
+    calls = run.host.library.calls_by_symbol
+    before = Counter(calls)
+    fast = run.at(2)
+    gpus = len(run.host.library.gpus)
+    assert (calls - before)["nvmlDeviceGetFieldValues"] == gpus  # the fast batch alone
+    before = Counter(calls)
+    slow = run.at(12)
+    # the fast batch, the slow batch and the NVLink batch (18 links x 8 values)
+    assert (calls - before)["nvmlDeviceGetFieldValues"] == 3 * gpus
+    assert (
+        fast.gpus[0].reading.nvlink_bytes and slow.gpus[0].reading.nvlink_bytes is not fast.gpus[0].reading.nvlink_bytes
+    )
 
 
 def test_slow_values_are_carried_into_fast_polls_and_refreshed_by_the_slow_loop(sim):

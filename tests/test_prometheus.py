@@ -39,6 +39,7 @@ class Host:
     name: str  # the `host` target label
     scenario: str | None  # None: gpuwatch on the real (here absent) driver
     alerts: frozenset[tuple[str, str | None]] = field(default_factory=frozenset)  # (alertname, gpu)
+    args: tuple[str, ...] = ()  # more `gpuwatch serve` flags
 
     @property
     def gpus(self) -> int:
@@ -73,8 +74,9 @@ SIMULATED = [
         str(SCENARIOS / "row-remap-failure.toml"),
         gpu_alerts("2", "GpuRowRemapFailed", "GpuCriticalXid"),
     ),
-    # NVML delivers no Xid 79 event: the lost GPU alerts as down, not as a critical Xid.
-    Host("xid-79", str(SCENARIOS / "gpu-lost.toml"), gpu_alerts("1", "GpuDown")),
+    # NVML delivers no Xid 79 event: the lost GPU alerts as down, and as a critical Xid from the kernel
+    # log the simulated host writes (--xid-log auto).
+    Host("xid-79", str(SCENARIOS / "gpu-lost.toml"), gpu_alerts("1", "GpuDown", "GpuCriticalXid", "GpuKernelLogXid")),
     Host("consumer-gpu", "consumer-gpu"),
     Host("consumer-gpu-b", "consumer-gpu"),
     Host("mixed-fleet", "mixed-fleet"),
@@ -86,8 +88,20 @@ SIMULATED = [
     Host("h200-mig", "h200-mig"),
     # Starts as `healthy`; the fixture restarts it with GPU 3 missing once Prometheus expects 4 GPUs.
     Host("gpu-missing", "healthy", host_alerts("GpuCountBelowExpected")),
+    # NVLink errors on GPU 1's link 5; GPU 3's uncorrectable error makes the driver ask for a reset
+    # (Xid 154 in the kernel log); GPU 2 falls off the bus (Xid 79, kernel log only).
+    Host(
+        "nvlink-faults",
+        "nvlink-faults",
+        gpu_alerts("1", "GpuNvlinkErrorsRising")
+        | gpu_alerts("3", "GpuEccUncorrectable", "GpuCriticalXid", "GpuRecoveryActionRequested", "GpuKernelLogXid")
+        | gpu_alerts("2", "GpuDown", "GpuCriticalXid", "GpuKernelLogXid"),
+    ),
+    # A kernel log gpuwatch cannot read (a directory stands for /dev/kmsg without CAP_SYSLOG).
+    Host("xid-log-unreadable", "consumer-gpu", host_alerts("GpuXidLogUnreadable"), ("--xid-log", "/")),
 ]
-NO_DRIVER = Host("no-driver", None, host_alerts("GpuwatchNvmlDown"))
+# Its kernel log is off: whether this machine's /dev/kmsg can be read is no part of the test.
+NO_DRIVER = Host("no-driver", None, host_alerts("GpuwatchNvmlDown"), ("--xid-log", "off"))
 GONE = Host("gone", None, host_alerts("GpuwatchDown"))  # a target nothing listens on
 SILENT = [h.name for h in SIMULATED if not h.alerts]
 
@@ -131,7 +145,7 @@ def _wait_listening(daemons: dict[str, Served], timeout_s: float = 30.0) -> None
 def _gpuwatch(stack: ExitStack, tmp: Path, host: Host, port: int) -> Served:
     args = ["--simulate", host.scenario, "--sim-speed", str(SPEED)] if host.scenario else []
     # A 5 s poll is 1/12 s of wall time at 60x: cheap enough for 18 daemons on 2 cores.
-    args += ["--poll-interval", "5s", "--process-interval", "60s", "--log.level", "warning"]
+    args += ["--poll-interval", "5s", "--process-interval", "60s", "--log.level", "warning", *host.args]
     env = PRICED if host.scenario == "inference-host" else None  # the ledger's cost rules and panels need a price
     return stack.enter_context(serve(tmp, *args, port=port, wait_ready=False, env=env))
 
@@ -271,7 +285,8 @@ def test_fleet_dashboard_returns_one_result_per_host(fleet):
     verdict, expected, listed, answering = columns["A"], columns["B"], columns["C"], columns["D"]
     assert expected == {name: float(n) for name, n in gpus.items()} | {"gpu-missing": 4.0}
     assert listed == {name: float(n) for name, n in gpus.items()}
-    assert answering == listed | {"xid-79": 3.0, "wedged-driver": 1.0} | dict.fromkeys(no_driver, 0.0)
+    lost = {"xid-79": 3.0, "wedged-driver": 1.0, "nvlink-faults": 3.0}
+    assert answering == listed | lost | dict.fromkeys(no_driver, 0.0)
     assert {verdict[name] for name in SILENT} == {0.0}
     assert verdict["xid-79"] == 2.0 and verdict.get("no-driver", 3.0) == 3.0
 

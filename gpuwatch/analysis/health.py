@@ -21,7 +21,10 @@ does not apply to a GPU (ECC on a GeForce card) is left out rather than passed o
 * ``ecc``: volatile uncorrectable errors are critical.
 * ``row_remap``: a remap failure is critical; a pending remap is a warning (reset required).
 * ``retired_pages``: pending retirement is a warning (reset required).
-* ``xid``: a critical XID within ``xid_window_seconds`` is critical, a warning XID a warning.
+* ``xid``: a critical XID within ``xid_window_seconds`` is critical, a warning XID a warning; the
+  reason says what NVIDIA's Xid catalogue recommends (:mod:`gpuwatch.analysis.xid_catalogue`).
+* ``recovery_action``: the driver's own recovery action (R570+): ``none`` is ok, ``drain_p2p`` a
+  warning, any other (a reset, a reboot) critical. Absent where the driver does not report it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gpuwatch.analysis.xid_catalogue import recommended_action
 from gpuwatch.labels import HEALTH_STATES
 from gpuwatch.records import ThrottleSummary, Verdict, record
 
@@ -76,6 +80,7 @@ class GpuFacts:
     retired_pages_pending: bool | None = None
     recent_xids: Sequence[tuple[float, int]] = ()  # (timestamp, xid)
     now: float = 0.0
+    recovery_action: str | None = None  # the driver's (labels.RECOVERY_ACTIONS); None: not reported
 
 
 def worst(states: Iterable[str]) -> str:
@@ -163,6 +168,11 @@ def gpu_verdict(facts: GpuFacts, limits: HealthThresholds) -> Verdict:
     checks[check] = state
     if state != "ok":
         bad.append((state, reason))
+    check, state, reason = _recovery_action(facts, name)
+    if state:  # absent where the driver does not report a recovery action
+        checks[check] = state
+        if state != "ok":
+            bad.append((state, reason))
 
     if not bad:
         return Verdict("ok", (cap_reason,) if cap_reason else (), checks)
@@ -210,6 +220,7 @@ class VerdictCache:
             facts.row_remap_pending,
             facts.row_remap_failure,
             facts.retired_pages_pending,
+            facts.recovery_action,
         )
         if self._verdict is None or inputs != self._inputs:
             self._inputs, self._verdict = inputs, gpu_verdict(facts, limits)
@@ -248,12 +259,43 @@ def _xids(facts: GpuFacts, limits: HealthThresholds, name: str) -> tuple[str, st
         return (
             "xid",
             "critical",
-            f"{name}: critical Xid {', '.join(map(str, critical))} in the last {limits.xid_window_seconds / 60:.0f} min",
+            f"{name}: critical Xid {', '.join(map(str, critical))} in the last {limits.xid_window_seconds / 60:.0f} min"
+            f" ({_advice(critical)})",
         )
     warning = sorted({x for x in recent if x in limits.warning_xids})
     if warning:
-        return "xid", "warning", f"{name}: Xid {', '.join(map(str, warning))} (reset when convenient)"
+        return "xid", "warning", f"{name}: Xid {', '.join(map(str, warning))} ({_advice(warning)})"
     return "xid", "ok", ""
+
+
+def _advice(xids: Sequence[int]) -> str:
+    """The catalogue's recommended actions for ``xids``, each once, in Xid order."""
+    return "; ".join(dict.fromkeys(recommended_action(x) for x in xids))
+
+
+# What the driver's recovery action asks, in words; drain_p2p alone leaves the GPU serving.
+_RECOVERY_ASKS = {
+    "reset": "a reset",
+    "reboot": "a node reboot",
+    "drain_p2p": "peer-to-peer traffic drained",
+    "drain_and_reset": "a drain and a reset",
+    "recover_imex_domain": "its IMEX domain recovered",
+    "bus_reset": "a bus reset",
+    "system_reboot": "a system reboot",
+}
+
+
+def _recovery_action(facts: GpuFacts, name: str) -> tuple[str, str, str]:
+    action = facts.recovery_action
+    if action is None:
+        return "recovery_action", "", ""
+    if action == "none":
+        return "recovery_action", "ok", ""
+    asks = _RECOVERY_ASKS.get(action)
+    if asks is None:
+        return "recovery_action", "warning", f"{name}: driver asks for a recovery action gpuwatch does not know"
+    state = "warning" if action == "drain_p2p" else "critical"
+    return "recovery_action", state, f"{name}: driver asks for {asks}"
 
 
 def host_verdict(nvml_up: bool, nvml_error: str | None, gpus: Sequence[Verdict]) -> Verdict:

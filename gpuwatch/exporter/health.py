@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpuwatch.exporter.families import Families
-from gpuwatch.labels import EXIT_CODES, HEALTH_STATES
+from gpuwatch.labels import EXIT_CODES, HEALTH_STATES, RECOVERY_ACTIONS
 from gpuwatch.model import Snapshot
 
 # Its switch (gpuwatch/collectors.py): whether it runs without flags, and its line in --help and the README.
@@ -39,4 +39,15 @@ def collect(snapshot: Snapshot) -> Families:
                 EXIT_CODES[check_state],
                 check=check,
             )
+        action = None if status.reading is None else status.reading.recovery_action
+        if action is not None:
+            for name in RECOVERY_ACTIONS:
+                f.gpu_gauge(
+                    "gpuwatch_gpu_recovery_action",
+                    "1 for the recovery action the driver asks for (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, R570+; "
+                    "none, reset, reboot, drain_p2p, ...), else 0; absent on older drivers.",
+                    g,
+                    int(action == name),
+                    action=name,
+                )
     return f

@@ -74,12 +74,28 @@ LEAN_SERIES: Mapping[str, str | Mapping[str, frozenset[str]] | None] = {
     "gpuwatch_mig_memory_used_bytes": ALL,
     "gpuwatch_mig_memory_size_bytes": ALL,
     "gpuwatch_mig_sm_active_ratio": ALL,
+    # the driver's recovery action: its one series at 1 (R570 and newer)
+    "gpuwatch_gpu_recovery_action": ACTIVE,
+    # NVLink (18 links on an H200): the error counters of links that have had errors, for the alert
+    # and its panel; a link's first errors start its series, so `increase` sees the next ones. The
+    # per-link traffic (36 series per H200) is left out: NOT_SERVED says so.
+    "gpuwatch_gpu_nvlink_errors": ACTIVE,
+    # the kernel log's readability (one per host)
+    "gpuwatch_xid_log_readable": ALL,
     # the energy ledger (per source, no gpu label)
     "gpuwatch_source_energy_joules": ALL,
     "gpuwatch_source_idle_seconds": ALL,
     "gpuwatch_source_idle_joules": ALL,
     "gpuwatch_source_cost": ALL,
     "gpuwatch_source_cost_per_million_tokens": ALL,
+}
+
+
+# Metrics a shipped panel reads that the lean set leaves out on purpose, and why (the README says so;
+# tests/test_collectors.py accepts only these).
+NOT_SERVED: Mapping[str, str] = {
+    "gpuwatch_gpu_nvlink_bytes_total": "per-link NVLink traffic, 36 series per H200; GPM's all-link rate "
+    "(gpuwatch_gpu_nvlink_bytes_per_second) stays",
 }
 
 

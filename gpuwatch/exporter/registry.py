@@ -18,6 +18,7 @@ from gpuwatch.exporter import (
     memory,
     mig,
     models,
+    nvlink,
     pcie,
     pods,
     power,
@@ -51,6 +52,7 @@ COLLECTORS: dict[str, ConcernCollector] = {
     "gpm": gpm.collect,
     "mig": mig.collect,
     "models": models.collect,
+    "nvlink": nvlink.collect,
 }
 
 

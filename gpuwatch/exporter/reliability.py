@@ -12,12 +12,20 @@ DESCRIPTION = "ECC mode and error counts, retired pages, row remapping, Xid erro
 
 def collect(snapshot: Snapshot) -> Families:
     f = Families()
+    if snapshot.xid_log_readable is not None:
+        f.gauge(
+            "gpuwatch_xid_log_readable",
+            "1 when gpuwatch can read the kernel log's Xid lines (--xid-log), 0 when it cannot (see the log).",
+            int(snapshot.xid_log_readable),
+        )
     for status in snapshot.gpus:
         g, r = status.identity, status.reading
         for xid, count in sorted(status.xid_errors.items()):
             f.gpu_counter(
                 "gpuwatch_gpu_xid_errors",
-                "Xid events by code (nvmlEventSetWait_v2), since gpuwatch started.",
+                "Xid errors by code since gpuwatch started: NVML events (nvmlEventSetWait_v2) and, with --xid-log, "
+                "kernel-log lines (counted once: all those logged before NVML's event set was registered, then those "
+                "NVML does not deliver).",
                 g,
                 count,
                 xid=str(xid),

@@ -134,12 +134,15 @@ class FieldRequest:
     while those stay the same. The symbol lookup and the error mapping are still pynvml's.
     """
 
-    def __init__(self, field_ids: list[int]) -> None:
+    def __init__(self, field_ids: list[int], scope_ids: list[int] | None = None) -> None:
         n = len(field_ids)
         array = _PlainFieldValue * n
         self._template = array()
         for entry, field_id in zip(self._template, field_ids, strict=True):
             entry.fieldId = field_id
+        if scope_ids is not None:  # per-link fields (NVLink) name their link in scopeId
+            for entry, scope_id in zip(self._template, scope_ids, strict=True):
+                entry.scopeId = scope_id
         self._values = array()
         self._count = ctypes.c_int32(n)
         pad = _ENTRY_SIZE - _TYPE_AT - 2 * ctypes.sizeof(ctypes.c_uint)

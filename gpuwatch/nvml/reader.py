@@ -52,9 +52,9 @@ import psutil
 import pynvml
 
 from gpuwatch.analysis.backoff import Backoff
-from gpuwatch.labels import utf8_text
+from gpuwatch.labels import RECOVERY_ACTIONS, utf8_text
 from gpuwatch.model import GpuIdentity, GpuProcess, GpuReading, MigReading
-from gpuwatch.nvml import fields, gpm, mig, prepared
+from gpuwatch.nvml import fields, gpm, mig, nvlink, prepared
 from gpuwatch.nvml.events import XidWatcher
 from gpuwatch.nvml.prepared import FieldRequest
 
@@ -125,6 +125,13 @@ def from_nano(value: float) -> float:
 
 
 Label = str | tuple[str, ...]
+
+
+def recovery_action_name(value: float) -> str:
+    """nvmlGpuRecoveryAction_t -> its name in :data:`gpuwatch.labels.RECOVERY_ACTIONS` (``unknown``
+    for a code newer than this gpuwatch)."""
+    code = int(value)
+    return RECOVERY_ACTIONS[code] if 0 <= code < len(RECOVERY_ACTIONS) else "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +261,9 @@ FIELDS: tuple[Field, ...] = (
     # `-q -d ROW_REMAPPER` "Correctable Error", "Uncorrectable Error" (Ampere and later)
     Field("remapped_rows", pynvml.NVML_FI_DEV_REMAPPED_COR, int, label="correctable", slow=True),
     Field("remapped_rows", pynvml.NVML_FI_DEV_REMAPPED_UNC, int, label="uncorrectable", slow=True),
+    # `-q` "GPU Recovery Action" (R570+; 590 and 595 captures show "None"): every poll, since a
+    # driver that asks for a reset decides the verdict now; one more entry of the fast batch.
+    Field("recovery_action", pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, recovery_action_name),
 )
 # fmt: on
 
@@ -367,6 +377,7 @@ class _SlowValues:
     pcie_link_generation: int | None = None
     pcie_link_width: int | None = None
     performance_state: int | None = None
+    nvlink: nvlink.NvLinkValues | None = None
 
 
 @dataclass(slots=True)
@@ -396,6 +407,7 @@ class _Device:
     mig_processes: dict[int, int] = field(default_factory=dict)  # MIG device index -> processes (slow loop)
     denied: set[str] = field(default_factory=set)  # queries that answered NoPermission
     process_samples_since_us: int = 0  # the newest per-process utilization sample seen (fed back to NVML)
+    nvlink: nvlink.NvLinkPlan | None = None  # None: no NVLink (or none of its fields answer)
 
     def __post_init__(self) -> None:
         if self.handle is not None:
@@ -519,6 +531,7 @@ class NvmlReader:
             device.identity = self._identity(device, uuid, name, pci_bus_id)
             self._probe_fields(device)
             self._probe_mig_and_gpm(device)
+            self._probe_nvlink(device)
         except (GpuLost, PollFailed) as exc:
             device.lost = str(exc)
         return device
@@ -618,6 +631,28 @@ class NvmlReader:
             fs.request = FieldRequest([f.field_id for f in fs.batched]) if fs.batched else None
         if missing:
             log.info("GPU %d: not reported by this GPU/driver: %s", d.index, ", ".join(sorted(missing)))
+
+    def _probe_nvlink(self, d: _Device) -> None:
+        """The NVLink plan: the link count, then every per-link entry asked once (gpuwatch.nvml.nvlink)."""
+        count_request = FieldRequest([nvlink.LINK_COUNT_FIELD])
+        answer = self._q(d, f"{_FIELD_VALUES}:nvlink_link_count", count_request.fetch, d.handle)
+        links = int(answer[0] or 0) if answer else 0
+        if links <= 0:
+            return
+        candidates = nvlink.entries(links)
+        probe = FieldRequest([e.field_id for e in candidates], [e.scope_id for e in candidates])
+        raw = self._q(d, f"{_FIELD_VALUES}:nvlink", probe.fetch, d.handle)
+        d.nvlink = None if raw is None else nvlink.probe_entries(candidates, raw)
+        if d.nvlink is not None:
+            log.info("GPU %d: %d NVLink links, %d per-link values", d.index, links, len(d.nvlink.entries))
+
+    def _read_nvlink(self, d: _Device) -> nvlink.NvLinkValues | None:
+        """The NVLink batch (slow loop); None without NVLink or when the batch failed."""
+        plan = d.nvlink
+        if plan is None:
+            return None
+        raw = self._q(d, f"{_FIELD_VALUES}:nvlink", plan.request.fetch, d.handle)
+        return None if raw is None else plan.decode(raw)
 
     # -- one query --------------------------------------------------------------------------------
 
@@ -742,6 +777,7 @@ class NvmlReader:
             if d.gpm_stream is None
             else self._q(d, "nvmlGpmSampleGet", d.gpm_stream.poll, self._clock()) or gpm.EMPTY
         )
+        links = d.slow.nvlink
         return GpuReading(
             timestamp=self._clock(),
             temperature_celsius=None if temperature is None else float(temperature),
@@ -762,6 +798,9 @@ class NvmlReader:
             mig_enabled=d.mig_enabled,
             mig_instances=self._read_mig(d) if d.mig_enabled else (),
             permitted_queries=_permitted(d),
+            nvlink_active=links.active if links else {},
+            nvlink_bytes=links.bytes if links else {},
+            nvlink_errors=links.errors if links else {},
             **values,  # every declared field this GPU reported, by attribute (FIELDS)
         )
 
@@ -869,6 +908,7 @@ class NvmlReader:
             pcie_link_generation=self._call(d, pynvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
             pcie_link_width=self._call(d, pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
             performance_state=None if pstate is None or pstate == pynvml.NVML_PSTATE_UNKNOWN else int(pstate),
+            nvlink=self._read_nvlink(d),
         )
 
     def _field_values(self, d: _Device, fs: _FieldSet) -> dict[str, Any]:

@@ -30,9 +30,12 @@ from typing import Any
 from gpuwatch.sim import abi
 from gpuwatch.sim.gpm import SimGpm
 from gpuwatch.sim.inference import SimInferenceServer
+from gpuwatch.sim.kernel_log import SimKernelLog
 from gpuwatch.sim.mig import MAX_MIG_DEVICES, MIG_PROFILES, SimMig, SimMigInstance
+from gpuwatch.sim.nvlink import PER_LINK_FIELDS, NvLinkFabric
 from gpuwatch.sim.physics import STEP_S, SimGpu
 from gpuwatch.sim.profiles import MIB
+from gpuwatch.sim.recovery import recovery_action
 from gpuwatch.sim.scenario import Fault, Scenario
 from gpuwatch.sim.workloads import WorkloadProcesses
 
@@ -56,6 +59,9 @@ _ENTRY_POINT_SINCE = {
 # Likewise for field ids: power readings and limits and the T.Limit thresholds (185-196) came with
 # R535, the PCIe byte counters (197, 198) with R555.
 _FIELD_SINCE = {**dict.fromkeys(range(185, 197), 535), 197: 555, 198: 555}
+# The GPU recovery action (230) came with R570: the 550 and 555 captures' `-q` have no "GPU Recovery
+# Action" line, the 590 and 595 ones show it; nvidia-ml-py 12.570.86 is the first to name the field.
+_FIELD_SINCE[230] = 570
 
 
 class SimulatedNvmlError(Exception):
@@ -101,6 +107,7 @@ class SimulatedNvmlLibrary:
         clock: Callable[[], float],
         hidden_symbols: Iterable[str] = (),
         sleep: Callable[[float], None] = time.sleep,
+        kernel_log_path: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
@@ -122,6 +129,11 @@ class SimulatedNvmlLibrary:
         self._event_cond = threading.Condition(self._lock)
         self.calls = 0
         self.calls_by_symbol: Counter[str] = Counter()  # every entry point called, by C symbol name
+        # NVLink traffic from the tensor-parallel servers; the kernel log's Xid lines (issue 17)
+        self.nvlink = NvLinkFabric(self.gpus, self.servers)
+        self.kernel_log = (
+            None if kernel_log_path is None else SimKernelLog(kernel_log_path, self.gpus, scenario.driver_branch, clock)
+        )
 
     # -- the symbol table pynvml sees ------------------------------------------------------------
 
@@ -148,6 +160,9 @@ class SimulatedNvmlLibrary:
                 for server in self.servers:
                     server.step(self._time_s)
                 self.gpm.step(STEP_S, self._time_s)
+                self.nvlink.step(self._time_s)
+                if self.kernel_log is not None:
+                    self.kernel_log.scan(self._time_s)
             while self._pending_host_faults and self._pending_host_faults[0].at_s <= self._time_s:
                 fault = self._pending_host_faults.pop(0)
                 if fault.kind == "driver_reload":
@@ -165,6 +180,7 @@ class SimulatedNvmlLibrary:
         self._event_sets.clear()
         for gpu in self.gpus:
             gpu.driver_reloaded()
+        self.nvlink.driver_reloaded()
         self._event_cond.notify_all()
 
     def _host_fault(self, kind: str) -> Fault | None:
@@ -621,7 +637,10 @@ class SimulatedNvmlLibrary:
             entry.timestamp = stamp_us
             entry.latencyUsec = 0
             try:
-                value_type, value = _field(table, entry.fieldId, branch)
+                if entry.fieldId in PER_LINK_FIELDS:
+                    value_type, value = self._link_field(gpu, entry.fieldId, entry.scopeId)
+                else:
+                    value_type, value = _field(table, entry.fieldId, branch)
             except SimulatedNvmlError as exc:
                 entry.nvmlReturn = exc.code
                 continue
@@ -633,6 +652,13 @@ class SimulatedNvmlLibrary:
                 entry.value.siVal = int(value)
             else:
                 entry.value.ullVal = int(value)
+
+    def _link_field(self, gpu: SimGpu, field_id: int, scope_id: int) -> tuple[int, float]:
+        """A per-link NVLink field (gpuwatch.sim.nvlink); NOT_SUPPORTED without the link."""
+        answer = self.nvlink.field(gpu, field_id, scope_id)
+        if answer is None:
+            raise SimulatedNvmlError(abi.ERROR_NOT_SUPPORTED)
+        return answer
 
     def _field_table(self, gpu: SimGpu) -> dict[int, tuple[bool, int, float]]:
         """Every field this GPU knows: id -> (supported, value type, value)."""
@@ -682,6 +708,7 @@ class SimulatedNvmlLibrary:
             abi.FI_PCIE_COUNT_TX_BYTES: (True, ull, s.pcie_tx_bytes),
             abi.FI_PCIE_COUNT_RX_BYTES: (True, ull, s.pcie_rx_bytes),
         }
+        table[abi.FI_GET_GPU_RECOVERY_ACTION] = (True, uint, recovery_action(gpu))  # gated at R570 (_FIELD_SINCE)
         return table
 
     # == Entry points third-party tools call (issue 14) ===========================================
@@ -1001,6 +1028,8 @@ class SimulatedNvmlLibrary:
     def close(self) -> None:
         """End the workload processes the library started (they end with this process anyway)."""
         self.workloads.close()
+        if self.kernel_log is not None:
+            self.kernel_log.close()
 
 
 # -- per-model facts of the third-party entry points (a name fragment of the profile's card name) ---

@@ -36,6 +36,7 @@ FAULT_KINDS = frozenset(
         # an administrator enables MIG (the pending mode, applied by a GPU reset): from `at_s` the GPU
         # runs its [[gpu.mig]] instances; without this fault they are there from the start
         "mig_enable",
+        "nvlink_errors",  # NVLink `link` takes `count` CRC errors a second (each replayed), for `duration_s`
     }
 )
 # Faults of the driver as a whole: top-level [[fault]] tables.
@@ -77,6 +78,7 @@ class Fault:
     duration_s: float = float("inf")
     hang_s: float = 5.0
     ratio: float = 1.0  # share of calls an unknown_error or not_supported fault fails
+    link: int = 0  # the NVLink link an nvlink_errors fault strikes
 
     def active_at(self, t: float) -> bool:
         return self.at_s <= t < self.at_s + self.duration_s
@@ -495,7 +497,7 @@ class _Reader:
         )
 
     def fault(self, raw: Any, where: str, kinds: frozenset[str]) -> Fault:
-        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s", "ratio"})
+        f = self.table(raw, where, {"kind", "at_s", "count", "xid", "duration_s", "hang_s", "ratio", "link"})
         kind = self.string(f, "kind", where)
         if kind not in kinds:
             raise self.fail(_join(where, "kind"), f"{kind!r} is not a fault (known: {', '.join(sorted(kinds))})")
@@ -513,6 +515,7 @@ class _Reader:
             duration_s=self.number(f, "duration_s", where, default=float("inf"), minimum=0),
             hang_s=self.number(f, "hang_s", where, default=5.0, minimum=0),
             ratio=self.number(f, "ratio", where, default=1.0, minimum=0, maximum=1),
+            link=int(self.number(f, "link", where, default=0, minimum=0, maximum=17)),
         )
 
 
