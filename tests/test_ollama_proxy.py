@@ -420,7 +420,7 @@ def test_the_daemon_runs_the_proxy_exports_its_counts_and_stops_it_on_sigterm(tm
     listen_port = free_port()
     config = ollama_config(tmp_path, standin, listen_port)
     with serve(tmp_path, "--simulate", "inference-host", "--config", str(config)) as daemon:
-        daemon.wait_for_log(f"Ollama proxy on 127.0.0.1:{listen_port}", timeout_s=10)
+        daemon.wait_for_log(f"Ollama proxy on 127.0.0.1:{listen_port}", timeout_s=30)
         assert b'"done":true' in raw_exchange(listen_port, post("/api/chat", CHAT))
 
         def exported() -> bool:
