@@ -68,7 +68,6 @@ class RuntimeOptions:
     pod_resources_socket: str = DEFAULT_SOCKET
     pods_refresh_s: float = DEFAULT_REFRESH_S
     cost: CostSettings = field(default_factory=CostSettings)  # [cost]: prices for the token sources' ledger
-
     # the kernel log's Xid lines (gpuwatch.xidlog): off, auto, kmsg, journal or a file path; with
     # --simulate, auto reads the simulated host's own kernel log and a path is where it writes it
     xid_log: str = "off"
