@@ -4,6 +4,9 @@ the labels they give."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ POD_UID = "7e1d9c42-58ab-4f0e-9c3d-b2a61f7e8d05"
         ("containerd-kind-v2", cgroup.Container(CONTAINER, "containerd", POD_UID)),
         ("containerd-guaranteed-cgroupns-v2", cgroup.Container(CONTAINER, "containerd", POD_UID)),
         ("crio-systemd-v2", cgroup.Container(CRIO, "cri-o", POD_UID)),
+        ("crio-crun-systemd-v2", cgroup.Container(CRIO, "cri-o", POD_UID)),  # crun's sub-cgroup "container"
         ("crio-cgroupfs-v1", cgroup.Container(CRIO, "cri-o", POD_UID)),
         ("docker-kubernetes-cgroupfs-v1", cgroup.Container(DOCKER, None, POD_UID)),
         ("docker-kubernetes-systemd-v2", cgroup.Container(DOCKER, "docker", POD_UID)),
@@ -61,20 +65,36 @@ def test_a_process_gone_or_out_of_sight_has_no_cgroup(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("status", "host"),
+    ("link", "status", "host"),
     [
-        ("Name:\tgpuwatch\nTgid:\t4242\nNSpid:\t4242\nPPid:\t1\n", True),
-        ("Name:\tgpuwatch\nTgid:\t98765\nNSpid:\t98765\t7\nPPid:\t1\n", False),  # a container's namespace
-        ("Name:\tgpuwatch\nNSpid:\t98765\t300\t7\n", False),  # nested twice
-        ("Name:\tgpuwatch\nTgid:\t4242\nPPid:\t1\n", None),  # a kernel before 4.1 does not say
+        ("pid:[4026531836]", "Name:\tgpuwatch\nNSpid:\t4242\n", True),  # the initial namespace's fixed inode
+        # a container without hostPID mounts its own /proc: one NSpid number, as on the host
+        ("pid:[4026532612]", "Name:\tgpuwatch\nNSpid:\t1\n", False),
+        (None, "Name:\tgpuwatch\nTgid:\t98765\nNSpid:\t98765\t7\nPPid:\t1\n", False),  # a /proc from above
+        (None, "Name:\tgpuwatch\nNSpid:\t4242\n", None),  # one number alone does not say
+        (None, "Name:\tgpuwatch\nTgid:\t4242\nPPid:\t1\n", None),  # a kernel before 4.1
     ],
 )
-def test_the_pid_namespace_from_nspid(status, host):
-    assert pidns.in_host_namespace(status) is host
+def test_the_pid_namespace_from_its_inode(link, status, host):
+    assert pidns.in_host_namespace(link, status) is host
 
 
-def test_this_process_status_is_read():
-    assert pidns.in_host_namespace(pidns.own_status()) in (True, False)
+def test_a_pid_namespace_of_its_own_is_not_the_host_s():
+    """As in a pod without hostPID: a new PID namespace with its own /proc (unshare, where the
+    kernel lets an unprivileged user namespace make one)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare here")
+    code = "from gpuwatch.k8s import pidns; print(pidns.in_host_namespace(pidns.own_namespace(), pidns.own_status()))"
+    run = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if run.returncode != 0:
+        pytest.skip(f"unshare refused here: {run.stderr.strip()[:200]}")
+    assert run.stdout.strip() == "False"
 
 
 def test_nvml_pids_this_namespace_lacks():
@@ -232,6 +252,10 @@ def fake_proc(tmp_path: Path, nspid: str, cgroups: dict[int, str]) -> str:
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
     (proc / "self" / "status").write_text(f"Name:\tgpuwatch\nNSpid:\t{nspid}\n")
+    # the namespace link as the kernel shows it: the initial namespace's inode for one NSpid number
+    (proc / "self" / "ns").mkdir()
+    inode = pidns.INIT_PID_NAMESPACE_INODE if "\t" not in nspid else 4026532612
+    (proc / "self" / "ns" / "pid").symlink_to(f"pid:[{inode}]")
     for pid, fixture in cgroups.items():
         (proc / str(pid)).mkdir()
         (proc / str(pid) / "cgroup").write_text((CGROUPS / f"{fixture}.txt").read_text())
@@ -395,3 +419,16 @@ def test_no_process_collector_means_no_process_pod_series_either(tmp_path, kubel
     names = {f.name for f in select(CollectorSettings.from_keys({"processes": False}))["pods"](snapshot)}
     assert "gpuwatch_gpu_pod_info" in names
     assert not any(name.startswith("gpuwatch_gpu_process_") for name in names)
+
+
+def test_owners_named_by_index_or_mig_uuid_are_the_gpus():
+    """deviceIDStrategy=index names GPUs by NVML index, and MIG devices by their own UUID."""
+    from gpuwatch.k8s.pods import by_gpu_uuid
+
+    snapshot = gpu_snapshot((), ())
+    first, second = (g.identity.uuid for g in snapshot.gpus)
+    owners = {"0": (PodRef("ai", "llm-0", "vllm"),), second: (PodRef("ai", "llm-1", "vllm"),), "nvidia9": ()}
+    keyed = by_gpu_uuid(owners, snapshot)
+    assert keyed[first] == (PodRef("ai", "llm-0", "vllm"),)
+    assert keyed[second] == (PodRef("ai", "llm-1", "vllm"),)
+    assert "nvidia9" in keyed and "0" not in keyed

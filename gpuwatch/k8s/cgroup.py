@@ -62,6 +62,8 @@ def _paths(text: str) -> list[str]:
 
 def _from_path(path: str) -> Container | None:
     parts = [p for p in path.split("/") if p and p != ".."]
+    if len(parts) >= 2 and parts[-1] == "container":
+        parts = parts[:-1]  # crun (CRI-O's usual runtime) on cgroup v2 puts the process in a sub-cgroup so named
     if not parts:
         return None
     match = _CONTAINER.match(parts[-1])

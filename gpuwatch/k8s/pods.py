@@ -89,6 +89,7 @@ class PodAttributor:
         now = self._clock()
         self._next_at = now + self.refresh_s
         owners, up, error = self._owners()
+        owners = by_gpu_uuid(owners, snapshot)
         host = self._host_pid_namespace(snapshot)
         processes = self._processes(snapshot, owners) if host else ()
         self.latest = PodsSnapshot(now, owners, processes, host, up, error)
@@ -109,12 +110,14 @@ class PodAttributor:
         try:
             owners = podresources.list_gpu_owners(self.socket_path, self._timeout_s)
         except (podresources.PodResourcesError, OSError) as exc:
-            log.warning("pod attribution: %s", exc)
+            # once per kind of failure (every refresh would repeat it), and again after it answered
+            self._once(f"kubelet: {type(exc).__name__}: {exc}", str(exc), level=logging.WARNING)
             return {}, False, str(exc)
+        self._said = {said for said in self._said if not said.startswith("kubelet: ")}
         return owners, True, None
 
     def _host_pid_namespace(self, snapshot: Snapshot) -> bool | None:
-        host = pidns.in_host_namespace(pidns.own_status(self._proc))
+        host = pidns.in_host_namespace(pidns.own_namespace(self._proc), pidns.own_status(self._proc))
         if host is None:  # the kernel does not say: NVML's PIDs must all be in this /proc
             listed = [p.pid for g in snapshot.gpus for p in g.processes]
             if listed:
@@ -159,3 +162,22 @@ def _visible_pids(proc: str) -> set[int]:
         return {int(name) for name in os.listdir(proc) if name.isdigit()}
     except OSError:
         return set()
+
+
+def by_gpu_uuid(owners: Mapping[str, tuple[PodRef, ...]], snapshot: Snapshot) -> dict[str, tuple[PodRef, ...]]:
+    """The kubelet's owners keyed by the GPU's UUID, whatever the device plugin names a device by:
+    the GPU's UUID (its default), its NVML index (``deviceIDStrategy=index``), or a MIG device's
+    UUID (``MIG-...``, owned with the other instances' pods by its parent GPU). A device id that
+    names no GPU here is kept as it came."""
+    by_index = {str(gpu.identity.index): gpu.identity.uuid for gpu in snapshot.gpus}
+    by_mig = {
+        instance.uuid: gpu.identity.uuid
+        for gpu in snapshot.gpus
+        if gpu.reading is not None
+        for instance in gpu.reading.mig_instances
+    }
+    keyed: dict[str, tuple[PodRef, ...]] = {}
+    for device, pods in owners.items():
+        uuid = by_index.get(device) or by_mig.get(device) or device
+        keyed[uuid] = tuple(dict.fromkeys((*keyed.get(uuid, ()), *pods)))
+    return keyed
