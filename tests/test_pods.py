@@ -45,8 +45,10 @@ def test_the_container_and_pod_of_each_runtime_and_cgroup_version(fixture, expec
 
 
 def test_every_cgroup_fixture_is_tested():
-    tested = {p.stem for p in CGROUPS.glob("*.txt")}
-    assert len(tested) == 14
+    """Each fixture file is named in this module (a parametrized case or a test of its own)."""
+    here = Path(__file__).read_text()
+    untested = sorted(p.stem for p in CGROUPS.glob("*.txt") if f'"{p.stem}"' not in here)
+    assert not untested and len(list(CGROUPS.glob("*.txt"))) == 15, untested
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "0::", "0::/", "12:memory:/kubepods/pod" + "x" * 40])
