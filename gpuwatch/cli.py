@@ -298,11 +298,16 @@ def serve(ctx: click.Context, /, config_file: str | None, **flags: Any) -> None:
         settings = reread()
         if settings.web_config_file:
             webconfig.load(settings.web_config_file)
-        if settings.tuner_result_file:
-            tuner_result.load(settings.tuner_result_file)
     except Exception as exc:
         _config_error(_why(exc))
     _setup_logging(settings.log_level)
+    if settings.tuner_result_file:
+        # Optional and often named before the tuner first runs: the page shows its error and draws
+        # it once it is there and good (check-config refuses it, with exit 78).
+        try:
+            tuner_result.load(settings.tuner_result_file)
+        except tuner_result.TunerResultError as exc:
+            log.warning("%s; the page at / shows this until the file is there and good", exc)
     for name in config.ignored_env(os.environ):
         log.warning("environment variable %s is not a gpuwatch setting; ignored", name)
     from gpuwatch import daemon

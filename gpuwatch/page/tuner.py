@@ -44,7 +44,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise TunerResultError(str(exc)) from None
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and an integer over 4300 digits
         raise TunerResultError(f"{what} {path}: not valid JSON: {exc}") from None
     return _check(doc, f"{what} {path}")
 
