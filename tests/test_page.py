@@ -80,6 +80,15 @@ def test_history_is_a_bounded_ring_that_keeps_the_window() -> None:
     assert got["gpus"]["0"]["clock_event_reasons"][-1] == ["sw_power_cap", "sw_thermal"]
 
 
+def test_history_starts_afresh_when_the_clock_steps_back() -> None:
+    history = History(poll_interval_s=1.0, window_s=10.0)
+    for t in range(5):
+        history.on_snapshot(snapshot(5000.0 + t, {0: 40.0}))
+    for t in range(3):  # the wall clock stepped back an hour
+        history.on_snapshot(snapshot(1400.0 + t, {0: 41.0}))
+    assert history.since()["timestamps"] == [1400.0, 1401.0, 1402.0]
+
+
 def test_history_thins_fast_polls_and_caps_its_size() -> None:
     assert capacity_for(0.01) == MAX_POINTS
     assert capacity_for(1.0) == 901

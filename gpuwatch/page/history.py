@@ -93,7 +93,13 @@ class History:
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Take one poll in (or drop it, when it comes sooner than ``min_step_s`` after the last)."""
-        if snapshot.timestamp < self._last_timestamp + self.min_step_s:
+        if snapshot.timestamp < self._last_timestamp:
+            # The wall clock stepped back (NTP, by hand): the points ahead of it would hold the
+            # history still for as long, so it starts afresh from this poll.
+            with self._lock:
+                self._count = 0
+                self._last_timestamp = -math.inf
+        elif snapshot.timestamp < self._last_timestamp + self.min_step_s:
             return
         with self._lock:
             slot = self._next
