@@ -67,7 +67,7 @@ def _gpu_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the sweep as Ctrl-C does: limits restored on the way out
+    raise KeyboardInterrupt  # ends the sweep as Ctrl-C does: limits restored on the way out
 
 
 @click.group()
@@ -144,11 +144,15 @@ def power_limit(low_watts: float, high_watts: float, step_watts: float, **flags:
         limits = limits_between(low_watts, high_watts, step_watts)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM, and SIGHUP (a dropped SSH session) and SIGQUIT, whose default actions would end the
+    # process without restoring, end the sweep as Ctrl-C does: limits restored on the way out.
+    stopping = [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
+    previous = {s: signal.signal(s, _terminate) for s in stopping}
     try:
         code = _run(limits=tuple(limits), **flags)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     sys.exit(code)
 
 

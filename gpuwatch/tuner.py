@@ -14,6 +14,9 @@ of the machine.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,8 +141,15 @@ class Tuner:
         return result
 
     def _restore(self, result: TuneResult) -> None:
-        """Every changed GPU back to its original limit. A second Ctrl-C during the restore does not
-        cut it short: the restore finishes, then the interruption goes on."""
+        """Every changed GPU back to its original limit. Ctrl-C, SIGTERM, SIGHUP or SIGQUIT during
+        the restore do not cut it short: on the main thread they are only noted while it runs (and
+        elsewhere each GPU is tried twice); the restore finishes, then the interruption goes on."""
+        with _signals_held() as held:
+            self._restore_each(result)
+        if held:
+            raise KeyboardInterrupt
+
+    def _restore_each(self, result: TuneResult) -> None:
         interrupted = False
         for index, watts in result.original_limits_watts.items():
             if index not in self._changed:
@@ -276,3 +286,24 @@ def pick_source(names: Sequence[str], wanted: str | None) -> str | None:
     if wanted is not None and wanted not in names:
         raise TuneError(f"no token source named {wanted!r} (sources: {', '.join(names) or 'none'})")
     return wanted
+
+
+_HELD_SIGNALS = tuple(
+    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGQUIT", None)) if s
+)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Any:
+    """While the block runs, the stopping signals only append to the list yielded (main thread
+    only, where Python runs signal handlers; elsewhere nothing changes)."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in _HELD_SIGNALS}
+    try:
+        yield held
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -244,13 +244,15 @@ def test_sigint_halfway_restores_300_watts(tmp_path: Path):
     assert json.loads(output.read_text()) == doc
 
 
-def test_sigterm_restores_too():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_restore_too(signum):
+    """SIGHUP too: a dropped SSH session sends it, and its default action would skip the restore."""
     proc = gpuwatch(
         *ACCEPTANCE, "--from", "200W", "--to", "300W", "--step", "50W", "--dwell", "60s", "--source", "vllm"
     )
     seen, reader = stderr_lines(proc)
     assert wait_until(lambda: any("200 W: settled" in line for line in seen), timeout_s=120), "".join(seen)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     proc.wait(timeout=60)
     reader.join(timeout=10)
     assert proc.returncode == 130
@@ -293,3 +295,35 @@ def test_a_second_ctrl_c_during_the_restore_does_not_cut_it_short():
     with pytest.raises(KeyboardInterrupt):
         tuner._restore(result)
     assert control.limits == {0: 300.0, 1: 280.0} and result.restored
+
+
+class _SignalledDuringSet:
+    """A control that receives a real signal while it sets a limit, on each GPU."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.limits: dict[int, float] = {}
+
+    def set(self, index: int, watts: float) -> None:
+        os.kill(os.getpid(), self.signum)  # its handler runs at once, on this (the main) thread
+        self.limits[index] = watts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signals_during_the_restore_wait_until_every_gpu_is_back(signum):
+    """Each GPU's set is hit by a stopping signal, three GPUs in a row: all are restored, then the
+    interruption goes on (before, an interruption outside the retried call skipped the rest)."""
+    control = _SignalledDuringSet(signum)
+    plan = TunePlan((0, 1, 2), (200.0,), 60.0, 0.95)
+    tuner = Tuner(None, control, plan, lambda s: None, lambda line: None)  # type: ignore[arg-type]
+    tuner._changed = {0, 1, 2}
+    result = TuneResult((0, 1, 2), None, {0: 300.0, 1: 280.0, 2: 250.0})
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous_hup = signal.signal(signal.SIGHUP, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tuner._restore(result)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
+    assert control.limits == {0: 300.0, 1: 280.0, 2: 250.0} and result.restored
