@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -185,7 +186,8 @@ class XidLog:
             st = os.stat(self.source)
         except OSError:
             st = None
-        if st is None or (st.st_dev, st.st_ino) != self._inode or st.st_size < self._offset:
+        shrunk = st is not None and stat.S_ISREG(st.st_mode) and st.st_size < self._offset
+        if st is None or (st.st_dev, st.st_ino) != self._inode or shrunk:
             self._close_fd()  # rotated, replaced or truncated: read the new file from its start
             if not self._open(self.source):
                 return False
@@ -333,4 +335,6 @@ def _resolve(source: str) -> str:
             except OSError:
                 pass
         return "journal" if shutil.which(JOURNAL_COMMAND[0]) else "kmsg"
+    if os.path.realpath(source) == KMSG:
+        return "kmsg"  # read as records: as a file it has no size, and was read whole on every pump
     return "file"

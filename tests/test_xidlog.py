@@ -208,3 +208,15 @@ def test_a_journalctl_that_exits_leaves_the_log_unreadable(tmp_path, monkeypatch
         assert wait_until(lambda: log.pump() or log.readable is False, 10)
     finally:
         log.close()
+
+
+def test_dev_kmsg_named_as_a_path_is_read_as_records(tmp_path):
+    """`--xid-log /dev/kmsg` (or a link to it) is the kmsg source: as a file it has no size, and a
+    size check read its whole ring again on every pump, counting an old Xid 79 every second."""
+    def named(source: str) -> str:
+        return XidLog(source, lambda: 0.0, lambda: 0.0).kind
+
+    link = tmp_path / "kmsg"
+    link.symlink_to("/dev/kmsg")
+    assert named("/dev/kmsg") == named(str(link)) == "kmsg"
+    assert named(str(tmp_path / "kern.log")) == "file"
