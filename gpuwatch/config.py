@@ -503,7 +503,8 @@ def build(
 ) -> ServeSettings:
     """Defaults, overridden by the file, the environment, then flags given on the command line."""
     known = {f.name for f in fields(ServeSettings)}
-    layered = {**file_values, **(env_values or {}), **flag_values}
+    layers = [_one_name_per_switch(values) for values in (file_values, env_values or {}, flag_values)]
+    layered = {k: v for layer in layers for k, v in layer.items()}
     merged = {k: v for k, v in layered.items() if k in known}
     health = {k.removeprefix("health."): v for k, v in layered.items() if k.startswith("health.")}
     switches = {k.removeprefix("collectors."): v for k, v in layered.items() if k.startswith("collectors.")}
@@ -515,6 +516,15 @@ def build(
         collectors=CollectorSettings.from_keys(switches),
         cost=CostSettings(**cost),
     )
+
+
+def _one_name_per_switch(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``collectors.NAME.enabled`` (inside a ``[collectors.NAME]`` table) as ``collectors.NAME``, so
+    that a later layer overrides an earlier one whichever of the two spellings each uses."""
+    return {
+        (k.removesuffix(".enabled") if k.startswith("collectors.") and k.endswith(".enabled") else k): v
+        for k, v in values.items()
+    }
 
 
 def load(config_file: str | None, flag_values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:

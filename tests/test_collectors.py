@@ -448,3 +448,14 @@ def test_every_collectors_key_has_its_flag_on_serve():
         if key.startswith("collectors."):
             assert flag in text, flag
     assert all(f"--no-collector.{name}" in text for name in SWITCHABLE)
+
+
+def test_a_flag_beats_the_environment_whichever_spelling_each_uses(tmp_path):
+    """`processes` and `[collectors.processes] enabled` are one switch: file < environment < flag."""
+    path = tmp_path / "gpuwatch.toml"
+    path.write_text("[collectors]\nprocesses = false\n")
+    environ = {"GPUWATCH_COLLECTORS_PROCESSES_ENABLED": "true"}
+    on = config.load(str(path), {}, environ)
+    assert "processes" in on.collectors.enabled  # the environment beats the file
+    off = config.load(str(path), {"collectors.processes": False}, environ)
+    assert "processes" not in off.collectors.enabled  # the flag beats both
