@@ -35,6 +35,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -533,8 +534,13 @@ def _answer(sock: socket.socket, status: int, text: str) -> None:
         sock.sendall(head.encode() + body)
         # Read what the client still sends (up to 64 KiB, half a second) before closing: closing with
         # unread bytes makes the kernel reset the connection, and the client may never read the answer.
+        # Half a second in all, not per read: a client trickling a byte at a time must not hold the
+        # accept thread (which answers the 503s) for longer.
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(0.5)
+        deadline = time.monotonic() + 0.5
         drained = 0
-        while drained < MAX_HEAD_BYTES and (data := sock.recv(_RECV)):
+        while drained < MAX_HEAD_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (data := sock.recv(_RECV)):
+                break
             drained += len(data)
