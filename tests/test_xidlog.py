@@ -213,6 +213,7 @@ def test_a_journalctl_that_exits_leaves_the_log_unreadable(tmp_path, monkeypatch
 def test_dev_kmsg_named_as_a_path_is_read_as_records(tmp_path):
     """`--xid-log /dev/kmsg` (or a link to it) is the kmsg source: as a file it has no size, and a
     size check read its whole ring again on every pump, counting an old Xid 79 every second."""
+
     def named(source: str) -> str:
         return XidLog(source, lambda: 0.0, lambda: 0.0).kind
 
