@@ -212,3 +212,22 @@ def test_a_gpu_instance_split_into_compute_instances_is_named_as_the_capture_nam
 def test_compute_instances_must_fit_their_gpu_instance():
     with pytest.raises(scenario.ScenarioError, match=r"gpu\[0\]\.mig\[0\]\.compute_instances"):
         scenario.parse('[[gpu]]\nprofile = "h200"\n[[gpu.mig]]\nprofile = "2g.35gb"\ncompute_instances = [2, 1]\n')
+
+
+def test_instances_made_or_destroyed_without_a_mode_flip_are_seen_on_the_next_slow_read(sim, caplog):
+    """mig-manager and `nvidia-smi mig -dgi` change the instances with MIG left on: the slow loop
+    lists them again, frees the samples of the gone ones' GPU instances and asks nothing of them."""
+    caplog.set_level(logging.INFO)
+    run = sim("h200-mig", process_interval_s=10.0)
+    run.at(1)
+    assert len(run.at(5).gpus[0].reading.mig_instances) == 4
+    library = run.host.library
+    gpu = library.gpus[0]
+    library.mig.instances[gpu.index] = library.mig.of(gpu)[:2]  # the two 1g.18gb instances destroyed
+    after = run.through(6, 25).gpus[0].reading
+    assert [m.profile for m in after.mig_instances] == ["3g.71gb", "2g.35gb"]
+    assert all("sm_active" in m.activity_ratio for m in after.mig_instances)
+    assert any("MIG devices are now 2" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    run.through(26, 40)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

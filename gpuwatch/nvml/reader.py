@@ -404,6 +404,7 @@ class _Device:
     mig_enabled: bool | None = None
     mig_devices: list[mig.MigDevice] = field(default_factory=list)
     mig_gpm: dict[int, gpm.GpmStream] = field(default_factory=dict)  # GPU instance id -> its samples
+    gpm_supported: bool = False  # nvmlGpmQueryDeviceSupport said so (for GPU instances made later too)
     mig_processes: dict[int, int] = field(default_factory=dict)  # MIG device index -> processes (slow loop)
     denied: set[str] = field(default_factory=set)  # queries that answered NoPermission
     process_samples_since_us: int = 0  # the newest per-process utilization sample seen (fed back to NVML)
@@ -822,13 +823,11 @@ class NvmlReader:
             )
         if not gpm.AVAILABLE or not self._q(d, "nvmlGpmQueryDeviceSupport", gpm.supported, h):
             return
+        d.gpm_supported = True
         if not d.mig_enabled:
             d.gpm_stream = gpm.GpmStream(partial(pynvml.nvmlGpmSampleGet, h))
             return
-        for m in d.mig_devices:
-            if m.gpu_instance_id not in d.mig_gpm:
-                get = partial(pynvml.nvmlGpmMigSampleGet, h, m.gpu_instance_id)
-                d.mig_gpm[m.gpu_instance_id] = gpm.GpmStream(get, mig=True)
+        _follow_gpu_instances(d)
 
     def _mig_flipped(self, d: _Device) -> bool:
         """On the slow loop: whether MIG mode changed (it takes a GPU reset); then the GPU is opened
@@ -869,7 +868,21 @@ class NvmlReader:
         return tuple(out)
 
     def _read_mig_slow(self, d: _Device) -> None:
-        """On the slow loop: compute processes per MIG device (listed through its own handle)."""
+        """On the slow loop: the MIG devices listed again (instances are made and destroyed without
+        a mode change or a reset: mig-manager, ``nvidia-smi mig -cgi/-dgi``), and compute processes
+        per MIG device (listed through its own handle)."""
+        if d.mig_enabled:
+            listed = self._q(d, "nvmlDeviceGetMigDeviceHandleByIndex", mig.enumerate_devices, d.handle)
+            if listed is not None and [m.uuid for m in listed] != [m.uuid for m in d.mig_devices]:
+                log.info(
+                    "GPU %d: MIG devices are now %d: %s",
+                    d.index,
+                    len(listed),
+                    ", ".join(m.profile for m in listed) or "none",
+                )
+                d.mig_devices = listed
+                if d.gpm_supported:
+                    _follow_gpu_instances(d)
         counts = {}
         for m in d.mig_devices:
             count = self._q(d, f"nvmlDeviceGetComputeRunningProcesses:mig{m.index}", mig.process_count, m.handle)
@@ -1063,6 +1076,16 @@ PRIVILEGE_SENSITIVE = frozenset(
 def _permitted(d: _Device) -> dict[str, bool]:
     allowed = {q: True for q in PRIVILEGE_SENSITIVE & d.answered}
     return allowed | dict.fromkeys(d.denied, False)
+
+
+def _follow_gpu_instances(d: _Device) -> None:
+    """One GPM sample stream per GPU instance of the current MIG devices: new instances get one,
+    destroyed ones have theirs freed."""
+    instances = {m.gpu_instance_id for m in d.mig_devices}
+    for gi in set(d.mig_gpm) - instances:
+        d.mig_gpm.pop(gi).close()
+    for gi in sorted(instances - set(d.mig_gpm)):
+        d.mig_gpm[gi] = gpm.GpmStream(partial(pynvml.nvmlGpmMigSampleGet, d.handle, gi), mig=True)
 
 
 def _close_gpm(d: _Device) -> None:
