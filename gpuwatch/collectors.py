@@ -58,9 +58,15 @@ def config_keys() -> tuple[str, ...]:
     return (*names, PROCESS_PID, DISABLE_DEFAULTS, LEAN)
 
 
+def switch_name(key: str) -> str:
+    """One name per switch: ``processes.enabled`` (inside a ``[collectors.processes]`` table) is
+    ``processes``."""
+    return key.removesuffix(".enabled")
+
+
 def flag_for_key(key: str) -> str:
     """The flag of a ``[collectors]`` key: ``processes.enabled`` -> ``--collector.processes``."""
-    return "--collector." + key.removesuffix(".enabled").replace("_", "-")
+    return "--collector." + switch_name(key).replace("_", "-")
 
 
 def module_of(collect: ConcernCollector) -> ModuleType:
@@ -93,7 +99,7 @@ class CollectorSettings:
         also has a ``[collectors.processes]`` table). Raises ValueError for an unknown name."""
         switched: dict[str, bool] = {}
         for key, on in keys.items():
-            name = key.removesuffix(".enabled")
+            name = switch_name(key)
             if key in (DISABLE_DEFAULTS, PROCESS_PID, LEAN):
                 continue
             if name not in SWITCHABLE:

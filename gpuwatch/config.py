@@ -521,8 +521,9 @@ def build(
 def _one_name_per_switch(values: Mapping[str, Any]) -> dict[str, Any]:
     """``collectors.NAME.enabled`` (inside a ``[collectors.NAME]`` table) as ``collectors.NAME``, so
     that a later layer overrides an earlier one whichever of the two spellings each uses."""
+    prefix = "collectors."
     return {
-        (k.removesuffix(".enabled") if k.startswith("collectors.") and k.endswith(".enabled") else k): v
+        (prefix + collector_switches.switch_name(k[len(prefix) :]) if k.startswith(prefix) else k): v
         for k, v in values.items()
     }
 

@@ -405,6 +405,7 @@ class _Device:
     mig_devices: list[mig.MigDevice] = field(default_factory=list)
     mig_gpm: dict[int, gpm.GpmStream] = field(default_factory=dict)  # GPU instance id -> its samples
     gpm_supported: bool = False  # nvmlGpmQueryDeviceSupport said so (for GPU instances made later too)
+    mig_listed: bool = False  # the slow read has listed the MIG devices once
     mig_processes: dict[int, int] = field(default_factory=dict)  # MIG device index -> processes (slow loop)
     denied: set[str] = field(default_factory=set)  # queries that answered NoPermission
     process_samples_since_us: int = 0  # the newest per-process utilization sample seen (fed back to NVML)
@@ -808,26 +809,17 @@ class NvmlReader:
     # -- GPM and MIG (gpuwatch/nvml/gpm.py, mig.py) ---------------------------------------------
 
     def _probe_mig_and_gpm(self, d: _Device) -> None:
-        """At open: MIG mode (and the MIG devices when enabled), and GPM where the GPU has it.
+        """At open: MIG mode, and GPM where the GPU has it. The MIG devices (and their GPU
+        instances' GPM samples) are listed by the slow read, which a GPU just opened always gets.
 
         Under MIG the parent's own GPM sample is not taken: busyness is per GPU instance."""
         h = d.handle
         d.mig_enabled = self._q(d, "nvmlDeviceGetMigMode", mig.mig_enabled, h)
-        if d.mig_enabled:
-            d.mig_devices = self._q(d, "nvmlDeviceGetMigDeviceHandleByIndex", mig.enumerate_devices, h) or []
-            log.info(
-                "GPU %d: MIG enabled, %d MIG device(s): %s",
-                d.index,
-                len(d.mig_devices),
-                ", ".join(m.profile for m in d.mig_devices) or "none",
-            )
         if not gpm.AVAILABLE or not self._q(d, "nvmlGpmQueryDeviceSupport", gpm.supported, h):
             return
         d.gpm_supported = True
         if not d.mig_enabled:
             d.gpm_stream = gpm.GpmStream(partial(pynvml.nvmlGpmSampleGet, h))
-            return
-        _follow_gpu_instances(d)
 
     def _mig_flipped(self, d: _Device) -> bool:
         """On the slow loop: whether MIG mode changed (it takes a GPU reset); then the GPU is opened
@@ -873,14 +865,16 @@ class NvmlReader:
         per MIG device (listed through its own handle)."""
         if d.mig_enabled:
             listed = self._q(d, "nvmlDeviceGetMigDeviceHandleByIndex", mig.enumerate_devices, d.handle)
-            if listed is not None and [m.uuid for m in listed] != [m.uuid for m in d.mig_devices]:
+            changed = listed is not None and [m.uuid for m in listed] != [m.uuid for m in d.mig_devices]
+            if listed is not None and (changed or not d.mig_listed):
                 log.info(
-                    "GPU %d: MIG devices are now %d: %s",
+                    "GPU %d: MIG %s %d MIG device(s): %s",
                     d.index,
+                    "devices are now" if d.mig_listed else "enabled,",
                     len(listed),
                     ", ".join(m.profile for m in listed) or "none",
                 )
-                d.mig_devices = listed
+                d.mig_devices, d.mig_listed = listed, True
                 if d.gpm_supported:
                     _follow_gpu_instances(d)
         counts = {}
