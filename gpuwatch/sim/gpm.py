@@ -31,6 +31,7 @@ from gpuwatch.sim import abi
 
 if TYPE_CHECKING:
     from gpuwatch.sim.mig import SimMig
+    from gpuwatch.sim.nvlink import NvLinkFabric
     from gpuwatch.sim.physics import SimGpu
     from gpuwatch.sim.scenario import Scenario
 
@@ -51,9 +52,8 @@ WORK: dict[str, tuple[float, ...]] = {
     "prefill": (0.90, 0.45, 0.72, 0.38, 0.06, 0.12, 0.0),
     "compute": (0.96, 0.55, 0.88, 0.30, 0.03, 0.10, 0.0),
 }
-# Bytes/s at full utilization: PCIe as physics.py's counters grow; NVLink for a tensor-parallel member.
+# Bytes/s at full utilization: PCIe as physics.py's counters grow (NVLink comes from sim/nvlink.py's counters).
 _PCIE_TX, _PCIE_RX, _PCIE_IDLE = 1.5e9, 0.6e9, 50e3
-_NVLINK = {"decode": 24e9, "prefill": 90e9, "compute": 120e9}
 _RATES = (
     abi.GPM_PCIE_TX_PER_SEC,
     abi.GPM_PCIE_RX_PER_SEC,
@@ -77,15 +77,15 @@ class Sample:
 class SimGpm:
     """Running integrals per GPU and per MIG instance, and the sample buffers callers allocate."""
 
-    def __init__(self, gpus: list[SimGpu], scenario: Scenario, mig: SimMig) -> None:
+    def __init__(self, gpus: list[SimGpu], scenario: Scenario, mig: SimMig, nvlink: NvLinkFabric) -> None:
         self._gpus = gpus
         self._mig = mig
+        self._nvlink = nvlink
         served: dict[int, int] = {}
         for server in scenario.servers:
             for i in server.gpus:
                 served[i] = len(server.gpus)
         self.workload = {g.index: g.spec.workload or ("decode" if g.index in served else "compute") for g in gpus}
-        self._tensor_parallel = {i for i, n in served.items() if n > 1}
         self._integrals: dict[Key, dict[int, float]] = {}
         self.time_s = 0.0
         self.samples: dict[int, Sample | None] = {}  # buffer id -> its latest sample
@@ -105,12 +105,11 @@ class SimGpm:
                 # GPM counts per GPU instance: once for each, however many compute instances split it
                 instances = {m.gpu_instance_id: m.spec for m in self._mig.of(gpu)}
                 for gi, spec in instances.items():
-                    self._add((gpu.index, gi), spec.workload, spec.load, dt, nvlink=False, gpu=None)
+                    self._add((gpu.index, gi), spec.workload, spec.load, dt, gpu=None)
                 continue
-            kind = self.workload[gpu.index]
-            self._add((gpu.index, -1), kind, gpu.sm_active, dt, gpu.index in self._tensor_parallel, gpu)
+            self._add((gpu.index, -1), self.workload[gpu.index], gpu.sm_active, dt, gpu)
 
-    def _add(self, key: Key, kind: str, utilization: float, dt: float, nvlink: bool, gpu: SimGpu | None) -> None:
+    def _add(self, key: Key, kind: str, utilization: float, dt: float, gpu: SimGpu | None) -> None:
         sums = self._integrals.setdefault(key, dict.fromkeys(_RATIOS + _RATES, 0.0))
         for metric, per_unit in zip(_RATIOS, WORK[kind], strict=True):
             sums[metric] += per_unit * utilization * dt
@@ -119,9 +118,10 @@ class SimGpm:
         busy = utilization > 0
         sums[abi.GPM_PCIE_TX_PER_SEC] += (_PCIE_TX * gpu.load if busy else _PCIE_IDLE) * dt
         sums[abi.GPM_PCIE_RX_PER_SEC] += (_PCIE_RX * gpu.load if busy else _PCIE_IDLE) * dt
-        if nvlink:
-            sums[abi.GPM_NVLINK_TOTAL_TX_PER_SEC] += _NVLINK[kind] * utilization * dt
-            sums[abi.GPM_NVLINK_TOTAL_RX_PER_SEC] += _NVLINK[kind] * utilization * dt
+        # NVLink: the bytes the links' own counters have moved (sim/nvlink.py), so GPM's all-link rate
+        # and gpuwatch_gpu_nvlink_bytes_total tell one story, as on a real card
+        tx, rx = self._nvlink.data_bytes(gpu.index)
+        sums[abi.GPM_NVLINK_TOTAL_TX_PER_SEC], sums[abi.GPM_NVLINK_TOTAL_RX_PER_SEC] = tx, rx
 
     # -- samples ----------------------------------------------------------------------------------
 
@@ -156,5 +156,5 @@ class SimGpm:
         window = second.time_s - first.time_s
         delta = second.integrals[metric_id] - first.integrals[metric_id]
         if metric_id in _RATES:
-            return delta / window / MIB
+            return max(0.0, delta) / window / MIB  # the link counters restart with the driver
         return min(100.0, 100.0 * delta / window)

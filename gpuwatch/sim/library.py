@@ -113,7 +113,9 @@ class SimulatedNvmlLibrary:
         self.gpus = [SimGpu(i, spec, scenario.seed) for i, spec in enumerate(scenario.gpus)]
         self.servers = [SimInferenceServer(spec, [self.gpus[i] for i in spec.gpus]) for spec in scenario.servers]
         self.mig = SimMig(self.gpus, scenario.seed)  # before the workloads: MIG instances list processes
-        self.gpm = SimGpm(self.gpus, scenario, self.mig)
+        # NVLink traffic from the tensor-parallel servers (issue 17); GPM's NVLink rate reads it
+        self.nvlink = NvLinkFabric(self.gpus, self.servers)
+        self.gpm = SimGpm(self.gpus, scenario, self.mig, self.nvlink)
         self.workloads = WorkloadProcesses(self.gpus, frozenset(server.pid for server in self.servers))
         self._clock = clock
         self._sleep = sleep
@@ -129,8 +131,7 @@ class SimulatedNvmlLibrary:
         self._event_cond = threading.Condition(self._lock)
         self.calls = 0
         self.calls_by_symbol: Counter[str] = Counter()  # every entry point called, by C symbol name
-        # NVLink traffic from the tensor-parallel servers; the kernel log's Xid lines (issue 17)
-        self.nvlink = NvLinkFabric(self.gpus, self.servers)
+        # the kernel log's Xid lines (issue 17)
         self.kernel_log = (
             None if kernel_log_path is None else SimKernelLog(kernel_log_path, self.gpus, scenario.driver_branch, clock)
         )
@@ -159,8 +160,8 @@ class SimulatedNvmlLibrary:
                     gpu.step()
                 for server in self.servers:
                     server.step(self._time_s)
-                self.gpm.step(STEP_S, self._time_s)
                 self.nvlink.step(self._time_s)
+                self.gpm.step(STEP_S, self._time_s)
                 if self.kernel_log is not None:
                     self.kernel_log.scan(self._time_s)
             while self._pending_host_faults and self._pending_host_faults[0].at_s <= self._time_s:

@@ -77,6 +77,11 @@ class NvLinkFabric:
             link.replay += errors
             link.recovery += errors / RECOVERY_PER_CRC_ERRORS
 
+    def data_bytes(self, index: int) -> tuple[float, float]:
+        """A GPU's data bytes sent and received over all its links since driver load."""
+        links = self.links[index]
+        return sum(link.transmit_bytes for link in links), sum(link.receive_bytes for link in links)
+
     def driver_reloaded(self) -> None:
         """Counts since driver load start again from zero."""
         self.links = [[LinkCounters() for _ in links] for links in self.links]
