@@ -239,7 +239,10 @@ def test_sigint_halfway_restores_300_watts(tmp_path: Path):
     assert proc.returncode == 130, err
     doc = json.loads(out)
     assert doc["restored"] is True and doc["recommended"] is None
-    assert [p["limit_watts"] for p in doc["points"]] == [200, 225]
+    # Measured before the signal: 200 and 225 W, and 250 W too if the signal landed after its dwell
+    # (at 60x its settling and dwell are about 1.5 s of wall time, which a loaded machine may take).
+    measured = [p["limit_watts"] for p in doc["points"]]
+    assert measured[:2] == [200, 225] and len(measured) < 5, measured
     assert "interrupted" in err and "restored original limits: GPU 0 300 W, GPU 1 300 W" in err
     assert json.loads(output.read_text()) == doc
 
